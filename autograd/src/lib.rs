@@ -1,0 +1,1 @@
+//! Reverse-mode automatic differentiation over `tensor` (see issue: autograd). Empty for now.

@@ -1,0 +1,1 @@
+//! conv2d (NCHW): forward, backward-data and backward-weight. PLACEHOLDER, to be written.

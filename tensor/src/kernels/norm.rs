@@ -1,0 +1,1 @@
+//! Group normalisation kernels. PLACEHOLDER, to be written.

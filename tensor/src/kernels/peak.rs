@@ -1,0 +1,1 @@
+//! FMA throughput probe. PLACEHOLDER, to be written.

@@ -1,0 +1,1 @@
+//! Tensor-level operations. PLACEHOLDER, to be written.

@@ -1,0 +1,1 @@
+//! Counter-based RNG. PLACEHOLDER, to be written.
