@@ -56,3 +56,45 @@ pub fn sgemm(
         }
     }
 }
+
+/// A batch of independent GEMMs: for `i in 0..batch`, the matrices start at `i * stride_a`,
+/// `i * stride_b` and `i * stride_c` of `a`, `b` and `c` (a stride of 0 shares one operand
+/// across the batch). Otherwise as [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_batched(
+    batch: usize,
+    transa: Trans,
+    transb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    stride_a: usize,
+    b: &[f32],
+    ldb: usize,
+    stride_b: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    stride_c: usize,
+) {
+    for i in 0..batch {
+        sgemm(
+            transa,
+            transb,
+            m,
+            n,
+            k,
+            alpha,
+            &a[i * stride_a..],
+            lda,
+            &b[i * stride_b..],
+            ldb,
+            beta,
+            &mut c[i * stride_c..],
+            ldc,
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: binary ops, to be written.

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: conv ops, to be written.

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: layout ops, to be written.

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: norm ops, to be written.

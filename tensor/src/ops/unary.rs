@@ -1,0 +1,1 @@
+//! PLACEHOLDER: unary ops, to be written.
