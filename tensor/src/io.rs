@@ -1,1 +1,0 @@
-//! safetensors I/O. PLACEHOLDER, to be written.
