@@ -1,1 +1,16 @@
-//! Reverse-mode automatic differentiation over `tensor` (see issue: autograd). Empty for now.
+//! `autograd`: reverse-mode automatic differentiation over the `tensor` crate.
+//!
+//! A [`Graph`] owns a tape: an arena of nodes pushed in the order ops run. Values enter it as
+//! leaves ([`Graph::leaf`]) or parameters ([`Graph::param`]); each op computes its output with
+//! `tensor` and records a node holding its backward rule ([`Backward`]). [`Var::backward`]
+//! sweeps the tape once in reverse, calling each rule with the gradient of its output. See
+//! `docs/autograd.md` for a walkthrough.
+
+pub mod gradcheck;
+pub mod param;
+mod tape;
+mod var;
+
+pub use param::Param;
+pub use tape::Backward;
+pub use var::{is_grad_enabled, no_grad, Graph, Var};

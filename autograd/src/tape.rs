@@ -1,0 +1,128 @@
+//! The tape: an arena of nodes pushed in execution order, and the reverse sweep over it.
+//!
+//! Every recorded op pushes one [`Node`] holding its [`Backward`] rule (with whatever tensors
+//! that rule saved) and the ids of its recorded inputs. Because an op's inputs are always
+//! pushed before the op itself, the push order is already a topological order: backward is a
+//! single sweep from the output down to id 0, with no sorting and no hashing. The first
+//! gradient that reaches a node is stored as is; later ones are added to it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tensor::Tensor;
+
+use crate::param::Param;
+
+/// The vector-Jacobian product of one recorded op.
+///
+/// Given `grad_output` = dL/dy for the op's output y, return dL/dx_i for each input x_i, in
+/// the order the op listed its inputs. An entry may be `None` when `needs[i]` is false (the
+/// input does not require a gradient), which lets ops skip work.
+pub trait Backward {
+    /// The op's name, for error messages.
+    fn name(&self) -> &'static str;
+    /// dL/dx_i from dL/dy.
+    fn backward(&self, grad_output: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>>;
+}
+
+/// What a node is: a leaf that collects its gradient, or the output of a recorded op.
+pub(crate) enum NodeKind {
+    /// A leaf created by [`crate::Graph::leaf`]: its gradient is kept in the node.
+    Leaf { grad: Option<Tensor> },
+    /// A leaf bound to a parameter: its gradient is added into the parameter's.
+    Param(Param),
+    /// An op's output. `rule` is taken (and its saved tensors freed) by the backward sweep.
+    /// `inputs[i]` is the node of the op's i-th input, or `None` for a constant input.
+    Op {
+        rule: Option<Box<dyn Backward>>,
+        inputs: Vec<Option<usize>>,
+    },
+}
+
+pub(crate) struct Node {
+    pub kind: NodeKind,
+    /// The output's shape, to check the gradients that arrive.
+    pub shape: Vec<usize>,
+}
+
+/// The arena of nodes.
+#[derive(Default)]
+pub(crate) struct Tape {
+    pub nodes: Vec<Node>,
+}
+
+pub(crate) type SharedTape = Rc<RefCell<Tape>>;
+
+/// Adds `g` into the gradient slot `slot`: stores it if the slot is empty, adds it otherwise.
+pub(crate) fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
+    match slot {
+        None => *slot = Some(g),
+        Some(existing) => {
+            assert_eq!(
+                existing.shape(),
+                g.shape(),
+                "gradient accumulation: shapes disagree"
+            );
+            for (e, v) in existing.data_mut().iter_mut().zip(g.data()) {
+                *e += v;
+            }
+        }
+    }
+}
+
+impl Tape {
+    /// Pushes a node and returns its id.
+    pub fn push(&mut self, kind: NodeKind, shape: &[usize]) -> usize {
+        self.nodes.push(Node {
+            kind,
+            shape: shape.to_vec(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The reverse sweep: starting from `seed` = dL/d(node `output`), runs every backward rule
+    /// reachable from `output` once, in reverse push order, and delivers the leaf gradients.
+    /// Each rule is dropped after it runs, so the tensors it saved are freed as the sweep goes.
+    pub fn backward(&mut self, output: usize, seed: Tensor) {
+        let mut grads: Vec<Option<Tensor>> = vec![None; output + 1];
+        grads[output] = Some(seed);
+        for id in (0..=output).rev() {
+            let Some(grad) = grads[id].take() else {
+                continue;
+            };
+            let node = &mut self.nodes[id];
+            assert_eq!(
+                grad.shape(),
+                node.shape.as_slice(),
+                "backward: gradient of shape {:?} reached a node of shape {:?}",
+                grad.shape(),
+                node.shape
+            );
+            match &mut node.kind {
+                NodeKind::Leaf { grad: slot } => accumulate(slot, grad),
+                NodeKind::Param(param) => param.accumulate_grad(grad),
+                NodeKind::Op { rule, inputs } => {
+                    let rule = rule.take().unwrap_or_else(|| {
+                        panic!("backward: this graph was already differentiated through (its saved tensors are freed); build it again")
+                    });
+                    let needs: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+                    let input_grads = rule.backward(&grad, &needs);
+                    assert_eq!(
+                        input_grads.len(),
+                        inputs.len(),
+                        "backward of {}: returned {} gradients for {} inputs",
+                        rule.name(),
+                        input_grads.len(),
+                        inputs.len()
+                    );
+                    let inputs = std::mem::take(inputs);
+                    for (input, g) in inputs.into_iter().zip(input_grads) {
+                        if let (Some(input), Some(g)) = (input, g) {
+                            accumulate(&mut grads[input], g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
