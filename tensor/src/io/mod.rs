@@ -12,6 +12,23 @@
 //!
 //! Element types read: F32 (borrowed from the mapping when aligned), and F16, BF16 and F64,
 //! converted to f32 (F64 rounds to nearest). Written: F32 only.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use tensor::io::{save, SafetensorsFile};
+//! use tensor::Tensor;
+//!
+//! let path = std::env::temp_dir().join(format!("io-doc-{}.safetensors", std::process::id()));
+//! let w = Tensor::randn(&[4, 3], 0, 0);
+//! let meta = BTreeMap::from([("step".to_string(), "10".to_string())]);
+//! save(&path, &[("conv.weight", &w)], &meta).unwrap();
+//! let file = SafetensorsFile::open(&path).unwrap();
+//! assert_eq!(file.shape("conv.weight").unwrap(), &[4, 3]);
+//! assert_eq!(&*file.view("conv.weight").unwrap(), w.data()); // borrowed from the mapping
+//! assert_eq!(file.metadata()["step"], "10");
+//! # drop(file);
+//! # std::fs::remove_file(&path).unwrap();
+//! ```
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};

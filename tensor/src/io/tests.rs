@@ -226,6 +226,16 @@ fn io_overlapping_or_misordered_offsets() {
 }
 
 #[test]
+fn io_duplicate_name_in_header() {
+    let dir = TempDir::new("dupkey");
+    let path = dir.file("f.safetensors");
+    let header = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                     "a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    raw(&path, None, header, &[0u8; 8]);
+    open_error(&path);
+}
+
+#[test]
 fn io_shape_disagrees_with_bytes_or_overflows() {
     let dir = TempDir::new("shape");
     let path = dir.file("f.safetensors");
