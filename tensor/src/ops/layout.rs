@@ -1,1 +1,1 @@
-//! PLACEHOLDER: layout ops, to be written.
+//! placeholder

@@ -1,1 +1,1 @@
-//! PLACEHOLDER: matmul ops, to be written.
+//! placeholder

@@ -9,3 +9,9 @@ pub mod norm;
 pub mod reduce;
 pub mod softmax;
 pub mod unary;
+pub mod bandwidth;
+mod par;
+mod vmath;
+mod broadcast;
+#[cfg(test)]
+mod testutil;

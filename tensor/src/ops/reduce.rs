@@ -1,1 +1,1 @@
-//! PLACEHOLDER: reduce ops, to be written.
+//! placeholder

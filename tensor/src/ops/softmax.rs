@@ -1,1 +1,1 @@
-//! PLACEHOLDER: softmax ops, to be written.
+//! placeholder
