@@ -208,11 +208,15 @@ impl SafetensorsFile {
         let path_ref = path.as_ref();
         let path = path_ref.display().to_string();
         let file = File::open(path_ref).map_err(|e| io_error(path_ref, e))?;
-        let len = file.metadata().map_err(|e| io_error(path_ref, e))?.len();
+        let stat = file.metadata().map_err(|e| io_error(path_ref, e))?;
+        let len = stat.len();
         let bad = |message: String| Error::Format {
             path: path.clone(),
             message,
         };
+        if stat.is_dir() {
+            return Err(bad("is a directory; expected a safetensors file".into()));
+        }
         if len < 8 {
             return Err(bad(format!(
                 "file is {len} bytes; a safetensors file starts with an 8-byte header length"

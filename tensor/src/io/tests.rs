@@ -143,6 +143,7 @@ fn io_missing_file() {
         other => panic!("expected an Io error, got {:?}", other.map(|_| ())),
     }
     assert!(load_all(&path).is_err());
+    assert!(open_error(&dir.0).contains("directory"));
 }
 
 #[test]
