@@ -120,7 +120,7 @@ impl Tensor {
         if let Some(&i) = unknown.first() {
             let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
             assert!(
-                known != 0 && self.numel() % known == 0,
+                known != 0 && self.numel().is_multiple_of(known),
                 "reshape: cannot infer a dimension to reshape {:?} into {shape:?}",
                 self.shape
             );
