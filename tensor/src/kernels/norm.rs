@@ -1,1 +1,490 @@
-//! Group normalisation kernels. PLACEHOLDER, to be written.
+//! Group normalisation over NCHW activations (`x` seen as `[n, c, hw]`).
+//!
+//! The `c` channels are split into `groups` groups of `cpg = c / groups` consecutive channels;
+//! every (image, group) block of `m = cpg * hw` values is normalised by its own statistics:
+//!
+//! ```text
+//! mean = (1/m) sum x,   var = (1/m) sum (x - mean)^2,   rstd = 1 / sqrt(var + eps)
+//! xhat = (x - mean) * rstd,   y[n, ch, i] = gamma[ch] * xhat + beta[ch]
+//! ```
+//!
+//! Statistics are accumulated in f64 with two passes (mean first, then squared deviations), so a
+//! large common offset does not cancel the variance away. Work is spread over (image, group)
+//! blocks with rayon; the gamma/beta gradients are per-(image, channel) partials added over the
+//! images in order, so every result is bitwise identical for any number of threads.
+
+use rayon::prelude::*;
+
+fn check_sizes(op: &str, x: usize, n: usize, c: usize, hw: usize, groups: usize) {
+    assert!(
+        groups > 0 && c / groups * groups == c,
+        "{op}: {c} channels do not split into {groups} groups (x [{n}, {c}, {hw}])"
+    );
+    assert_eq!(
+        x,
+        n * c * hw,
+        "{op}: x has {x} values, expected [{n}, {c}, {hw}] = {}",
+        n * c * hw
+    );
+}
+
+fn check_len(op: &str, what: &str, len: usize, want: usize) {
+    assert_eq!(len, want, "{op}: {what} has {len} values, expected {want}");
+}
+
+/// Group-norm forward: `out = gamma[ch] * (x - mean[n, g]) * rstd[n, g] + beta[ch]` (gamma = 1
+/// and beta = 0 when absent), where `mean` and `rstd = 1 / sqrt(var + eps)` are the (biased)
+/// statistics of the `cpg * hw` values of image `n`, group `g`.
+///
+/// `x` and `out` are `[n, c, hw]`, `gamma` and `beta` `[c]`, `mean_out` and `rstd_out`
+/// `[n * groups]` (saved for the backward pass). Panics, naming the op and the sizes, on a
+/// mismatch or when `groups` does not divide `c`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_forward(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    out: &mut [f32],
+    mean_out: &mut [f32],
+    rstd_out: &mut [f32],
+) {
+    const OP: &str = "group_norm_forward";
+    check_sizes(OP, x.len(), n, c, hw, groups);
+    check_len(OP, "out", out.len(), x.len());
+    check_len(OP, "mean_out", mean_out.len(), n * groups);
+    check_len(OP, "rstd_out", rstd_out.len(), n * groups);
+    if let Some(g) = gamma {
+        check_len(OP, "gamma", g.len(), c);
+    }
+    if let Some(b) = beta {
+        check_len(OP, "beta", b.len(), c);
+    }
+    let cpg = c / groups;
+    let block = cpg * hw;
+    if block == 0 {
+        mean_out.fill(0.0);
+        rstd_out.fill(1.0 / eps.sqrt());
+        return;
+    }
+    out.par_chunks_exact_mut(block)
+        .zip(x.par_chunks_exact(block))
+        .zip(mean_out.par_iter_mut().zip(rstd_out.par_iter_mut()))
+        .enumerate()
+        .for_each(|(idx, ((yb, xb), (mean_o, rstd_o)))| {
+            let (mean, var) = mean_var(xb);
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            *mean_o = mean as f32;
+            *rstd_o = rstd as f32;
+            let g0 = (idx % groups) * cpg;
+            for (ch, (yr, xr)) in yb.chunks_exact_mut(hw).zip(xb.chunks_exact(hw)).enumerate() {
+                let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
+                let bt = beta.map_or(0.0, |b| b[g0 + ch] as f64);
+                // y = (x - mean) * scale + beta with scale = gamma * rstd; subtracting the mean
+                // first keeps the precision when it is large compared to the spread.
+                let scale = (gm * rstd) as f32;
+                let (mean, bt) = (mean as f32, bt as f32);
+                for (y, &v) in yr.iter_mut().zip(xr) {
+                    *y = (v - mean) * scale + bt;
+                }
+            }
+        });
+}
+
+/// Two-pass mean and biased variance of `v`, in f64.
+fn mean_var(v: &[f32]) -> (f64, f64) {
+    let m = v.len() as f64;
+    let mean = sum_f64(v.iter().map(|&a| a as f64)) / m;
+    let var = sum_f64(v.iter().map(|&a| {
+        let d = a as f64 - mean;
+        d * d
+    })) / m;
+    (mean, var)
+}
+
+/// A sum with four interleaved accumulators (fixed order, so deterministic; lets the compiler
+/// vectorise).
+fn sum_f64(it: impl Iterator<Item = f64>) -> f64 {
+    let mut acc = [0.0f64; 4];
+    for (i, v) in it.enumerate() {
+        acc[i & 3] += v;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// Group-norm backward. With `xhat = (x - mean) * rstd` and `g = grad_out * gamma[ch]` (gamma = 1
+/// when absent), over each (image, group) block of `m` values:
+///
+/// ```text
+/// grad_x     = rstd * (g - mean_m(g) - xhat * mean_m(g * xhat))
+/// grad_gamma[ch] = sum_{n, i} grad_out * xhat        grad_beta[ch] = sum_{n, i} grad_out
+/// ```
+///
+/// `x`, `grad_out` and `grad_x` are `[n, c, hw]`, `mean` and `rstd` `[n * groups]` (as saved by
+/// [`group_norm_forward`]), `gamma`, `grad_gamma` and `grad_beta` `[c]`; the gradients are
+/// overwritten. Panics, naming the op and the sizes, on a mismatch.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward(
+    x: &[f32],
+    grad_out: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: Option<&[f32]>,
+    grad_x: &mut [f32],
+    grad_gamma: Option<&mut [f32]>,
+    grad_beta: Option<&mut [f32]>,
+) {
+    const OP: &str = "group_norm_backward";
+    check_sizes(OP, x.len(), n, c, hw, groups);
+    check_len(OP, "grad_out", grad_out.len(), x.len());
+    check_len(OP, "grad_x", grad_x.len(), x.len());
+    check_len(OP, "mean", mean.len(), n * groups);
+    check_len(OP, "rstd", rstd.len(), n * groups);
+    if let Some(g) = gamma {
+        check_len(OP, "gamma", g.len(), c);
+    }
+    let cpg = c / groups;
+    let block = cpg * hw;
+    // Per (image, channel) sums of grad_out * xhat and of grad_out, reduced over images below.
+    let mut partial_gamma = vec![0.0f64; n * c];
+    let mut partial_beta = vec![0.0f64; n * c];
+    if block > 0 {
+        grad_x
+            .par_chunks_exact_mut(block)
+            .zip(
+                x.par_chunks_exact(block)
+                    .zip(grad_out.par_chunks_exact(block)),
+            )
+            .zip(
+                partial_gamma
+                    .par_chunks_exact_mut(cpg)
+                    .zip(partial_beta.par_chunks_exact_mut(cpg)),
+            )
+            .enumerate()
+            .for_each(|(idx, ((dxb, (xb, dyb)), (pg, pb)))| {
+                let mu = mean[idx] as f64;
+                let rs = rstd[idx] as f64;
+                let g0 = (idx % groups) * cpg;
+                // Pass 1: per-channel sums, and the two group means of the formula.
+                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                for ch in 0..cpg {
+                    let xr = &xb[ch * hw..][..hw];
+                    let dr = &dyb[ch * hw..][..hw];
+                    let sdy = sum_f64(dr.iter().map(|&d| d as f64));
+                    let sdyx =
+                        sum_f64(dr.iter().zip(xr).map(|(&d, &v)| d as f64 * (v as f64 - mu))) * rs;
+                    pb[ch] = sdy;
+                    pg[ch] = sdyx;
+                    let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
+                    sum_g += gm * sdy;
+                    sum_gx += gm * sdyx;
+                }
+                let m = block as f64;
+                let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
+                // Pass 2: grad_x = rstd * (gamma * dy - mean_g - xhat * mean_gx), written as
+                // dy * a + (x - mean) * b + c per channel.
+                let b = (-rs * rs * mean_gx) as f32;
+                let c0 = (-rs * mean_g) as f32;
+                let mu = mu as f32;
+                for ch in 0..cpg {
+                    let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
+                    let a = (rs * gm) as f32;
+                    let xr = &xb[ch * hw..][..hw];
+                    let dr = &dyb[ch * hw..][..hw];
+                    for ((o, &d), &v) in dxb[ch * hw..][..hw].iter_mut().zip(dr).zip(xr) {
+                        *o = d * a + (v - mu) * b + c0;
+                    }
+                }
+            });
+    }
+    let reduce = |partials: &[f64], dst: &mut [f32], what: &str| {
+        check_len(OP, what, dst.len(), c);
+        for (ch, d) in dst.iter_mut().enumerate() {
+            let mut sum = 0.0f64;
+            for img in 0..n {
+                sum += partials[img * c + ch];
+            }
+            *d = sum as f32;
+        }
+    };
+    if let Some(dg) = grad_gamma {
+        reduce(&partial_gamma, dg, "grad_gamma");
+    }
+    if let Some(db) = grad_beta {
+        reduce(&partial_beta, db, "grad_beta");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+
+        fn vec(&mut self, len: usize, offset: f32) -> Vec<f32> {
+            (0..len).map(|_| self.next() + offset).collect()
+        }
+    }
+
+    /// f64 reference: (y, mean, rstd).
+    #[allow(clippy::too_many_arguments)]
+    fn reference_forward(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        eps: f64,
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let cpg = c / groups;
+        let m = (cpg * hw) as f64;
+        let mut y = vec![0.0; x.len()];
+        let (mut means, mut rstds) = (vec![], vec![]);
+        for (blk, xb) in x.chunks(cpg * hw).enumerate() {
+            let mean = xb.iter().map(|&v| v as f64).sum::<f64>() / m;
+            let var = xb.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (i, &v) in xb.iter().enumerate() {
+                let ch = (blk % groups) * cpg + i / hw;
+                y[blk * cpg * hw + i] =
+                    gamma[ch] as f64 * (v as f64 - mean) * rstd + beta[ch] as f64;
+            }
+            means.push(mean);
+            rstds.push(rstd);
+        }
+        let _ = n;
+        (y, means, rstds)
+    }
+
+    /// f64 reference of the backward pass: (dx, dgamma, dbeta).
+    #[allow(clippy::too_many_arguments)]
+    fn reference_backward(
+        x: &[f32],
+        dy: &[f32],
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        eps: f64,
+        gamma: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let beta = vec![0.0; c];
+        let (_, means, rstds) = reference_forward(x, n, c, hw, groups, eps, gamma, &beta);
+        let cpg = c / groups;
+        let m = (cpg * hw) as f64;
+        let mut dx = vec![0.0; x.len()];
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        for blk in 0..n * groups {
+            let (mean, rstd) = (means[blk], rstds[blk]);
+            let idx = |i: usize| blk * cpg * hw + i;
+            let ch = |i: usize| (blk % groups) * cpg + i / hw;
+            let xhat = |i: usize| (x[idx(i)] as f64 - mean) * rstd;
+            let g = |i: usize| dy[idx(i)] as f64 * gamma[ch(i)] as f64;
+            let mean_g = (0..cpg * hw).map(g).sum::<f64>() / m;
+            let mean_gx = (0..cpg * hw).map(|i| g(i) * xhat(i)).sum::<f64>() / m;
+            for i in 0..cpg * hw {
+                dx[idx(i)] = rstd * (g(i) - mean_g - xhat(i) * mean_gx);
+                dg[ch(i)] += dy[idx(i)] as f64 * xhat(i);
+                db[ch(i)] += dy[idx(i)] as f64;
+            }
+        }
+        (dx, dg, db)
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}: element {i}: got {g}, want {w}"
+            );
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(
+        x: &[f32],
+        dy: &[f32],
+        (n, c, hw, groups): (usize, usize, usize, usize),
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut y = vec![f32::NAN; x.len()];
+        let (mut mean, mut rstd) = (vec![0.0; n * groups], vec![0.0; n * groups]);
+        group_norm_forward(
+            x,
+            n,
+            c,
+            hw,
+            groups,
+            1e-5,
+            Some(gamma),
+            Some(beta),
+            &mut y,
+            &mut mean,
+            &mut rstd,
+        );
+        let mut dx = vec![f32::NAN; x.len()];
+        let (mut dg, mut db) = (vec![f32::NAN; c], vec![f32::NAN; c]);
+        group_norm_backward(
+            x,
+            dy,
+            n,
+            c,
+            hw,
+            groups,
+            &mean,
+            &rstd,
+            Some(gamma),
+            &mut dx,
+            Some(&mut dg),
+            Some(&mut db),
+        );
+        (y, mean, rstd, dx, dg, db)
+    }
+
+    #[test]
+    fn group_norm_matches_f64_reference() {
+        // (n, c, hw, groups), and a mean offset that would ruin one-pass f32 statistics.
+        let cases = [
+            ((2, 6, 5, 3), 0.0),
+            ((1, 7, 13, 7), 0.0),
+            ((3, 8, 1, 2), 0.0),
+            ((2, 4, 49, 1), 1000.0),
+            ((1, 32, 9, 8), -300.0),
+        ];
+        for (k, &((n, c, hw, groups), offset)) in cases.iter().enumerate() {
+            let mut rng = Rng(0x1234_5678 + k as u64);
+            let x = rng.vec(n * c * hw, offset);
+            let dy = rng.vec(n * c * hw, 0.0);
+            let gamma = rng.vec(c, 1.0);
+            let beta = rng.vec(c, 0.0);
+            let (y, mean, rstd, dx, dg, db) = run(&x, &dy, (n, c, hw, groups), &gamma, &beta);
+            let (y_ref, mean_ref, rstd_ref) =
+                reference_forward(&x, n, c, hw, groups, 1e-5, &gamma, &beta);
+            let what = format!("case {k}");
+            assert_close(&format!("{what} y"), &y, &y_ref, 1e-4);
+            assert_close(&format!("{what} mean"), &mean, &mean_ref, 1e-6);
+            assert_close(&format!("{what} rstd"), &rstd, &rstd_ref, 1e-5);
+            let (dx_ref, dg_ref, db_ref) =
+                reference_backward(&x, &dy, n, c, hw, groups, 1e-5, &gamma);
+            assert_close(&format!("{what} dx"), &dx, &dx_ref, 2e-4);
+            assert_close(&format!("{what} dgamma"), &dg, &dg_ref, 1e-4);
+            assert_close(&format!("{what} dbeta"), &db, &db_ref, 1e-5);
+        }
+    }
+
+    #[test]
+    fn group_norm_without_affine() {
+        let (n, c, hw, groups) = (2, 4, 6, 2);
+        let mut rng = Rng(77);
+        let x = rng.vec(n * c * hw, 0.5);
+        let dy = rng.vec(n * c * hw, 0.0);
+        let ones = vec![1.0; c];
+        let zeros = vec![0.0; c];
+        let mut y = vec![0.0; x.len()];
+        let (mut mean, mut rstd) = (vec![0.0; n * groups], vec![0.0; n * groups]);
+        group_norm_forward(
+            &x, n, c, hw, groups, 1e-5, None, None, &mut y, &mut mean, &mut rstd,
+        );
+        let mut dx = vec![0.0; x.len()];
+        group_norm_backward(
+            &x, &dy, n, c, hw, groups, &mean, &rstd, None, &mut dx, None, None,
+        );
+        let (y2, _, _, dx2, _, _) = run(&x, &dy, (n, c, hw, groups), &ones, &zeros);
+        assert_eq!(y, y2);
+        assert_eq!(dx, dx2);
+    }
+
+    /// Central differences of `L = sum(dy * y)` in f64 against the analytic gradients.
+    #[test]
+    fn group_norm_backward_matches_finite_differences() {
+        let (n, c, hw, groups) = (2, 6, 4, 3);
+        let mut rng = Rng(4242);
+        let x = rng.vec(n * c * hw, 0.3);
+        let dy = rng.vec(n * c * hw, 0.0);
+        let gamma = rng.vec(c, 1.0);
+        let beta = rng.vec(c, 0.0);
+        let (_, _, _, dx, dg, db) = run(&x, &dy, (n, c, hw, groups), &gamma, &beta);
+        let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+            let (y, _, _) = reference_forward(x, n, c, hw, groups, 1e-5, gamma, beta);
+            y.iter().zip(&dy).map(|(a, &b)| a * b as f64).sum()
+        };
+        let h = 1e-3f32;
+        let numeric = |f: &dyn Fn(f32) -> f64| (f(h) - f(-h)) / (2.0 * h as f64);
+        for i in 0..x.len() {
+            let d = numeric(&|e| {
+                let mut xp = x.clone();
+                xp[i] += e;
+                loss(&xp, &gamma, &beta)
+            });
+            assert!((d - dx[i] as f64).abs() < 2e-3, "dx[{i}]: {} vs {d}", dx[i]);
+        }
+        for ch in 0..c {
+            let d = numeric(&|e| {
+                let mut gp = gamma.clone();
+                gp[ch] += e;
+                loss(&x, &gp, &beta)
+            });
+            assert!((d - dg[ch] as f64).abs() < 2e-3, "dgamma[{ch}]");
+            let d = numeric(&|e| {
+                let mut bp = beta.clone();
+                bp[ch] += e;
+                loss(&x, &gamma, &bp)
+            });
+            assert!((d - db[ch] as f64).abs() < 2e-3, "dbeta[{ch}]");
+        }
+    }
+
+    #[test]
+    fn group_norm_bitwise_identical_for_1_and_2_threads() {
+        let (n, c, hw, groups) = (8, 64, 256, 32);
+        let mut rng = Rng(31337);
+        let x = rng.vec(n * c * hw, 0.1);
+        let dy = rng.vec(n * c * hw, 0.0);
+        let gamma = rng.vec(c, 1.0);
+        let beta = rng.vec(c, 0.0);
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run(&x, &dy, (n, c, hw, groups), &gamma, &beta))
+        };
+        let (one, two) = (in_pool(1), in_pool(2));
+        let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one.0), bits(&two.0), "y");
+        assert_eq!(bits(&one.1), bits(&two.1), "mean");
+        assert_eq!(bits(&one.2), bits(&two.2), "rstd");
+        assert_eq!(bits(&one.3), bits(&two.3), "dx");
+        assert_eq!(bits(&one.4), bits(&two.4), "dgamma");
+        assert_eq!(bits(&one.5), bits(&two.5), "dbeta");
+    }
+
+    #[test]
+    #[should_panic(expected = "group_norm_forward")]
+    fn group_norm_panics_when_groups_do_not_divide_channels() {
+        let x = vec![0.0; 12];
+        let mut y = vec![0.0; 12];
+        let (mut m, mut r) = (vec![0.0; 2], vec![0.0; 2]);
+        group_norm_forward(&x, 1, 6, 2, 4, 1e-5, None, None, &mut y, &mut m, &mut r);
+    }
+}

@@ -1,1 +1,220 @@
-//! PLACEHOLDER: conv ops, to be written.
+//! conv2d on [`Tensor`]s (NCHW images, `[c_out, c_in, kh, kw]` weights): forward and both
+//! backward passes, over [`crate::kernels::conv`].
+//!
+//! ```
+//! use tensor::{ops::conv::conv2d, Tensor};
+//! let x = Tensor::ones(&[1, 2, 4, 4]);
+//! let w = Tensor::ones(&[3, 2, 3, 3]);
+//! let y = conv2d(&x, &w, None, 1, 1);
+//! assert_eq!(y.shape(), &[1, 3, 4, 4]);
+//! assert_eq!(y.data()[5], 18.0); // an interior pixel sees 2 channels x 9 taps
+//! ```
+
+use crate::kernels::conv::{self, Conv2dParams};
+use crate::Tensor;
+
+fn dims4(op: &str, what: &str, t: &Tensor) -> [usize; 4] {
+    match t.shape() {
+        &[a, b, c, d] => [a, b, c, d],
+        s => panic!("{op}: {what} must have 4 dimensions, got shape {s:?}"),
+    }
+}
+
+/// The geometry for an input of `input_shape` and a weight of `weight_shape`, checking that
+/// their channel counts agree.
+fn params_of(
+    op: &str,
+    input_shape: [usize; 4],
+    weight_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Conv2dParams {
+    let [batch, c_in, h, w] = input_shape;
+    let [c_out, wc_in, kh, kw] = weight_shape;
+    assert_eq!(
+        c_in, wc_in,
+        "{op}: input {input_shape:?} has {c_in} channels but weight {weight_shape:?} expects {wc_in}"
+    );
+    assert!(
+        stride >= 1 && h + 2 * padding >= kh && w + 2 * padding >= kw,
+        "{op}: weight {weight_shape:?} does not fit input {input_shape:?} with stride {stride}, \
+         padding {padding}"
+    );
+    Conv2dParams {
+        batch,
+        c_in,
+        c_out,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        padding,
+    }
+}
+
+/// conv2d forward:
+/// `Y[n, co, i, j] = bias[co] + sum_{ci, a, b} W[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]`
+/// with `input` `[N, C_in, H, W]`, `weight` `[C_out, C_in, kh, kw]`, `bias` `[C_out]`; returns
+/// `[N, C_out, out_h, out_w]`. Panics, naming the op and the shapes, on a mismatch.
+pub fn conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Tensor {
+    const OP: &str = "conv2d";
+    let p = params_of(
+        OP,
+        dims4(OP, "input", input),
+        dims4(OP, "weight", weight),
+        stride,
+        padding,
+    );
+    if let Some(b) = bias {
+        assert_eq!(
+            b.shape(),
+            &[p.c_out],
+            "{OP}: bias shape {:?} does not match weight {:?}",
+            b.shape(),
+            weight.shape()
+        );
+    }
+    let mut out = Tensor::zeros(&p.output_shape());
+    conv::conv2d_forward(
+        &p,
+        input.data(),
+        weight.data(),
+        bias.map(|b| b.data()),
+        out.data_mut(),
+    );
+    out
+}
+
+/// conv2d backward-data: the gradient with respect to the input,
+/// `dX[n, ci, y, x] = sum_{co, a, b, i, j : i*s + a - p = y, j*s + b - p = x} dY[n, co, i, j] * W[co, ci, a, b]`.
+///
+/// `input_shape` is the forward input's `[N, C_in, H, W]` (needed because with stride 2
+/// several input sizes give the same output size). Panics, naming the op and the shapes, if
+/// `grad_output` is not the forward output's shape.
+pub fn conv2d_backward_data(
+    grad_output: &Tensor,
+    weight: &Tensor,
+    input_shape: &[usize],
+    stride: usize,
+    padding: usize,
+) -> Tensor {
+    const OP: &str = "conv2d_backward_data";
+    let input_shape: [usize; 4] = input_shape.try_into().unwrap_or_else(|_| {
+        panic!("{OP}: input shape must have 4 dimensions, got {input_shape:?}")
+    });
+    let p = params_of(
+        OP,
+        input_shape,
+        dims4(OP, "weight", weight),
+        stride,
+        padding,
+    );
+    check_grad_output(OP, &p, grad_output);
+    let mut grad_input = Tensor::zeros(&input_shape);
+    conv::conv2d_backward_data(&p, grad_output.data(), weight.data(), grad_input.data_mut());
+    grad_input
+}
+
+/// conv2d backward-weight: `dW[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] * X[n, ci, i*s + a - p, j*s + b - p]`
+/// and, when `with_bias`, `dbias[co] = sum_{n, i, j} dY[n, co, i, j]`.
+///
+/// `weight_shape` is `[C_out, C_in, kh, kw]`. Panics, naming the op and the shapes, if
+/// `grad_output` is not the forward output's shape.
+pub fn conv2d_backward_weight(
+    input: &Tensor,
+    grad_output: &Tensor,
+    weight_shape: &[usize],
+    stride: usize,
+    padding: usize,
+    with_bias: bool,
+) -> (Tensor, Option<Tensor>) {
+    const OP: &str = "conv2d_backward_weight";
+    let weight_shape: [usize; 4] = weight_shape.try_into().unwrap_or_else(|_| {
+        panic!("{OP}: weight shape must have 4 dimensions, got {weight_shape:?}")
+    });
+    let p = params_of(OP, dims4(OP, "input", input), weight_shape, stride, padding);
+    check_grad_output(OP, &p, grad_output);
+    let mut grad_weight = Tensor::zeros(&weight_shape);
+    let mut grad_bias = with_bias.then(|| Tensor::zeros(&[p.c_out]));
+    conv::conv2d_backward_weight(
+        &p,
+        input.data(),
+        grad_output.data(),
+        grad_weight.data_mut(),
+        grad_bias.as_mut().map(|b| b.data_mut()),
+    );
+    (grad_weight, grad_bias)
+}
+
+fn check_grad_output(op: &str, p: &Conv2dParams, grad_output: &Tensor) {
+    assert_eq!(
+        grad_output.shape(),
+        &p.output_shape(),
+        "{op}: grad_output shape {:?} is not the output shape {:?} of input {:?} and weight {:?}",
+        grad_output.shape(),
+        p.output_shape(),
+        p.input_shape(),
+        p.weight_shape()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(shape: &[usize], scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data = (0..n)
+            .map(|i| ((i * 7919) % 23) as f32 * scale - 0.5)
+            .collect();
+        Tensor::from_vec(data, shape)
+    }
+
+    /// `<conv(x), dy> = <x, conv_backward_data(dy)> = <w, conv_backward_weight(x, dy)>`:
+    /// the wrappers are adjoint to the forward op (the kernels are checked elementwise in
+    /// `kernels::conv`).
+    #[test]
+    fn conv_ops_are_adjoint() {
+        let x = seq(&[2, 3, 9, 8], 0.05);
+        let w = seq(&[4, 3, 3, 3], 0.04);
+        let y = conv2d(&x, &w, None, 2, 1);
+        assert_eq!(y.shape(), &[2, 4, 5, 4]);
+        let dy = seq(y.shape(), 0.03);
+        let dot = |a: &Tensor, b: &Tensor| -> f64 {
+            a.data()
+                .iter()
+                .zip(b.data())
+                .map(|(&p, &q)| p as f64 * q as f64)
+                .sum()
+        };
+        let dx = conv2d_backward_data(&dy, &w, x.shape(), 2, 1);
+        let (dw, db) = conv2d_backward_weight(&x, &dy, w.shape(), 2, 1, true);
+        let lhs = dot(&y, &dy);
+        assert!((lhs - dot(&x, &dx)).abs() < 1e-3 * (1.0 + lhs.abs()));
+        assert!((lhs - dot(&w, &dw)).abs() < 1e-3 * (1.0 + lhs.abs()));
+        let sum: f64 = dy.data().iter().map(|&v| v as f64).sum::<f64>() / 4.0;
+        let db = db.unwrap();
+        assert_eq!(db.shape(), &[4]);
+        let db_mean = db.data().iter().map(|&v| v as f64).sum::<f64>() / 4.0;
+        assert!((sum - db_mean).abs() < 1e-4);
+    }
+
+    #[test]
+    #[should_panic(expected = "conv2d: input [1, 3, 5, 5] has 3 channels")]
+    fn conv_op_panics_on_channel_mismatch() {
+        conv2d(
+            &Tensor::zeros(&[1, 3, 5, 5]),
+            &Tensor::zeros(&[2, 4, 3, 3]),
+            None,
+            1,
+            1,
+        );
+    }
+}

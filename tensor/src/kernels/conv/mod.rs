@@ -1,1 +1,36 @@
-//! conv2d (NCHW): forward, backward-data and backward-weight. PLACEHOLDER, to be written.
+//! conv2d on NCHW images: forward, backward-data and backward-weight.
+//!
+//! With input `X[n, ci, y, x]` (`H x W`), weight `Wt[co, ci, a, b]` (`kh x kw`), stride `s` and
+//! symmetric zero padding `p`, the output is `oh x ow` with `oh = (H + 2p - kh) / s + 1`, and
+//!
+//! ```text
+//! forward:          Y[n, co, i, j]  = bias[co] + sum_{ci, a, b} Wt[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]
+//! backward-data:    dX[n, ci, y, x] = sum_{co, a, b : y = i*s + a - p, x = j*s + b - p} dY[n, co, i, j] * Wt[co, ci, a, b]
+//! backward-weight:  dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] * X[n, ci, i*s + a - p, j*s + b - p]
+//!                   dbias[co] = sum_{n, i, j} dY[n, co, i, j]
+//! ```
+//!
+//! (out-of-range input positions read as zero). All three are lowered to GEMM
+//! ([`crate::kernels::gemm`]) over the "column" matrix `cols[(ci, a, b), (i, j)]` of one image,
+//! built one tile of output rows at a time (im2col) so that it stays in cache. A 1x1,
+//! stride-1, unpadded convolution uses the image itself as the column matrix.
+//!
+//! Threads: rayon over images (forward, backward-data) or over fixed-size chunks of images whose
+//! partial weight gradients are added in chunk order (backward-weight), so results are bitwise
+//! identical for any thread count.
+
+mod backward_data;
+mod backward_weight;
+mod forward;
+mod im2col;
+mod params;
+
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use backward_data::conv2d_backward_data;
+pub use backward_weight::conv2d_backward_weight;
+pub use forward::conv2d_forward;
+pub use params::Conv2dParams;

@@ -1,0 +1,135 @@
+//! conv2d backward-data: the gradient of the loss with respect to the input images.
+
+use rayon::prelude::*;
+
+use super::forward::forward_images;
+use super::im2col::{col2im_rows, Geometry};
+use super::Conv2dParams;
+use crate::kernels::gemm::{sgemm, Trans};
+
+/// conv2d backward-data (the adjoint of the forward pass in `X`):
+/// `dX[n, ci, y, x] = sum_{co, a, b, i, j : i*s + a - p = y, j*s + b - p = x} dY[n, co, i, j] * Wt[co, ci, a, b]`.
+///
+/// `grad_output` is `[batch, c_out, out_h, out_w]`, `weight` `[c_out, c_in, kh, kw]`,
+/// `grad_input` `[batch, c_in, h, w]` (overwritten). Panics, naming the op and the shapes, if a
+/// length disagrees with `p`.
+///
+/// Three routes, chosen by geometry only:
+/// - 1x1, stride 1, no padding: `dX_n = Wt^T * dY_n`, one GEMM per image;
+/// - stride 1 with `p < kh` and `p < kw`: a forward convolution of `dY` (padding
+///   `kh - 1 - p`, `kw - 1 - p`) with the flipped, channel-transposed kernel
+///   `Wf[ci, co, a, b] = Wt[co, ci, kh-1-a, kw-1-b]`, which keeps the GEMM's reduction long
+///   (`c_out * kh * kw`);
+/// - otherwise: per tile of output rows, `dcols = Wt^T * dY` then a scatter-add (col2im).
+pub fn conv2d_backward_data(
+    p: &Conv2dParams,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
+    p.validate(
+        "conv2d_backward_data",
+        Some(grad_input.len()),
+        Some(weight.len()),
+        Some(grad_output.len()),
+    );
+    let g = Geometry::of(p);
+    let (in_len, out_len) = (p.c_in * g.in_pixels(), p.c_out * g.out_pixels());
+    if in_len == 0 {
+        return;
+    }
+    if out_len == 0 {
+        grad_input.fill(0.0);
+        return;
+    }
+    if p.stride == 1 && p.padding < p.kh && p.padding < p.kw && !p.is_pointwise() {
+        let flipped = flip_kernel(p, weight);
+        let tg = Geometry {
+            c: p.c_out,
+            h: g.oh,
+            w: g.ow,
+            kh: p.kh,
+            kw: p.kw,
+            stride: 1,
+            pad_h: p.kh - 1 - p.padding,
+            pad_w: p.kw - 1 - p.padding,
+            oh: p.h,
+            ow: p.w,
+        };
+        forward_images(&tg, p.c_in, grad_output, &flipped, None, grad_input);
+        return;
+    }
+    grad_input
+        .par_chunks_exact_mut(in_len)
+        .zip(grad_output.par_chunks_exact(out_len))
+        .for_each_init(Vec::new, |cols, (dx, dy)| {
+            backward_data_image(&g, p.c_out, dy, weight, dx, cols)
+        });
+}
+
+/// `Wf[ci, co, a, b] = Wt[co, ci, kh-1-a, kw-1-b]`: the kernel of the transposed convolution.
+fn flip_kernel(p: &Conv2dParams, weight: &[f32]) -> Vec<f32> {
+    let taps = p.kh * p.kw;
+    let mut flipped = vec![0.0; weight.len()];
+    for co in 0..p.c_out {
+        for ci in 0..p.c_in {
+            let src = &weight[(co * p.c_in + ci) * taps..][..taps];
+            let dst = &mut flipped[(ci * p.c_out + co) * taps..][..taps];
+            for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = v;
+            }
+        }
+    }
+    flipped
+}
+
+/// One image by GEMM + col2im: `dy` is `[c_out, oh * ow]`, `dx` is `[g.c, g.h, g.w]`.
+fn backward_data_image(
+    g: &Geometry,
+    c_out: usize,
+    dy: &[f32],
+    weight: &[f32],
+    dx: &mut [f32],
+    cols: &mut Vec<f32>,
+) {
+    let (k, npix) = (g.k(), g.out_pixels());
+    if g.is_pointwise() {
+        sgemm(
+            Trans::Yes,
+            Trans::No,
+            k,
+            npix,
+            c_out,
+            1.0,
+            weight,
+            k,
+            dy,
+            npix,
+            0.0,
+            dx,
+            npix,
+        );
+        return;
+    }
+    dx.fill(0.0);
+    for (r0, r1) in g.tiles() {
+        let t = (r1 - r0) * g.ow;
+        cols.resize(k * t, 0.0);
+        sgemm(
+            Trans::Yes,
+            Trans::No,
+            k,
+            t,
+            c_out,
+            1.0,
+            weight,
+            k,
+            &dy[r0 * g.ow..],
+            npix,
+            0.0,
+            cols,
+            t,
+        );
+        col2im_rows(g, cols, r0, r1, dx);
+    }
+}

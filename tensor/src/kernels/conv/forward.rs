@@ -1,0 +1,145 @@
+//! conv2d forward: per image, `Y[co, pixels] = bias[co] + Wt[co, (ci, a, b)] * cols`.
+
+use rayon::prelude::*;
+
+use super::im2col::{im2col_rows, Geometry};
+use super::Conv2dParams;
+use crate::kernels::gemm::{sgemm, Trans};
+
+/// conv2d forward on NCHW images:
+/// `Y[n, co, i, j] = bias[co] + sum_{ci, a, b} Wt[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]`
+/// (zero outside the image).
+///
+/// `input` is `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`, `bias` (if any)
+/// `[c_out]`, `output` `[batch, c_out, out_h, out_w]` (overwritten). Panics, naming the op and
+/// the shapes, if a length disagrees with `p`.
+pub fn conv2d_forward(
+    p: &Conv2dParams,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) {
+    p.validate(
+        "conv2d_forward",
+        Some(input.len()),
+        Some(weight.len()),
+        Some(output.len()),
+    );
+    if let Some(b) = bias {
+        assert_eq!(
+            b.len(),
+            p.c_out,
+            "conv2d_forward: bias has {} values, expected c_out = {} (weight {:?})",
+            b.len(),
+            p.c_out,
+            p.weight_shape()
+        );
+    }
+    forward_images(&Geometry::of(p), p.c_out, input, weight, bias, output);
+}
+
+/// The forward convolution of every image of `input` (`[_, g.c, g.h, g.w]`) with `weight`
+/// (`[c_out, g.k()]`) into `output` (`[_, c_out, g.oh, g.ow]`), in parallel over images.
+/// Also serves backward-data, as a convolution of the output gradient.
+pub(crate) fn forward_images(
+    g: &Geometry,
+    c_out: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) {
+    let out_len = c_out * g.out_pixels();
+    if out_len == 0 {
+        return;
+    }
+    let in_len = g.c * g.in_pixels();
+    if in_len == 0 {
+        // No input channels: only the bias remains.
+        for y in output.chunks_exact_mut(out_len) {
+            fill_bias(y, bias, g.out_pixels());
+        }
+        return;
+    }
+    output
+        .par_chunks_exact_mut(out_len)
+        .zip(input.par_chunks_exact(in_len))
+        .for_each_init(Vec::new, |cols, (y, x)| {
+            forward_image(g, c_out, x, weight, bias, y, cols)
+        });
+}
+
+/// Sets every row `co` of `y` (`[c_out, npix]`) to `bias[co]`, or to zero without a bias.
+fn fill_bias(y: &mut [f32], bias: Option<&[f32]>, npix: usize) {
+    match bias {
+        Some(b) => {
+            for (row, &v) in y.chunks_exact_mut(npix).zip(b) {
+                row.fill(v);
+            }
+        }
+        None => y.fill(0.0),
+    }
+}
+
+/// One image: `x` is `[g.c, g.h, g.w]`, `y` is `[c_out, g.oh * g.ow]`; `cols` is scratch.
+fn forward_image(
+    g: &Geometry,
+    c_out: usize,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    cols: &mut Vec<f32>,
+) {
+    let (k, npix) = (g.k(), g.out_pixels());
+    // The bias is the GEMM's initial C (beta = 1), so it costs no extra pass over Y.
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    if g.is_pointwise() {
+        if bias.is_some() {
+            fill_bias(y, bias, npix);
+        }
+        sgemm(
+            Trans::No,
+            Trans::No,
+            c_out,
+            npix,
+            k,
+            1.0,
+            weight,
+            k,
+            x,
+            npix,
+            beta,
+            y,
+            npix,
+        );
+        return;
+    }
+    for (r0, r1) in g.tiles() {
+        let t = (r1 - r0) * g.ow;
+        cols.resize(k * t, 0.0);
+        im2col_rows(g, x, r0, r1, cols);
+        let c = &mut y[r0 * g.ow..];
+        if let Some(b) = bias {
+            for (co, &v) in b.iter().enumerate() {
+                c[co * npix..][..t].fill(v);
+            }
+        }
+        sgemm(
+            Trans::No,
+            Trans::No,
+            c_out,
+            t,
+            k,
+            1.0,
+            weight,
+            k,
+            cols,
+            t,
+            beta,
+            c,
+            npix,
+        );
+    }
+}

@@ -1,0 +1,188 @@
+use std::sync::Mutex;
+
+use super::reference::{self, TestRng};
+use super::*;
+use crate::kernels::cpu::with_portable;
+
+/// Serialises the tests that switch the process-wide portable flag or compare bit patterns.
+static LOCK: Mutex<()> = Mutex::new(());
+
+#[allow(clippy::too_many_arguments)]
+fn params(
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+) -> Conv2dParams {
+    Conv2dParams {
+        batch,
+        c_in,
+        c_out,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        padding,
+    }
+}
+
+/// Awkward geometries: odd channel counts and sizes, 1x1, 3x3, 5x5, 2x2, 1x3 and 3x1
+/// kernels, strides 1 and 2, paddings 0, 1, 2, and images big enough to need several tiles.
+fn cases() -> Vec<Conv2dParams> {
+    vec![
+        params(2, 1, 1, 1, 1, 1, 1, 1, 0),
+        params(2, 3, 7, 5, 5, 3, 3, 1, 1),
+        params(1, 7, 3, 7, 13, 5, 5, 1, 2),
+        params(3, 17, 5, 13, 7, 3, 3, 2, 1),
+        params(2, 3, 17, 7, 5, 1, 3, 1, 1),
+        params(1, 3, 2, 5, 7, 3, 1, 2, 2),
+        params(2, 3, 4, 13, 13, 1, 1, 1, 0),
+        params(2, 5, 3, 13, 13, 1, 1, 2, 0),
+        params(2, 3, 4, 5, 5, 1, 1, 1, 1),
+        params(2, 4, 6, 7, 7, 5, 5, 2, 2),
+        params(1, 2, 3, 1, 5, 1, 3, 1, 0),
+        params(2, 3, 5, 6, 6, 3, 3, 1, 0),
+        params(1, 3, 3, 5, 5, 3, 3, 1, 2),
+        params(1, 3, 3, 5, 5, 2, 2, 2, 0),
+        params(1, 1, 1, 1, 1, 3, 3, 1, 1),
+        params(2, 33, 8, 43, 37, 3, 3, 1, 1),
+        params(2, 33, 8, 43, 37, 3, 3, 2, 1),
+    ]
+}
+
+/// Asserts `got` matches the f64 reference `want` to within f32 rounding for sums of
+/// `terms` products.
+fn assert_close(what: &str, p: &Conv2dParams, got: &[f32], want: &[f64], terms: usize) {
+    assert_eq!(got.len(), want.len(), "{what} {p:?}: length");
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    let tol = 1e-5 * (terms.max(1) as f64).sqrt() * scale;
+    for (idx, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol,
+            "{what} {p:?}: element {idx}: got {g}, want {w} (tol {tol})"
+        );
+    }
+}
+
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+fn data(p: &Conv2dParams, seed: u64) -> Data {
+    let mut rng = TestRng::new(seed);
+    let size = |s: [usize; 4]| s.iter().product::<usize>();
+    Data {
+        x: rng.vec(size(p.input_shape())),
+        w: rng.vec(size(p.weight_shape())),
+        b: rng.vec(p.c_out),
+        dy: rng.vec(size(p.output_shape())),
+    }
+}
+
+/// All three passes of `p`: (y, dx, dw, db).
+fn run_all(p: &Conv2dParams, d: &Data) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut y = vec![f32::NAN; d.dy.len()];
+    conv2d_forward(p, &d.x, &d.w, Some(&d.b), &mut y);
+    let mut dx = vec![f32::NAN; d.x.len()];
+    conv2d_backward_data(p, &d.dy, &d.w, &mut dx);
+    let mut dw = vec![f32::NAN; d.w.len()];
+    let mut db = vec![f32::NAN; p.c_out];
+    conv2d_backward_weight(p, &d.x, &d.dy, &mut dw, Some(&mut db));
+    (y, dx, dw, db)
+}
+
+fn check_against_reference(portable: bool) {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for (seed, p) in cases().iter().enumerate() {
+        let d = data(p, seed as u64 + 1);
+        let (y, dx, dw, db) = if portable {
+            with_portable(|| run_all(p, &d))
+        } else {
+            run_all(p, &d)
+        };
+        let taps = p.kh * p.kw;
+        let y_ref = reference::forward(p, &d.x, &d.w, Some(&d.b));
+        assert_close("forward", p, &y, &y_ref, p.c_in * taps);
+        let dx_ref = reference::backward_data(p, &d.dy, &d.w);
+        assert_close("backward_data", p, &dx, &dx_ref, p.c_out * taps);
+        let (dw_ref, db_ref) = reference::backward_weight(p, &d.x, &d.dy);
+        let pixels = p.batch * p.out_h() * p.out_w();
+        assert_close("backward_weight", p, &dw, &dw_ref, pixels);
+        assert_close("backward_bias", p, &db, &db_ref, pixels);
+    }
+}
+
+#[test]
+fn conv_matches_reference_simd() {
+    check_against_reference(false);
+}
+
+#[test]
+fn conv_matches_reference_portable() {
+    check_against_reference(true);
+}
+
+#[test]
+fn conv_forward_without_bias() {
+    let p = params(2, 3, 5, 7, 6, 3, 3, 1, 1);
+    let d = data(&p, 99);
+    let mut y = vec![f32::NAN; d.dy.len()];
+    conv2d_forward(&p, &d.x, &d.w, None, &mut y);
+    let y_ref = reference::forward(&p, &d.x, &d.w, None);
+    assert_close("forward (no bias)", &p, &y, &y_ref, 27);
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn conv_bitwise_identical_for_1_and_2_threads() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = [
+        params(16, 16, 24, 20, 20, 3, 3, 1, 1),
+        params(13, 16, 24, 21, 19, 3, 3, 2, 1),
+        params(11, 24, 16, 12, 12, 1, 1, 1, 0),
+    ];
+    for (seed, p) in cases.iter().enumerate() {
+        let d = data(p, 1000 + seed as u64);
+        let one = in_pool(1, || run_all(p, &d));
+        let two = in_pool(2, || run_all(p, &d));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one.0), bits(&two.0), "forward {p:?}");
+        assert_eq!(bits(&one.1), bits(&two.1), "backward_data {p:?}");
+        assert_eq!(bits(&one.2), bits(&two.2), "backward_weight {p:?}");
+        assert_eq!(bits(&one.3), bits(&two.3), "backward_bias {p:?}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "conv2d_forward")]
+fn conv_forward_panics_on_wrong_weight_length() {
+    let p = params(1, 2, 3, 4, 4, 3, 3, 1, 1);
+    let x = vec![0.0; 32];
+    let w = vec![0.0; 10];
+    let mut y = vec![0.0; 48];
+    conv2d_forward(&p, &x, &w, None, &mut y);
+}
+
+#[test]
+fn conv_output_size() {
+    let p = params(1, 1, 1, 32, 31, 3, 3, 2, 1);
+    assert_eq!((p.out_h(), p.out_w()), (16, 16));
+    let p = params(1, 1, 1, 7, 5, 1, 3, 1, 0);
+    assert_eq!((p.out_h(), p.out_w()), (7, 3));
+}
