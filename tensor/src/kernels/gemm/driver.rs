@@ -1,0 +1,217 @@
+//! The blocked driver: the five GotoBLAS loops around the micro-kernel, and the threading.
+//!
+//! ```text
+//! for jc in 0..n step NC            columns of C and B
+//!   for pc in 0..k step KC          K, in order (never split across threads)
+//!     pack B[pc.., jc..] into KC x NR micro-panels       (shared by all threads)
+//!     for ic in 0..m step chunk     rows of C and A
+//!       pack A[ic.., pc..] into MR x KC micro-panels     (shared by all threads)
+//!       for each task (MC rows x NT columns of C)        <- the parallel loop
+//!         for jr in task columns step NR
+//!           for ir in task rows step MR
+//!             micro-kernel: C[ir.., jr..] = alpha * A~ B~ + beta' * C[ir.., jr..]
+//! ```
+//!
+//! `beta' = beta` for the first K slice and 1 afterwards, so C is read only when the caller
+//! asked for it. Each element of C belongs to exactly one task and receives its K slices in
+//! order, so the result does not depend on how tasks are spread over threads. Small products
+//! (below [`PARALLEL_MIN_MNK`]) run on the calling thread without touching rayon.
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::blocking::Config;
+use super::{pack, Trans};
+
+/// Products with `m * n * k` below this run serially: rayon's fork-join costs a few
+/// microseconds, about what 2^21 multiply-adds take on one core.
+pub(super) const PARALLEL_MIN_MNK: usize = 1 << 21;
+
+/// How many `MC` blocks of A are packed at once when threads share the work.
+const MC_PER_CHUNK: usize = 16;
+
+/// The operands of one product (everything but C).
+#[derive(Clone, Copy)]
+pub(super) struct Operands<'a> {
+    pub transa: Trans,
+    pub transb: Trans,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: &'a [f32],
+    pub lda: usize,
+    pub b: &'a [f32],
+    pub ldb: usize,
+    pub beta: f32,
+}
+
+/// A pointer to C that tasks may share: each task writes a disjoint set of tiles.
+#[derive(Clone, Copy)]
+struct TilePtr(*mut f32);
+// SAFETY: tasks write disjoint tiles of C, and the borrow of C outlives every task.
+unsafe impl Send for TilePtr {}
+unsafe impl Sync for TilePtr {}
+
+impl TilePtr {
+    /// The element `offset` floats past the start of C.
+    ///
+    /// # Safety
+    /// `offset` must lie inside C.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `C = alpha op(A) op(B) + beta C` with the kernel and blocks of `cfg`. The operands' sizes
+/// must have been checked against their slices. `threads` allows the use of the current rayon
+/// pool (it is used only for products large enough to pay for it).
+pub(super) fn gemm(cfg: &Config, op: &Operands, c: &mut [f32], ldc: usize, threads: bool) {
+    let Operands { m, n, k, .. } = *op;
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || op.alpha == 0.0 {
+        scale(c, ldc, m, n, op.beta);
+        return;
+    }
+    let parallel = threads
+        && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MNK
+        && rayon::current_num_threads() > 1;
+    let (mr, nr) = (cfg.mr, cfg.nr);
+    // Equal K slices of at most KC: a short last slice would waste a pass over C.
+    let kc = k.div_ceil(k.div_ceil(cfg.kc));
+    let nc = cfg.nc.min(n.next_multiple_of(nr));
+    let m_chunk = if parallel {
+        cfg.mc * MC_PER_CHUNK
+    } else {
+        cfg.mc
+    };
+    let m_chunk = m_chunk.min(m.next_multiple_of(mr));
+    let b_len = (kc * nc).next_multiple_of(16);
+    let c_ptr = TilePtr(c.as_mut_ptr());
+
+    with_buffer(b_len + kc * m_chunk, |buf| {
+        let (b_buf, a_buf) = buf.split_at_mut(b_len);
+        for jc in (0..n).step_by(nc) {
+            let n_cur = (n - jc).min(nc);
+            for (kb, pc) in (0..k).step_by(kc).enumerate() {
+                let k_cur = (k - pc).min(kc);
+                let beta = if kb == 0 { op.beta } else { 1.0 };
+                let b_pack = &mut b_buf[..n_cur.div_ceil(nr) * k_cur * nr];
+                let pack_b = |(jp, dst): (usize, &mut [f32])| {
+                    let j0 = jc + jp * nr;
+                    pack::pack_b(op.transb, op.b, op.ldb, j0, (n - j0).min(nr), pc, nr, dst);
+                };
+                if parallel {
+                    b_pack
+                        .par_chunks_mut(k_cur * nr)
+                        .enumerate()
+                        .for_each(pack_b);
+                } else {
+                    b_pack.chunks_mut(k_cur * nr).enumerate().for_each(pack_b);
+                }
+                let b_pack = &*b_pack;
+                for ic in (0..m).step_by(m_chunk) {
+                    let m_cur = (m - ic).min(m_chunk);
+                    let a_pack = &mut a_buf[..m_cur.div_ceil(mr) * k_cur * mr];
+                    let pack_a = |(ip, dst): (usize, &mut [f32])| {
+                        let i0 = ic + ip * mr;
+                        pack::pack_a(op.transa, op.a, op.lda, i0, (m - i0).min(mr), pc, mr, dst);
+                    };
+                    if parallel {
+                        a_pack
+                            .par_chunks_mut(k_cur * mr)
+                            .enumerate()
+                            .for_each(pack_a);
+                    } else {
+                        a_pack.chunks_mut(k_cur * mr).enumerate().for_each(pack_a);
+                    }
+                    let a_pack = &*a_pack;
+                    let (row_blocks, col_blocks) = (m_cur.div_ceil(cfg.mc), n_cur.div_ceil(cfg.nt));
+                    let task = |t: usize| {
+                        let (rb, cb) = (t / col_blocks, t % col_blocks);
+                        let rows = rb * cfg.mc..m_cur.min((rb + 1) * cfg.mc);
+                        let cols = cb * cfg.nt..n_cur.min((cb + 1) * cfg.nt);
+                        for jr in cols.step_by(nr) {
+                            let b_panel = &b_pack[jr / nr * k_cur * nr..][..k_cur * nr];
+                            for ir in rows.clone().step_by(mr) {
+                                let a_panel = &a_pack[ir / mr * k_cur * mr..][..k_cur * mr];
+                                let tile = (ic + ir) * ldc + jc + jr;
+                                // SAFETY: the panels hold k_cur groups of MR and NR values; the
+                                // tile's (m - ic - ir).min(mr) x (n - jc - jr).min(nr) corner is
+                                // inside C (checked by the caller) and owned by this task.
+                                unsafe {
+                                    (cfg.kernel)(
+                                        k_cur,
+                                        op.alpha,
+                                        a_panel.as_ptr(),
+                                        b_panel.as_ptr(),
+                                        beta,
+                                        c_ptr.at(tile),
+                                        ldc,
+                                        (m_cur - ir).min(mr),
+                                        (n_cur - jr).min(nr),
+                                    );
+                                }
+                            }
+                        }
+                    };
+                    let tasks = row_blocks * col_blocks;
+                    if parallel {
+                        (0..tasks).into_par_iter().for_each(task);
+                    } else {
+                        (0..tasks).for_each(task);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `C = beta C` (zeros when `beta == 0`, without reading C).
+fn scale(c: &mut [f32], ldc: usize, m: usize, n: usize, beta: f32) {
+    for row in c.chunks_mut(ldc).take(m) {
+        let row = &mut row[..n];
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
+}
+
+/// One cache line of f32s: the unit of the packing buffers, so that panels start 64-byte
+/// aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+thread_local! {
+    /// The packing buffer of this thread, kept between calls to avoid page faults.
+    static BUFFER: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on a 64-byte aligned scratch buffer of `len` floats (contents unspecified). A
+/// nested call on the same thread (rayon may run another product while this one waits) gets a
+/// fresh buffer.
+fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut lines = BUFFER.with(Cell::take);
+    if lines.len() * 16 < len {
+        lines = vec![Line([0.0; 16]); len.div_ceil(16)];
+    }
+    // SAFETY: `Line` is 16 plain f32s with no padding, and `lines` holds at least `len` floats.
+    let floats = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), len) };
+    let result = f(floats);
+    BUFFER.with(|cell| {
+        let other = cell.take();
+        cell.set(if other.len() > lines.len() {
+            other
+        } else {
+            lines
+        });
+    });
+    result
+}
