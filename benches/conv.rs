@@ -1,1 +1,147 @@
-fn main() {}
+//! conv2d and group-norm benchmarks, with 1 and 2 threads.
+//!
+//! `cargo bench --bench conv` prints, per pass, the time and (as "elem/s") the GFLOP/s rate,
+//! counting `2 * N * C_out * C_in * kh * kw * out_h * out_w` flops per conv pass. Divide by the
+//! machine's FMA peak for the fraction of peak.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tensor::kernels::conv::{
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
+};
+use tensor::kernels::norm::{group_norm_backward, group_norm_forward};
+
+fn data(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// (name, params) of the benchmarked convolutions, batch 16.
+fn cases() -> Vec<(&'static str, Conv2dParams)> {
+    let conv = |c_in, c_out, hw, k, stride, padding| Conv2dParams {
+        batch: 16,
+        c_in,
+        c_out,
+        h: hw,
+        w: hw,
+        kh: k,
+        kw: k,
+        stride,
+        padding,
+    };
+    vec![
+        ("3x3_64-64_32x32", conv(64, 64, 32, 3, 1, 1)),
+        ("3x3_128-128_16x16", conv(128, 128, 16, 3, 1, 1)),
+        ("1x1_64-128_32x32", conv(64, 128, 32, 1, 1, 0)),
+        ("3x3s2_64-64_32x32", conv(64, 64, 32, 3, 2, 1)),
+    ]
+}
+
+fn bench_conv(c: &mut Criterion) {
+    for threads in [1, 2] {
+        let pool = pool(threads);
+        for (name, p) in cases() {
+            let size = |s: [usize; 4]| s.iter().product::<usize>();
+            let x = data(size(p.input_shape()), 1);
+            let w = data(size(p.weight_shape()), 2);
+            let b = data(p.c_out, 3);
+            let dy = data(size(p.output_shape()), 4);
+            let mut y = vec![0.0; dy.len()];
+            let mut dx = vec![0.0; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            let mut db = vec![0.0; p.c_out];
+            let mut group = c.benchmark_group(format!("conv2d_{name}"));
+            group.throughput(Throughput::Elements(p.flops() as u64));
+            group.sample_size(10);
+            group.bench_function(BenchmarkId::new("forward", format!("{threads}t")), |bch| {
+                bch.iter(|| pool.install(|| conv2d_forward(&p, &x, &w, Some(&b), &mut y)))
+            });
+            group.bench_function(
+                BenchmarkId::new("backward_data", format!("{threads}t")),
+                |bch| bch.iter(|| pool.install(|| conv2d_backward_data(&p, &dy, &w, &mut dx))),
+            );
+            group.bench_function(
+                BenchmarkId::new("backward_weight", format!("{threads}t")),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| conv2d_backward_weight(&p, &x, &dy, &mut dw, Some(&mut db)))
+                    })
+                },
+            );
+            group.finish();
+        }
+    }
+}
+
+fn bench_group_norm(c: &mut Criterion) {
+    let (n, ch, hw, groups) = (16, 64, 32 * 32, 32);
+    let x = data(n * ch * hw, 5);
+    let dy = data(n * ch * hw, 6);
+    let gamma = data(ch, 7);
+    let beta = data(ch, 8);
+    let mut y = vec![0.0; x.len()];
+    let mut dx = vec![0.0; x.len()];
+    let (mut mean, mut rstd) = (vec![0.0; n * groups], vec![0.0; n * groups]);
+    let (mut dg, mut dbeta) = (vec![0.0; ch], vec![0.0; ch]);
+    let mut group = c.benchmark_group("group_norm_16x64x32x32_g32");
+    group.throughput(Throughput::Bytes((x.len() * 4) as u64));
+    for threads in [1, 2] {
+        let pool = pool(threads);
+        group.bench_function(BenchmarkId::new("forward", format!("{threads}t")), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    group_norm_forward(
+                        &x,
+                        n,
+                        ch,
+                        hw,
+                        groups,
+                        1e-5,
+                        Some(&gamma),
+                        Some(&beta),
+                        &mut y,
+                        &mut mean,
+                        &mut rstd,
+                    )
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("backward", format!("{threads}t")), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    group_norm_backward(
+                        &x,
+                        &dy,
+                        n,
+                        ch,
+                        hw,
+                        groups,
+                        &mean,
+                        &rstd,
+                        Some(&gamma),
+                        &mut dx,
+                        Some(&mut dg),
+                        Some(&mut dbeta),
+                    )
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_conv, bench_group_norm);
+criterion_main!(benches);
