@@ -7,8 +7,13 @@
 //! `docs/autograd.md` for a walkthrough.
 
 pub mod gradcheck;
+pub mod nn;
+pub mod ops;
+pub mod optim;
 pub mod param;
 mod tape;
+#[cfg(test)]
+mod test_util;
 mod var;
 
 pub use param::Param;

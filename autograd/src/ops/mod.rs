@@ -1,0 +1,8 @@
+//! Differentiable ops, one family per file. Each op is a forward function next to the struct
+//! holding its backward rule, with the rule derived in the doc comment, and gradient checks in
+//! the same file.
+
+pub mod arith;
+pub mod conv;
+pub mod norm;
+pub mod unary;
