@@ -200,3 +200,212 @@ impl Tensor {
         super::unary::map_lanes_inplace(self, move |a| a + f32x8::splat(s));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{assert_close, broadcast_index, Lcg};
+    use crate::shape::{numel, try_broadcast_shapes};
+    use crate::Tensor;
+    use proptest::prelude::*;
+
+    type Op = (
+        &'static str,
+        fn(&Tensor, &Tensor) -> Tensor,
+        fn(f64, f64) -> f64,
+    );
+
+    const OPS: &[Op] = &[
+        ("add", Tensor::add, |a, b| a + b),
+        ("sub", Tensor::sub, |a, b| a - b),
+        ("mul", Tensor::mul, |a, b| a * b),
+        ("div", Tensor::div, |a, b| a / b),
+        ("maximum", Tensor::maximum, f64::max),
+        ("minimum", Tensor::minimum, f64::min),
+    ];
+
+    /// The naive f64 reference: every output element from explicit broadcast indexing.
+    fn reference(a: &Tensor, b: &Tensor, f: fn(f64, f64) -> f64) -> (Vec<usize>, Vec<f64>) {
+        let shape = try_broadcast_shapes(a.shape(), b.shape()).unwrap();
+        let out = (0..numel(&shape))
+            .map(|i| {
+                let x = a.data()[broadcast_index(a.shape(), &shape, i)] as f64;
+                let y = b.data()[broadcast_index(b.shape(), &shape, i)] as f64;
+                f(x, y)
+            })
+            .collect();
+        (shape, out)
+    }
+
+    fn check_pair(rng: &mut Lcg, sa: &[usize], sb: &[usize]) {
+        let a = rng.tensor(sa);
+        let b = rng.tensor(sb);
+        for (name, op, f) in OPS {
+            let got = op(&a, &b);
+            let (shape, want) = reference(&a, &b, *f);
+            assert_eq!(got.shape(), &shape[..], "{name} {sa:?} {sb:?}");
+            assert_close(name, got.data(), &want, 1e-7, 0.0);
+        }
+        let p = a.abs().add_scalar(0.5).pow(&b);
+        let (_, want) = reference(&a, &b, |x, _| (x.abs() as f32 + 0.5) as f64);
+        let want: Vec<f64> = {
+            let (_, ys) = reference(&a, &b, |_, y| y);
+            want.iter().zip(ys).map(|(x, y)| x.powf(y)).collect()
+        };
+        assert_close("pow", p.data(), &want, 1e-6, 0.0);
+    }
+
+    #[test]
+    fn broadcast_shapes_match_reference() {
+        let mut rng = Lcg::new(10);
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[3, 1, 5], &[4, 1]),
+            (&[2, 3], &[3]),
+            (&[2, 3], &[2, 1]),
+            (&[], &[4, 5]),
+            (&[4, 5], &[]),
+            (&[0], &[1]),
+            (&[0, 3], &[3]),
+            (&[1], &[7]),
+            (&[17], &[17]),
+            (&[129], &[1]),
+            (&[2, 3, 17, 19], &[1, 3, 1, 1]),
+            (&[2, 3, 17, 19], &[3, 1, 19]),
+            (&[5, 1, 9], &[1, 7, 1]),
+            (&[1, 1, 33], &[6, 1, 1]),
+            (&[1000003], &[1000003]),
+            (&[3, 500001], &[3, 1]),
+            (&[2, 70000, 3], &[70000, 1]),
+        ];
+        for (sa, sb) in cases {
+            check_pair(&mut rng, sa, sb);
+        }
+    }
+
+    #[test]
+    fn scalar_ops_match_reference() {
+        let mut rng = Lcg::new(11);
+        let x = rng.tensor(&[7, 19]);
+        let s = 0.37f32;
+        let cases: Vec<(&str, Tensor, fn(f64, f64) -> f64)> = vec![
+            ("add_scalar", x.add_scalar(s), |a, b| a + b),
+            ("sub_scalar", x.sub_scalar(s), |a, b| a - b),
+            ("rsub_scalar", x.rsub_scalar(s), |a, b| b - a),
+            ("mul_scalar", x.mul_scalar(s), |a, b| a * b),
+            ("div_scalar", x.div_scalar(s), |a, b| a / b),
+            ("maximum_scalar", x.maximum_scalar(s), f64::max),
+            ("minimum_scalar", x.minimum_scalar(s), f64::min),
+            ("pow_scalar", x.abs().pow_scalar(s), |a, b| a.abs().powf(b)),
+            ("clamp", x.clamp(-s, s), |a, b| a.clamp(-b, b)),
+        ];
+        for (name, got, f) in cases {
+            let want: Vec<f64> = x.data().iter().map(|&v| f(v as f64, s as f64)).collect();
+            assert_close(name, got.data(), &want, 1e-6, 0.0);
+        }
+        assert_eq!(x.pow_scalar(2.0).data(), x.square().data());
+    }
+
+    #[test]
+    fn in_place_ops_match_out_of_place() {
+        let mut rng = Lcg::new(12);
+        let a = rng.tensor(&[4, 3, 33]);
+        for sb in [&[4, 3, 33][..], &[3, 1], &[33], &[]] {
+            let b = rng.tensor(sb);
+            let mut x = a.clone();
+            x.add_assign(&b);
+            assert_eq!(x.data(), a.add(&b).data());
+            let mut x = a.clone();
+            x.sub_assign(&b);
+            assert_eq!(x.data(), a.sub(&b).data());
+            let mut x = a.clone();
+            x.mul_assign(&b);
+            assert_eq!(x.data(), a.mul(&b).data());
+            let mut x = a.clone();
+            x.add_scaled(&b, -0.25);
+            assert_eq!(x.data(), a.add(&b.mul_scalar(-0.25)).data());
+        }
+        let mut x = a.clone();
+        x.mul_scalar_assign(3.0);
+        x.add_scalar_assign(1.0);
+        assert_eq!(x.data(), a.mul_scalar(3.0).add_scalar(1.0).data());
+        assert!(
+            (a.data()[0] - x.data()[0]).abs() > 0.0,
+            "the original must be untouched"
+        );
+    }
+
+    #[test]
+    fn nan_propagates_through_maximum_and_minimum() {
+        let a = Tensor::from_vec(vec![f32::NAN, 1.0, 2.0], &[3]);
+        let b = Tensor::from_vec(vec![0.0, f32::NAN, 1.0], &[3]);
+        let m = a.maximum(&b);
+        assert!(m.data()[0].is_nan() && m.data()[1].is_nan());
+        assert_eq!(m.data()[2], 2.0);
+        assert!(a.minimum(&b).data()[1].is_nan());
+        assert!(a.maximum_scalar(0.0).data()[0].is_nan());
+    }
+
+    #[test]
+    #[should_panic(expected = "add: shapes [2, 3] and [4] do not broadcast")]
+    fn add_rejects_mismatched_shapes() {
+        Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4]));
+    }
+
+    #[test]
+    #[should_panic(expected = "div: shapes [3, 1, 5] and [4, 2] do not broadcast")]
+    fn div_rejects_mismatched_shapes() {
+        Tensor::zeros(&[3, 1, 5]).div(&Tensor::zeros(&[4, 2]));
+    }
+
+    #[test]
+    #[should_panic(expected = "add_assign: shapes [3] and [2, 3] broadcast to [2, 3]")]
+    fn add_assign_rejects_growing_the_target() {
+        Tensor::zeros(&[3]).add_assign(&Tensor::zeros(&[2, 3]));
+    }
+
+    /// A pair of shapes that broadcast: a common shape, with some dims of each set to 1 and
+    /// some leading dims of each dropped.
+    fn broadcastable_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        prop::collection::vec((0usize..6, any::<bool>(), any::<bool>()), 0..5).prop_flat_map(
+            |dims| {
+                let a: Vec<usize> = dims
+                    .iter()
+                    .map(|&(d, x, _)| if x { 1 } else { d })
+                    .collect();
+                let b: Vec<usize> = dims
+                    .iter()
+                    .map(|&(d, _, y)| if y { 1 } else { d })
+                    .collect();
+                let n = dims.len();
+                (Just(a), Just(b), 0..=n, 0..=n)
+                    .prop_map(|(a, b, ca, cb)| (a[ca..].to_vec(), b[cb..].to_vec()))
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn broadcasting_is_commutative_in_shape((sa, sb) in broadcastable_pair()) {
+            prop_assert_eq!(try_broadcast_shapes(&sa, &sb), try_broadcast_shapes(&sb, &sa));
+            let mut rng = Lcg::new(sa.len() as u64 * 31 + sb.len() as u64);
+            let (a, b) = (rng.tensor(&sa), rng.tensor(&sb));
+            prop_assert_eq!(a.add(&b).data().to_vec(), b.add(&a).data().to_vec());
+            prop_assert_eq!(a.mul(&b).shape().to_vec(), b.mul(&a).shape().to_vec());
+        }
+
+        #[test]
+        fn broadcast_equals_explicit_expansion((sa, sb) in broadcastable_pair()) {
+            let mut rng = Lcg::new(7);
+            let (a, b) = (rng.tensor(&sa), rng.tensor(&sb));
+            let shape = try_broadcast_shapes(&sa, &sb).unwrap();
+            let expand = |t: &Tensor| -> Tensor {
+                let data = (0..numel(&shape))
+                    .map(|i| t.data()[broadcast_index(t.shape(), &shape, i)])
+                    .collect();
+                Tensor::from_vec(data, &shape)
+            };
+            let (ea, eb) = (expand(&a), expand(&b));
+            prop_assert_eq!(a.sub(&b).data().to_vec(), ea.sub(&eb).data().to_vec());
+            prop_assert_eq!(a.div(&b).data().to_vec(), ea.div(&eb).data().to_vec());
+        }
+    }
+}

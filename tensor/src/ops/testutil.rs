@@ -55,3 +55,22 @@ pub(crate) fn assert_close(op: &str, got: &[f32], want: &[f64], rel: f64, abs: f
         );
     }
 }
+
+/// Element `out_index` (flat, of `out_shape`) read from a tensor of `shape` broadcast to
+/// `out_shape`, by explicit index arithmetic (the naive reference for broadcasting).
+pub(crate) fn broadcast_index(shape: &[usize], out_shape: &[usize], out_index: usize) -> usize {
+    let mut rest = out_index;
+    let mut idx = 0;
+    let mut stride = 1;
+    for d in (0..out_shape.len()).rev() {
+        let i = rest % out_shape[d];
+        rest /= out_shape[d];
+        if let Some(k) = (d + shape.len()).checked_sub(out_shape.len()) {
+            if shape[k] != 1 {
+                idx += i * stride;
+            }
+            stride *= shape[k];
+        }
+    }
+    idx
+}
