@@ -4,5 +4,7 @@
 
 pub mod arith;
 pub mod conv;
+pub mod layout;
 pub mod norm;
+pub mod reduce;
 pub mod unary;
