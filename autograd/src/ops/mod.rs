@@ -4,7 +4,10 @@
 
 pub mod arith;
 pub mod conv;
+pub mod dropout;
 pub mod layout;
+pub mod loss;
 pub mod norm;
 pub mod reduce;
+pub mod softmax;
 pub mod unary;
