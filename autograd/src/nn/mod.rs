@@ -1,5 +1,12 @@
-//! Neural-network building blocks: the parameter store and modules.
+//! Neural-network building blocks: the parameter store, the [`Module`] trait and layers.
+//! Parameter names follow PyTorch's (`weight`, `bias`) under the prefix of the store handle a
+//! layer was built with.
 
+mod ctx;
+pub mod init;
+mod layers;
 mod store;
 
+pub use ctx::{Ctx, Module, Sequential};
+pub use layers::{layer_norm, Conv2d, Dropout, GroupNorm, LayerNorm, Silu};
 pub use store::ParamStore;
