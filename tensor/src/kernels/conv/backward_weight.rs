@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-use super::im2col::{im2col_rows, Geometry};
+use super::direct;
+use super::hwc::{im2row_rows, pad_channels_last, permute_to_oihw};
+use super::im2col::Geometry;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
 
@@ -17,8 +19,8 @@ const MAX_CHUNKS: usize = 8;
 /// `grad_weight` `[c_out, c_in, kh, kw]` and `grad_bias` (if any) `[c_out]`, both overwritten.
 /// Panics, naming the op and the shapes, if a length disagrees with `p`.
 ///
-/// Per image, `dWt += dY_n * cols_n^T` (a GEMM whose reduction runs over the image's output
-/// pixels). The batch is cut into at most 8 chunks of `ceil(batch / 8)`
+/// Per image, `dWt += dY_n * colsT_n` (a GEMM whose reduction runs over the image's output
+/// pixels, with the pixel-major column matrix of `hwc`). The batch is cut into at most 8 chunks of `ceil(batch / 8)`
 /// images; each chunk sums its images in order into its own partial, and the partials are then
 /// added in chunk order, so the result does not depend on the number of threads.
 pub fn conv2d_backward_weight(
@@ -57,29 +59,35 @@ pub fn conv2d_backward_weight(
     let per_chunk = p.batch.div_ceil(MAX_CHUNKS);
     let chunks = p.batch.div_ceil(per_chunk);
     let wlen = grad_weight.len();
-    let mut partials = vec![0.0f32; (chunks - 1) * wlen];
-    {
-        let mut dests: Vec<&mut [f32]> = Vec::with_capacity(chunks);
-        dests.push(&mut *grad_weight);
-        dests.extend(partials.chunks_exact_mut(wlen));
-        dests
-            .into_par_iter()
-            .enumerate()
-            .for_each_init(Vec::new, |cols, (chunk, dw)| {
-                let first = chunk * per_chunk;
-                let last = (first + per_chunk).min(p.batch);
-                for n in first..last {
-                    let x = &input[n * in_len..][..in_len];
-                    let dy = &grad_output[n * out_len..][..out_len];
-                    accumulate_image(&g, p.c_out, x, dy, dw, n == first, cols);
-                }
-            });
-    }
-    for partial in partials.chunks_exact(wlen) {
-        for (d, &v) in grad_weight.iter_mut().zip(partial) {
+    // One partial per chunk, in (co, a, b, ci) order (see `hwc`).
+    let mut partials = vec![0.0f32; chunks * wlen];
+    partials
+        .par_chunks_exact_mut(wlen)
+        .enumerate()
+        .for_each_init(Workspace::default, |ws, (chunk, dw)| {
+            let first = chunk * per_chunk;
+            let last = (first + per_chunk).min(p.batch);
+            for n in first..last {
+                let x = &input[n * in_len..][..in_len];
+                let dy = &grad_output[n * out_len..][..out_len];
+                accumulate_image(&g, p.c_out, x, dy, dw, n == first, ws);
+            }
+        });
+    let (sum, rest) = partials.split_at_mut(wlen);
+    for partial in rest.chunks_exact(wlen) {
+        for (d, &v) in sum.iter_mut().zip(partial) {
             *d += v;
         }
     }
+    permute_to_oihw(&g, p.c_out, sum, grad_weight);
+}
+
+/// Per-task scratch: the padded channels-last image and one pixel-major column tile.
+#[derive(Default)]
+struct Workspace {
+    padded: Vec<f32>,
+    cols: Vec<f32>,
+    direct: direct::Workspace,
 }
 
 /// `db[co] = sum_{n, pixels} dY[n, co, pixel]`, accumulated in f64 in a fixed order.
@@ -94,8 +102,9 @@ fn bias_gradient(dy: &[f32], batch: usize, c_out: usize, npix: usize, db: &mut [
     });
 }
 
-/// `dw (+)= dY_n * cols_n^T` for one image (`x` is `[g.c, g.h, g.w]`, `dy` `[c_out, oh * ow]`,
-/// `dw` `[c_out, g.k()]`); overwrites `dw` when `overwrite`, else adds to it.
+/// `dw (+)= dY_n * colsT_n` for one image (`x` is `[g.c, g.h, g.w]`, `dy` `[c_out, oh * ow]`,
+/// `dw` `[c_out, (a, b, ci)]`); overwrites `dw` when `overwrite`, else adds to it. Both GEMM
+/// operands are read in their stored orientation.
 fn accumulate_image(
     g: &Geometry,
     c_out: usize,
@@ -103,35 +112,28 @@ fn accumulate_image(
     dy: &[f32],
     dw: &mut [f32],
     overwrite: bool,
-    cols: &mut Vec<f32>,
+    ws: &mut Workspace,
 ) {
     let (k, npix) = (g.k(), g.out_pixels());
     let mut beta = if overwrite { 0.0 } else { 1.0 };
-    if g.is_pointwise() {
-        sgemm(
-            Trans::No,
-            Trans::Yes,
-            c_out,
-            k,
-            npix,
-            1.0,
-            dy,
-            npix,
-            x,
-            npix,
-            beta,
-            dw,
-            k,
-        );
+    pad_channels_last(g, x, &mut ws.padded);
+    if direct::available() {
+        direct::weight_grad_image(g, c_out, &ws.padded, dy, dw, overwrite, &mut ws.direct);
         return;
     }
     for (r0, r1) in g.tiles() {
         let t = (r1 - r0) * g.ow;
-        cols.resize(k * t, 0.0);
-        im2col_rows(g, x, r0, r1, cols);
+        ws.cols.resize(k * t, 0.0);
+        let cols: &[f32] = if g.is_pointwise() {
+            // The padded channels-last image already is the pixel-major column matrix.
+            &ws.padded[r0 * g.ow * k..][..t * k]
+        } else {
+            im2row_rows(g, &ws.padded, r0, r1, &mut ws.cols);
+            &ws.cols
+        };
         sgemm(
             Trans::No,
-            Trans::Yes,
+            Trans::No,
             c_out,
             k,
             t,
@@ -139,7 +141,7 @@ fn accumulate_image(
             &dy[r0 * g.ow..],
             npix,
             cols,
-            t,
+            k,
             beta,
             dw,
             k,

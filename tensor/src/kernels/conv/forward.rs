@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::direct;
 use super::im2col::{im2col_rows, Geometry};
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
@@ -60,6 +61,17 @@ pub(crate) fn forward_images(
         for y in output.chunks_exact_mut(out_len) {
             fill_bias(y, bias, g.out_pixels());
         }
+        return;
+    }
+    if direct::available() && !g.is_pointwise() {
+        let mut packed = Vec::new();
+        direct::pack_rows(weight, c_out, g.k(), g.k(), 0, &mut packed);
+        output
+            .par_chunks_exact_mut(out_len)
+            .zip(input.par_chunks_exact(in_len))
+            .for_each_init(direct::Workspace::default, |ws, (y, x)| {
+                direct::forward_image(g, c_out, &packed, x, bias, y, ws)
+            });
         return;
     }
     output

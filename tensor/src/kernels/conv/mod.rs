@@ -19,9 +19,12 @@
 //! partial weight gradients are added in chunk order (backward-weight), so results are bitwise
 //! identical for any thread count.
 
+mod avx512;
 mod backward_data;
 mod backward_weight;
+mod direct;
 mod forward;
+mod hwc;
 mod im2col;
 mod params;
 

@@ -1,0 +1,213 @@
+//! Direct-packed convolution GEMMs for CPUs with AVX-512: the column matrix is packed straight
+//! into the micro-kernel's panel layout from a padded copy of the image, with no im2col buffer
+//! and no second packing pass, and the weights are packed once per call instead of once per
+//! GEMM.
+//!
+//! - forward (and backward-data, as a forward convolution of the output gradient):
+//!   `Y[co, p] = bias[co] + sum_kk Wt[co, kk] * cols[kk, p]`, A = the packed weights
+//!   (`[c_out / 8][K][8]`), B = `cols` packed per tile of pixels (`[pixels / 32][K][32]`), read
+//!   from the zero-padded NCHW image `Xp[ci, y, x]`: `cols[(ci, a, b), (i, j)] = Xp[ci, i*s + a,
+//!   j*s + b]`.
+//! - backward-weight: `dW[co, kk'] += sum_p dY[co, p] * colsT[p, kk']` over the pixels of a
+//!   tile, with `kk' = (a, b, ci)` (see [`super::hwc`]): A = the output gradient's tile
+//!   (`[c_out / 8][t][8]`), B = `colsT` packed `[K / 32][t][32]` from the padded channels-last
+//!   image, whose `kw * c` runs are contiguous.
+//!
+//! Partial tiles are zero-padded in the packs and clipped by the kernel's masked stores.
+
+use super::avx512::{conv_avx512_8x32, MR, NR};
+use super::im2col::Geometry;
+
+/// Target size, in f32, of one packed column tile (kept in L2 while the weights stream past).
+const TILE_FLOATS: usize = 96 * 1024;
+
+/// True when this CPU runs the direct path (AVX-512F, and the portable path not forced).
+pub(crate) fn available() -> bool {
+    cfg!(target_arch = "x86_64") && crate::kernels::cpu::isa() == crate::kernels::cpu::Isa::Avx512
+}
+
+/// Packs rows `0..rows` of the `rows x k` matrix `src` (row stride `ld`, column offset
+/// `col0`) into `[ceil(rows / 8)][k][8]` micro-panels, zero rows past `rows`.
+pub(crate) fn pack_rows(
+    src: &[f32],
+    rows: usize,
+    k: usize,
+    ld: usize,
+    col0: usize,
+    out: &mut Vec<f32>,
+) {
+    let blocks = rows.div_ceil(MR);
+    out.clear();
+    out.resize(blocks * k * MR, 0.0);
+    for (blk, panel) in out.chunks_exact_mut(k * MR).enumerate() {
+        for r in 0..MR.min(rows - blk * MR) {
+            let row = &src[(blk * MR + r) * ld + col0..][..k];
+            for (dst, &v) in panel.iter_mut().skip(r).step_by(MR).zip(row) {
+                *dst = v;
+            }
+        }
+    }
+}
+
+/// Scratch of one task.
+#[derive(Default)]
+pub(crate) struct Workspace {
+    padded: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// Writes the zero-padded NCHW copy of `image` (`[c, h + 2 pad_h, w + 2 pad_w]`).
+fn pad_nchw(g: &Geometry, image: &[f32], padded: &mut Vec<f32>) {
+    let (hp, wp) = (g.h + 2 * g.pad_h, g.w + 2 * g.pad_w);
+    padded.clear();
+    padded.resize(g.c * hp * wp, 0.0);
+    for (plane, dst) in image
+        .chunks_exact(g.h * g.w)
+        .zip(padded.chunks_exact_mut(hp * wp))
+    {
+        for (y, row) in plane.chunks_exact(g.w).enumerate() {
+            dst[(y + g.pad_h) * wp + g.pad_w..][..g.w].copy_from_slice(row);
+        }
+    }
+}
+
+/// Forward convolution of one image with weights packed by [`pack_rows`] (`[c_out, g.k()]`):
+/// `y` (`[c_out, oh * ow]`) `= bias + Wt * cols(x)`.
+pub(crate) fn forward_image(
+    g: &Geometry,
+    c_out: usize,
+    packed_w: &[f32],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut Workspace,
+) {
+    let (k, npix) = (g.k(), g.out_pixels());
+    let (hp, wp, s) = (g.h + 2 * g.pad_h, g.w + 2 * g.pad_w, g.stride);
+    pad_nchw(g, x, &mut ws.padded);
+    let tile = (TILE_FLOATS / (k * NR)).max(1) * NR;
+    let mut segments = Vec::with_capacity(8);
+    for p0 in (0..npix).step_by(tile) {
+        let t = tile.min(npix - p0);
+        let panels = t.div_ceil(NR);
+        ws.b.resize(panels * k * NR, 0.0);
+        for (panel, bp) in ws.b.chunks_exact_mut(k * NR).take(panels).enumerate() {
+            // The panel's pixels as runs within output rows: (lane, i, j, len).
+            segments.clear();
+            let (start, end) = (p0 + panel * NR, (p0 + (panel + 1) * NR).min(p0 + t));
+            let mut q = start;
+            while q < end {
+                let (i, j) = (q / g.ow, q % g.ow);
+                let len = (end - q).min(g.ow - j);
+                segments.push((q - start, i, j, len));
+                q += len;
+            }
+            let filled = end - start;
+            for (kk, dst) in bp.chunks_exact_mut(NR).enumerate() {
+                let ci = kk / (g.kh * g.kw);
+                let (a, b) = (kk / g.kw % g.kh, kk % g.kw);
+                let base = ci * hp * wp + a * wp + b;
+                for &(lane, i, j, len) in &segments {
+                    let src = &ws.padded[base + i * s * wp + j * s..];
+                    let d = &mut dst[lane..lane + len];
+                    if s == 1 {
+                        d.copy_from_slice(&src[..len]);
+                    } else {
+                        for (o, &v) in d.iter_mut().zip(src.iter().step_by(s)) {
+                            *o = v;
+                        }
+                    }
+                }
+                dst[filled..].fill(0.0);
+            }
+        }
+        for (cb, ap) in packed_w.chunks_exact(k * MR).enumerate() {
+            let rows = MR.min(c_out - cb * MR);
+            let bias_rows = bias.map(|b| &b[cb * MR..cb * MR + rows]);
+            for (panel, bp) in ws.b.chunks_exact(k * NR).take(panels).enumerate() {
+                let cols = NR.min(t - panel * NR);
+                let c = &mut y[cb * MR * npix + p0 + panel * NR..];
+                // SAFETY: `available()` checked AVX-512F; the packs hold k steps; the tile's
+                // rows x cols lie inside `y` (row stride npix).
+                unsafe {
+                    conv_avx512_8x32(
+                        k,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        c.as_mut_ptr(),
+                        npix,
+                        rows,
+                        cols,
+                        bias_rows,
+                        false,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Weight gradient of one image in `(co, a, b, ci)` order: `dw (+)= dY * colsT(x)`, where
+/// `padded` is the image's padded channels-last copy ([`super::hwc::pad_channels_last`]) and
+/// `dy` is `[c_out, oh * ow]`. Overwrites `dw` when `overwrite`, else adds to it.
+pub(crate) fn weight_grad_image(
+    g: &Geometry,
+    c_out: usize,
+    padded: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    overwrite: bool,
+    ws: &mut Workspace,
+) {
+    let (k, npix, c, s) = (g.k(), g.out_pixels(), g.c, g.stride);
+    let wp = g.w + 2 * g.pad_w;
+    let run = g.kw * c;
+    let kpanels = k.div_ceil(NR);
+    let tile = (TILE_FLOATS / (kpanels * NR)).clamp(16, 512);
+    let mut accumulate = !overwrite;
+    for p0 in (0..npix).step_by(tile) {
+        let t = tile.min(npix - p0);
+        pack_rows(dy, c_out, t, npix, p0, &mut ws.a);
+        ws.b.clear();
+        ws.b.resize(kpanels * t * NR, 0.0);
+        for q in 0..t {
+            let (i, j) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
+            for a in 0..g.kh {
+                let src = &padded[((i * s + a) * wp + j * s) * c..][..run];
+                let mut off = 0;
+                while off < run {
+                    let kk = a * run + off;
+                    let (panel, lane) = (kk / NR, kk % NR);
+                    let len = (NR - lane).min(run - off);
+                    let at = (panel * t + q) * NR + lane;
+                    ws.b[at..at + len].copy_from_slice(&src[off..off + len]);
+                    off += len;
+                }
+            }
+        }
+        for (cb, ap) in ws.a.chunks_exact(t * MR).enumerate() {
+            let rows = MR.min(c_out - cb * MR);
+            for (kp, bp) in ws.b.chunks_exact(t * NR).enumerate() {
+                let cols = NR.min(k - kp * NR);
+                let cc = &mut dw[cb * MR * k + kp * NR..];
+                // SAFETY: `available()` checked AVX-512F; the packs hold t steps; the tile's
+                // rows x cols lie inside `dw` (row stride k).
+                unsafe {
+                    conv_avx512_8x32(
+                        t,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        cc.as_mut_ptr(),
+                        k,
+                        rows,
+                        cols,
+                        None,
+                        accumulate,
+                    );
+                }
+            }
+        }
+        accumulate = true;
+    }
+}
