@@ -31,6 +31,74 @@ pub(super) unsafe fn gemm_avx512_8x32(
     unsafe { tile::<8>(kc, alpha, a, b, beta, c, ldc, m, n) }
 }
 
+/// tuning
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_avx512_4x32(
+    kc: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    n: usize,
+) {
+    unsafe { tile::<4>(kc, alpha, a, b, beta, c, ldc, m, n) }
+}
+
+/// tuning
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_avx512_6x32(
+    kc: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    n: usize,
+) {
+    unsafe { tile::<6>(kc, alpha, a, b, beta, c, ldc, m, n) }
+}
+
+/// tuning
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_avx512_12x32(
+    kc: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    n: usize,
+) {
+    unsafe { tile::<12>(kc, alpha, a, b, beta, c, ldc, m, n) }
+}
+
+/// tuning
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_avx512_14x32(
+    kc: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    n: usize,
+) {
+    unsafe { tile::<14>(kc, alpha, a, b, beta, c, ldc, m, n) }
+}
+
 /// The `MR x 32` kernel body, shared by the sizes we instantiate.
 #[target_feature(enable = "avx512f")]
 #[inline]

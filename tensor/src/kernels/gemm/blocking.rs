@@ -37,12 +37,12 @@ pub(super) struct Config {
 /// The configuration for an instruction set. Callers must only ask for an instruction set the
 /// CPU supports (see [`crate::kernels::cpu::detected_isa`]).
 pub(super) fn config(isa: Isa) -> Config {
-    match isa {
+    tune(match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Config {
             mr: 8,
             nr: 32,
-            kc: 256,
+            kc: 512,
             mc: 128,
             nt: 256,
             nc: 2048,
@@ -67,5 +67,32 @@ pub(super) fn config(isa: Isa) -> Config {
             nc: 2048,
             kernel: super::portable::gemm_portable_4x8,
         },
+    })
+}
+
+// TEMPORARY tuning override.
+fn tune(mut c: Config) -> Config {
+    let get = |name: &str, v: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(v)
+    };
+    c.kc = get("GEMM_KC", c.kc);
+    c.mc = get("GEMM_MC", c.mc);
+    c.nt = get("GEMM_NT", c.nt);
+    c.nc = get("GEMM_NC", c.nc);
+    if c.nr == 32 {
+        let mr = get("GEMM_MR", c.mr);
+        c.kernel = match mr {
+            4 => super::avx512::gemm_avx512_4x32,
+            6 => super::avx512::gemm_avx512_6x32,
+            12 => super::avx512::gemm_avx512_12x32,
+            14 => super::avx512::gemm_avx512_14x32,
+            _ => c.kernel,
+        };
+        c.mr = mr;
+        c.mc = (c.mc / mr).max(1) * mr;
     }
+    c
 }

@@ -99,76 +99,153 @@ pub(super) fn gemm(cfg: &Config, op: &Operands, c: &mut [f32], ldc: usize, threa
             let n_cur = (n - jc).min(nc);
             for (kb, pc) in (0..k).step_by(kc).enumerate() {
                 let k_cur = (k - pc).min(kc);
-                let beta = if kb == 0 { op.beta } else { 1.0 };
                 let b_pack = &mut b_buf[..n_cur.div_ceil(nr) * k_cur * nr];
-                let pack_b = |(jp, dst): (usize, &mut [f32])| {
-                    let j0 = jc + jp * nr;
-                    pack::pack_b(op.transb, op.b, op.ldb, j0, (n - j0).min(nr), pc, nr, dst);
-                };
-                if parallel {
-                    b_pack
-                        .par_chunks_mut(k_cur * nr)
-                        .enumerate()
-                        .for_each(pack_b);
-                } else {
-                    b_pack.chunks_mut(k_cur * nr).enumerate().for_each(pack_b);
-                }
-                let b_pack = &*b_pack;
-                for ic in (0..m).step_by(m_chunk) {
+                for (chunk, ic) in (0..m).step_by(m_chunk).enumerate() {
                     let m_cur = (m - ic).min(m_chunk);
                     let a_pack = &mut a_buf[..m_cur.div_ceil(mr) * k_cur * mr];
-                    let pack_a = |(ip, dst): (usize, &mut [f32])| {
-                        let i0 = ic + ip * mr;
-                        pack::pack_a(op.transa, op.a, op.lda, i0, (m - i0).min(mr), pc, mr, dst);
+                    // The panel of B is packed together with the first chunk of A.
+                    let b_new: &mut [f32] = if chunk == 0 { b_pack } else { &mut [] };
+                    pack_panels(cfg, op, parallel, k_cur, (pc, jc, b_new), (ic, a_pack));
+                    let block = Block {
+                        ic,
+                        jc,
+                        m_cur,
+                        n_cur,
+                        k_cur,
+                        beta: if kb == 0 { op.beta } else { 1.0 },
+                        a_pack,
+                        b_pack,
                     };
-                    if parallel {
-                        a_pack
-                            .par_chunks_mut(k_cur * mr)
-                            .enumerate()
-                            .for_each(pack_a);
-                    } else {
-                        a_pack.chunks_mut(k_cur * mr).enumerate().for_each(pack_a);
-                    }
-                    let a_pack = &*a_pack;
-                    let (row_blocks, col_blocks) = (m_cur.div_ceil(cfg.mc), n_cur.div_ceil(cfg.nt));
-                    let task = |t: usize| {
-                        let (rb, cb) = (t / col_blocks, t % col_blocks);
-                        let rows = rb * cfg.mc..m_cur.min((rb + 1) * cfg.mc);
-                        let cols = cb * cfg.nt..n_cur.min((cb + 1) * cfg.nt);
-                        for jr in cols.step_by(nr) {
-                            let b_panel = &b_pack[jr / nr * k_cur * nr..][..k_cur * nr];
-                            for ir in rows.clone().step_by(mr) {
-                                let a_panel = &a_pack[ir / mr * k_cur * mr..][..k_cur * mr];
-                                let tile = (ic + ir) * ldc + jc + jr;
-                                // SAFETY: the panels hold k_cur groups of MR and NR values; the
-                                // tile's (m - ic - ir).min(mr) x (n - jc - jr).min(nr) corner is
-                                // inside C (checked by the caller) and owned by this task.
-                                unsafe {
-                                    (cfg.kernel)(
-                                        k_cur,
-                                        op.alpha,
-                                        a_panel.as_ptr(),
-                                        b_panel.as_ptr(),
-                                        beta,
-                                        c_ptr.at(tile),
-                                        ldc,
-                                        (m_cur - ir).min(mr),
-                                        (n_cur - jr).min(nr),
-                                    );
-                                }
-                            }
-                        }
-                    };
-                    let tasks = row_blocks * col_blocks;
-                    if parallel {
-                        (0..tasks).into_par_iter().for_each(task);
-                    } else {
-                        (0..tasks).for_each(task);
-                    }
+                    compute_block(cfg, op.alpha, &block, c_ptr, ldc, parallel);
                 }
             }
         }
     });
+}
+
+/// Packs micro-panels of B (columns from `jc`) and of A (rows from `ic`) for the K slice
+/// `pc .. pc + k_cur` into the given buffers (either may be empty), in one parallel pass if
+/// `parallel`.
+fn pack_panels(
+    cfg: &Config,
+    op: &Operands,
+    parallel: bool,
+    k_cur: usize,
+    (pc, jc, b_pack): (usize, usize, &mut [f32]),
+    (ic, a_pack): (usize, &mut [f32]),
+) {
+    let (mr, nr) = (cfg.mr, cfg.nr);
+    let job = |(is_b, index, dst): (bool, usize, &mut [f32])| {
+        if is_b {
+            let j0 = jc + index * nr;
+            pack::pack_b(
+                op.transb,
+                op.b,
+                op.ldb,
+                j0,
+                (op.n - j0).min(nr),
+                pc,
+                nr,
+                dst,
+            );
+        } else {
+            let i0 = ic + index * mr;
+            pack::pack_a(
+                op.transa,
+                op.a,
+                op.lda,
+                i0,
+                (op.m - i0).min(mr),
+                pc,
+                mr,
+                dst,
+            );
+        }
+    };
+    let b_jobs = |(j, dst)| (true, j, dst);
+    let a_jobs = |(i, dst)| (false, i, dst);
+    if parallel {
+        let b = b_pack.par_chunks_mut(k_cur * nr).enumerate().map(b_jobs);
+        let a = a_pack.par_chunks_mut(k_cur * mr).enumerate().map(a_jobs);
+        b.chain(a).for_each(job);
+    } else {
+        let b = b_pack.chunks_mut(k_cur * nr).enumerate().map(b_jobs);
+        let a = a_pack.chunks_mut(k_cur * mr).enumerate().map(a_jobs);
+        b.chain(a).for_each(job);
+    }
+}
+
+/// One block of C with its packed operands: rows `ic .. ic + m_cur`, columns
+/// `jc .. jc + n_cur`, one K slice of depth `k_cur`.
+struct Block<'p> {
+    ic: usize,
+    jc: usize,
+    m_cur: usize,
+    n_cur: usize,
+    k_cur: usize,
+    beta: f32,
+    a_pack: &'p [f32],
+    b_pack: &'p [f32],
+}
+
+/// Tasks a block is cut into, at least (when it is big enough): enough for rayon to balance
+/// a few threads whatever their number. Results do not depend on how a block is cut.
+const TASKS: usize = 16;
+
+/// Runs the micro-kernel over every tile of `block`, cut into tasks of at most `MC` rows by
+/// `NT` columns; in parallel over tasks if `parallel`. Inside a task, each micro-panel of A
+/// (in L1) meets every micro-panel of B of the task's columns (in L2) in turn.
+fn compute_block(
+    cfg: &Config,
+    alpha: f32,
+    blk: &Block,
+    c_ptr: TilePtr,
+    ldc: usize,
+    parallel: bool,
+) {
+    let (mr, nr, k_cur) = (cfg.mr, cfg.nr, blk.k_cur);
+    let row_tasks = blk.m_cur.div_ceil(cfg.mc);
+    let col_tasks = TASKS.div_ceil(row_tasks);
+    let nt = blk
+        .n_cur
+        .div_ceil(col_tasks)
+        .next_multiple_of(nr)
+        .min(cfg.nt);
+    let col_tasks = blk.n_cur.div_ceil(nt);
+    let task = |t: usize| {
+        let (rt, ct) = (t / col_tasks, t % col_tasks);
+        let rows = rt * cfg.mc..blk.m_cur.min((rt + 1) * cfg.mc);
+        let cols = ct * nt..blk.n_cur.min((ct + 1) * nt);
+        for ir in rows.step_by(mr) {
+            let a_panel = &blk.a_pack[ir / mr * k_cur * mr..][..k_cur * mr];
+            for jr in cols.clone().step_by(nr) {
+                let b_panel = &blk.b_pack[jr / nr * k_cur * nr..][..k_cur * nr];
+                let tile = (blk.ic + ir) * ldc + blk.jc + jr;
+                // SAFETY: the panels hold k_cur groups of MR and NR values; the tile's
+                // (m_cur - ir).min(mr) x (n_cur - jr).min(nr) corner is inside C (checked by
+                // the caller) and belongs to this task alone.
+                unsafe {
+                    (cfg.kernel)(
+                        k_cur,
+                        alpha,
+                        a_panel.as_ptr(),
+                        b_panel.as_ptr(),
+                        blk.beta,
+                        c_ptr.at(tile),
+                        ldc,
+                        (blk.m_cur - ir).min(mr),
+                        (blk.n_cur - jr).min(nr),
+                    );
+                }
+            }
+        }
+    };
+    let tasks = row_tasks * col_tasks;
+    if parallel {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
 }
 
 /// `C = beta C` (zeros when `beta == 0`, without reading C).

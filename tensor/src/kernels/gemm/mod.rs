@@ -117,12 +117,13 @@ pub fn sgemm(
     );
 }
 
-/// [`sgemm`] with an explicit instruction set (for tests and benchmarks comparing kernels).
+/// [`sgemm`] with an explicit instruction set, for tests and benchmarks that compare kernels
+/// (`sgemm` itself uses [`cpu::isa`]).
 ///
 /// # Panics
 /// As [`sgemm`], and if the CPU does not support `isa`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_with_isa(
+pub fn sgemm_with_isa(
     isa: Isa,
     transa: Trans,
     transb: Trans,

@@ -1,0 +1,132 @@
+//! GEMM throughput as a fraction of the measured FMA peak, for tuning and for reports.
+//!
+//! `cargo run --release -p tensor --example gemm_tune [-- THREADS...] [--isa avx2|avx512|portable] [--quick]`
+//!
+//! For each thread count: the FMA peak of that many threads, then each shape and transpose
+//! combination (median of several timed runs), then the peak again; the fraction uses the
+//! mean of the two peak measurements.
+
+use std::time::Instant;
+
+use tensor::kernels::cpu::{self, Isa};
+use tensor::kernels::gemm::{sgemm_with_isa, Trans};
+use tensor::kernels::peak::measure_peak_gflops;
+
+/// Time this thread has spent on a CPU, in ns (Linux x86-64). With `GEMM_CPU_TIME` set,
+/// single-thread runs are timed with it, which hides time slices lost to other processes on
+/// a shared machine.
+fn thread_cpu_ns() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut t = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the C library to fill.
+    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.sec as u64 * 1_000_000_000 + t.nsec as u64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median and best GFLOP/s of `sgemm` on an m x n x k product.
+fn time(isa: Isa, ta: Trans, tb: Trans, m: usize, n: usize, k: usize) -> (f64, f64) {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; m * n];
+    let lda = if ta == Trans::No { k } else { m };
+    let ldb = if tb == Trans::No { n } else { k };
+    let flops = 2.0 * (m * n * k) as f64;
+    // Enough repetitions for ~0.3 s, at least 5.
+    let cpu_clock = std::env::var("GEMM_CPU_TIME").is_ok();
+    let mut run = || {
+        let (t, c0) = (Instant::now(), thread_cpu_ns());
+        sgemm_with_isa(isa, ta, tb, m, n, k, 1.0, &a, lda, &b, ldb, 0.0, &mut c, n);
+        if cpu_clock {
+            (thread_cpu_ns() - c0) as f64 * 1e-9
+        } else {
+            t.elapsed().as_secs_f64()
+        }
+    };
+    let first = run().max(run());
+    let reps = ((0.3 / first) as usize).clamp(5, 500);
+    let rates: Vec<f64> = (0..reps).map(|_| flops / run() / 1e9).collect();
+    let best = rates.iter().copied().fold(0.0, f64::max);
+    (median(rates), best)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut threads: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    if threads.is_empty() {
+        threads = vec![1, 2];
+    }
+    let isa = match args.iter().position(|a| a == "--isa") {
+        Some(i) => match args[i + 1].as_str() {
+            "avx2" => Isa::Avx2Fma,
+            "avx512" => Isa::Avx512,
+            _ => Isa::Portable,
+        },
+        None => cpu::detected_isa(),
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let t = [Trans::No, Trans::Yes];
+    let mut cases: Vec<(Trans, Trans, usize, usize, usize)> = Vec::new();
+    for &ta in &t {
+        for &tb in &t {
+            cases.push((ta, tb, 1024, 1024, 1024));
+        }
+    }
+    for (m, n, k) in [(64, 1024, 576), (576, 1024, 64), (64, 576, 1024)] {
+        cases.push((Trans::No, Trans::No, m, n, k));
+    }
+    if !quick {
+        for (m, n, k) in [
+            (128, 128, 128),
+            (256, 256, 256),
+            (512, 512, 512),
+            (128, 4096, 128),
+            (1000, 1000, 1000),
+            (2048, 2048, 2048),
+        ] {
+            cases.push((Trans::No, Trans::No, m, n, k));
+        }
+        for (m, n, k) in [(64, 1024, 576), (576, 1024, 64), (64, 576, 1024)] {
+            cases.push((Trans::No, Trans::Yes, m, n, k));
+            cases.push((Trans::Yes, Trans::No, m, n, k));
+        }
+    }
+    println!("kernel isa: {}", isa.name());
+    for &th in &threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(th)
+            .build()
+            .unwrap();
+        let p0 = measure_peak_gflops(th);
+        let rows: Vec<(String, (f64, f64))> = pool.install(|| {
+            cases
+                .iter()
+                .map(|&(ta, tb, m, n, k)| {
+                    let name = format!("{m}x{n}x{k} {ta:?}{tb:?}");
+                    (name, time(isa, ta, tb, m, n, k))
+                })
+                .collect()
+        });
+        let p1 = measure_peak_gflops(th);
+        let peak = 0.5 * (p0 + p1);
+        println!("threads {th}: peak {p0:.1} / {p1:.1} GFLOP/s (before / after)");
+        for (name, (g, best)) in rows {
+            println!(
+                "  {name:28} {g:7.1} GFLOP/s  {:.3} of peak   (best {best:6.1})",
+                g / peak
+            );
+        }
+    }
+}
