@@ -63,8 +63,12 @@ impl Graph {
     }
 
     /// The current value of `param` as a leaf whose gradient is added into `param`'s.
+    /// Inside [`no_grad`] it is a constant.
     pub fn param(&self, param: &Param) -> Var {
         let value = param.value();
+        if !is_grad_enabled() {
+            return Var::constant(value);
+        }
         let id = self
             .tape
             .borrow_mut()
@@ -119,6 +123,13 @@ impl Var {
     /// The value's shape.
     pub fn shape(&self) -> &[usize] {
         self.value.shape()
+    }
+
+    /// The graph this value is recorded on (`None` for a constant).
+    pub fn graph(&self) -> Option<Graph> {
+        self.node.as_ref().map(|n| Graph {
+            tape: Rc::clone(&n.tape),
+        })
     }
 
     /// True if a gradient flows to this value (it is on a tape).

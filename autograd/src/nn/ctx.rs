@@ -35,6 +35,15 @@ impl Ctx {
         }
     }
 
+    /// An evaluation-mode context on the graph `x` is recorded on (a fresh one if `x` is a
+    /// constant), so parameters and input share one tape.
+    pub fn eval_on(x: &Var) -> Ctx {
+        Ctx {
+            graph: x.graph().unwrap_or_default(),
+            ..Ctx::eval()
+        }
+    }
+
     /// `param`'s value as a variable of this pass.
     pub fn param(&self, param: &Param) -> Var {
         self.graph.param(param)

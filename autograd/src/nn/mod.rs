@@ -5,8 +5,10 @@
 mod ctx;
 pub mod init;
 mod layers;
+mod linear;
 mod store;
 
 pub use ctx::{Ctx, Module, Sequential};
 pub use layers::{layer_norm, Conv2d, Dropout, GroupNorm, LayerNorm, Silu};
+pub use linear::{Linear, SelfAttention};
 pub use store::ParamStore;

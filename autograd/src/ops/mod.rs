@@ -7,6 +7,7 @@ pub mod conv;
 pub mod dropout;
 pub mod layout;
 pub mod loss;
+pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod softmax;

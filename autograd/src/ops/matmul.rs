@@ -1,0 +1,124 @@
+//! Matrix products (2-D and batched, with transpose flags) and scaled dot-product attention.
+
+use tensor::Tensor;
+
+use crate::{Backward, Var};
+
+/// `C = op(A) op(B)` with `op(X) = X` or `X^T` (on the last two axes). From
+/// `dL = <G, dC> = <G op(B)^T, d op(A)> + <op(A)^T G, d op(B)>`:
+///
+/// - `d op(A) = G op(B)^T`, so `dA = G op(B)^T`, or its transpose `op(B) G^T` when A was used
+///   transposed;
+/// - `d op(B) = op(A)^T G`, so `dB = op(A)^T G`, or `G^T op(A)` when B was used transposed;
+///
+/// each computed with flags instead of materialised transposes, then summed over the batch axes
+/// an operand was broadcast along.
+struct MatmulRule {
+    a: Tensor,
+    b: Tensor,
+    transa: bool,
+    transb: bool,
+}
+
+impl Backward for MatmulRule {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
+        let (a, b, ta, tb) = (&self.a, &self.b, self.transa, self.transb);
+        let da = needs[0].then(|| {
+            let d = if ta {
+                b.matmul_t(g, tb, true)
+            } else {
+                g.matmul_t(b, false, !tb)
+            };
+            d.sum_to(a.shape())
+        });
+        let db = needs[1].then(|| {
+            let d = if tb {
+                g.matmul_t(a, true, ta)
+            } else {
+                a.matmul_t(g, !ta, false)
+            };
+            d.sum_to(b.shape())
+        });
+        vec![da, db]
+    }
+}
+
+impl Var {
+    /// The matrix product `self @ other` (batched over leading axes, which broadcast).
+    pub fn matmul(&self, other: &Var) -> Var {
+        self.matmul_t(other, false, false)
+    }
+
+    /// `op(self) @ op(other)`, `op` transposing the last two axes where its flag is set.
+    pub fn matmul_t(&self, other: &Var, transa: bool, transb: bool) -> Var {
+        let y = self.value().matmul_t(other.value(), transa, transb);
+        let rule = MatmulRule {
+            a: self.value().clone(),
+            b: other.value().clone(),
+            transa,
+            transb,
+        };
+        Var::from_op(y, rule, &[self, other])
+    }
+}
+
+/// Scaled dot-product attention (Vaswani et al., 2017):
+/// `softmax(Q K^T / sqrt(d)) V` for `q` `[.., L_q, d]`, `k` `[.., L_k, d]`, `v` `[.., L_k, d_v]`.
+/// Composed from [`Var::matmul_t`] and [`Var::softmax`], so its gradient is theirs.
+pub fn scaled_dot_product_attention(q: &Var, k: &Var, v: &Var) -> Var {
+    let d = *q
+        .shape()
+        .last()
+        .expect("scaled_dot_product_attention: q needs dimensions");
+    let scores = q
+        .matmul_t(k, false, true)
+        .mul_scalar(1.0 / (d as f32).sqrt());
+    scores.softmax().matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{gradcheck, Tolerance};
+    use crate::test_util::randn;
+
+    /// Products are bilinear: central differences are exact up to f32 rounding of k-term
+    /// sums, well inside the default tolerances.
+    #[test]
+    fn matmul_passes_gradcheck_for_every_transpose_and_broadcast() {
+        let tol = Tolerance::default();
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (m, k, n) = (3, 4, 5);
+            let a_shape = if ta { [k, m] } else { [m, k] };
+            let b_shape = if tb { [n, k] } else { [k, n] };
+            let a = randn(&a_shape, 1);
+            let b = randn(&b_shape, 2);
+            gradcheck(|v| v[0].matmul_t(&v[1], ta, tb), &[a, b], tol)
+                .unwrap_or_else(|e| panic!("transa={ta} transb={tb}: {e}"));
+            // Batched left operand, shared right operand (a linear layer), and both batched.
+            let a3 = randn(&[2, a_shape[0], a_shape[1]], 3);
+            let b3 = randn(&[2, b_shape[0], b_shape[1]], 4);
+            let b2 = randn(&b_shape, 5);
+            gradcheck(|v| v[0].matmul_t(&v[1], ta, tb), &[a3.clone(), b2], tol).unwrap();
+            gradcheck(|v| v[0].matmul_t(&v[1], ta, tb), &[a3, b3], tol).unwrap();
+        }
+    }
+
+    /// Smooth; scores of order 1: default tolerances.
+    #[test]
+    fn attention_passes_gradcheck() {
+        let q = randn(&[2, 3, 4], 1);
+        let k = randn(&[2, 5, 4], 2);
+        let v = randn(&[2, 5, 6], 3);
+        gradcheck(
+            |x| scaled_dot_product_attention(&x[0], &x[1], &x[2]),
+            &[q, k, v],
+            Tolerance::default(),
+        )
+        .unwrap();
+    }
+}
