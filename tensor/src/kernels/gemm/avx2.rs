@@ -28,6 +28,12 @@ pub(super) unsafe fn gemm_avx2_6x16(
     m: usize,
     n: usize,
 ) {
+    // Ask for the tile of C now, so that it is in L1 when the sums are done.
+    for i in 0..m {
+        let row = c.wrapping_add(i * ldc);
+        _mm_prefetch::<_MM_HINT_T0>(row.cast());
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(n.min(NR) - 1).cast());
+    }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let (mut a, mut b) = (a, b);
     for _ in 0..kc {

@@ -17,6 +17,8 @@
 //! | B       | Yes  | `b[(j0 + j) * ldb + p0 + p]`         | across (gather) |
 
 use super::Trans;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::cpu::{self, Isa};
 
 /// How the `w` values of one K step lie in the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,11 +67,10 @@ pub(super) fn pack_b(
     }
 }
 
-/// Writes `dst[p * width + j] = X(p, j)` for `j < w` and zero for `w <= j < width`, where
-/// `kc = dst.len() / width` and `X` reads `src` as `walk` says.
+/// Writes `dst[p * width + j] = X(p, j)` for `j < w` and zero for `w <= j < width`, for
+/// `p < dst.len() / width`, where `X` reads `src` as `walk` says.
 fn pack(src: &[f32], ld: usize, walk: Walk, w: usize, width: usize, dst: &mut [f32]) {
     debug_assert!(w >= 1 && w <= width && dst.len() % width == 0);
-    let kc = dst.len() / width;
     match walk {
         Walk::Along => {
             for (p, group) in dst.chunks_exact_mut(width).enumerate() {
@@ -83,17 +84,102 @@ fn pack(src: &[f32], ld: usize, walk: Walk, w: usize, width: usize, dst: &mut [f
                     group[w..].fill(0.0);
                 }
             }
-            // Read each source line contiguously; the scattered writes land in `dst`, which is
-            // small enough to sit in L1.
-            for j in 0..w {
-                let line = &src[j * ld..j * ld + kc];
-                for (group, &v) in dst.chunks_exact_mut(width).zip(line) {
-                    group[j] = v;
+            let steps = dst.len() / width;
+            // Every source element read below lies before this bound.
+            assert!((w - 1) * ld + steps <= src.len(), "pack: source too short");
+            // A strided gather is a transpose. With AVX, 8 x 8 blocks go through registers;
+            // whatever is left (or everything, without AVX) in strips of `STRIP` K steps,
+            // so that the strip of `dst` being scattered into stays in L1 while each source
+            // line is read contiguously.
+            let (mut j_done, mut p_done) = (0, 0);
+            #[cfg(target_arch = "x86_64")]
+            if width % 8 == 0 && cpu::detected_isa() >= Isa::Avx2Fma {
+                (j_done, p_done) = (w / 8 * 8, steps / 8 * 8);
+                for j in (0..j_done).step_by(8) {
+                    for p in (0..p_done).step_by(8) {
+                        // SAFETY: rows j..j+8 < w and steps p..p+8 <= `steps` are inside
+                        // `src` (asserted above) and inside `dst`; AVX is available.
+                        unsafe {
+                            x86::transpose_8x8(
+                                src.as_ptr().add(j * ld + p),
+                                ld,
+                                dst.as_mut_ptr().add(p * width + j),
+                                width,
+                            )
+                        };
+                    }
+                }
+            }
+            for (s, strip) in dst.chunks_mut(STRIP * width).enumerate() {
+                let p0 = s * STRIP;
+                let strip_steps = strip.len() / width;
+                for j in 0..w {
+                    // Columns below j_done are done for steps below p_done.
+                    let from = if j < j_done {
+                        p_done.clamp(p0, p0 + strip_steps)
+                    } else {
+                        p0
+                    };
+                    let line = &src[j * ld + from..j * ld + p0 + strip_steps];
+                    let groups = strip[(from - p0) * width..].chunks_exact_mut(width);
+                    for (group, &v) in groups.zip(line) {
+                        group[j] = v;
+                    }
                 }
             }
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Transposes the 8 x 8 block at `src` (rows `ld` apart) into `dst` (rows `ld_dst`
+    /// apart): `dst[q * ld_dst + r] = src[r * ld + q]`.
+    ///
+    /// # Safety
+    /// Both blocks must be valid, and the CPU must support AVX.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose_8x8(src: *const f32, ld: usize, dst: *mut f32, ld_dst: usize) {
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            let r = |i: usize| _mm256_loadu_ps(src.add(i * ld));
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+            // Pairs of rows interleaved: (r0 r1)[0 1 | 4 5] and [2 3 | 6 7], ...
+            let t0 = _mm256_unpacklo_ps(r0, r1);
+            let t1 = _mm256_unpackhi_ps(r0, r1);
+            let t2 = _mm256_unpacklo_ps(r2, r3);
+            let t3 = _mm256_unpackhi_ps(r2, r3);
+            let t4 = _mm256_unpacklo_ps(r4, r5);
+            let t5 = _mm256_unpackhi_ps(r4, r5);
+            let t6 = _mm256_unpacklo_ps(r6, r7);
+            let t7 = _mm256_unpackhi_ps(r6, r7);
+            // Columns q | q + 4 of rows 0-3 (s0..s3) and of rows 4-7 (s4..s7).
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let w = |q: usize, v: __m256| _mm256_storeu_ps(dst.add(q * ld_dst), v);
+            w(0, _mm256_permute2f128_ps::<0x20>(s0, s4));
+            w(1, _mm256_permute2f128_ps::<0x20>(s1, s5));
+            w(2, _mm256_permute2f128_ps::<0x20>(s2, s6));
+            w(3, _mm256_permute2f128_ps::<0x20>(s3, s7));
+            w(4, _mm256_permute2f128_ps::<0x31>(s0, s4));
+            w(5, _mm256_permute2f128_ps::<0x31>(s1, s5));
+            w(6, _mm256_permute2f128_ps::<0x31>(s2, s6));
+            w(7, _mm256_permute2f128_ps::<0x31>(s3, s7));
+        }
+    }
+}
+
+/// K steps per strip of a strided gather.
+const STRIP: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -115,5 +201,26 @@ mod tests {
         let mut dst3 = vec![f32::NAN; 2 * 4];
         pack_b(Trans::No, &at, 3, 1, 2, 1, 4, &mut dst3);
         assert_eq!(dst, dst3);
+    }
+
+    #[test]
+    fn gemm_pack_gather_matches_definition() {
+        // Widths 8 and 32 (8 x 8 blocks plus leftovers), partial panels, odd depths.
+        for (width, w, steps, ld) in [
+            (8, 8, 19, 23),
+            (32, 32, 70, 75),
+            (32, 13, 9, 10),
+            (4, 3, 5, 6),
+        ] {
+            let src: Vec<f32> = (0..w * ld).map(|x| x as f32).collect();
+            let mut dst = vec![f32::NAN; steps * width];
+            pack(&src, ld, Walk::Across, w, width, &mut dst);
+            for p in 0..steps {
+                for j in 0..width {
+                    let want = if j < w { src[j * ld + p] } else { 0.0 };
+                    assert_eq!(dst[p * width + j], want, "width {width} w {w} p {p} j {j}");
+                }
+            }
+        }
     }
 }
