@@ -40,12 +40,27 @@ pub(crate) fn pack_rows(
     out.clear();
     out.resize(blocks * k * MR, 0.0);
     for (blk, panel) in out.chunks_exact_mut(k * MR).enumerate() {
-        for r in 0..MR.min(rows - blk * MR) {
-            let row = &src[(blk * MR + r) * ld + col0..][..k];
-            for (dst, &v) in panel.iter_mut().skip(r).step_by(MR).zip(row) {
-                *dst = v;
+        let valid = MR.min(rows - blk * MR);
+        let base = blk * MR * ld + col0;
+        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
+            for (r, d) in dst.iter_mut().enumerate().take(valid) {
+                *d = src[base + r * ld + kk];
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, inlined as two vector moves for a full panel row (a call to
+/// `memcpy` per 128 bytes costs more than the copy).
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    if let (Ok(d), Ok(s)) = (
+        <&mut [f32; NR]>::try_from(&mut *dst),
+        <&[f32; NR]>::try_from(src),
+    ) {
+        *d = *s;
+    } else {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -112,7 +127,7 @@ pub(crate) fn forward_image(
                     let src = &ws.padded[base + i * s * wp + j * s..];
                     let d = &mut dst[lane..lane + len];
                     if s == 1 {
-                        d.copy_from_slice(&src[..len]);
+                        copy_run(d, &src[..len]);
                     } else {
                         for (o, &v) in d.iter_mut().zip(src.iter().step_by(s)) {
                             *o = v;
@@ -169,8 +184,14 @@ pub(crate) fn weight_grad_image(
     for p0 in (0..npix).step_by(tile) {
         let t = tile.min(npix - p0);
         pack_rows(dy, c_out, t, npix, p0, &mut ws.a);
-        ws.b.clear();
+        // Every lane below k is written below; only the last panel's lanes past k need zeros.
         ws.b.resize(kpanels * t * NR, 0.0);
+        if k % NR != 0 {
+            let last = &mut ws.b[(kpanels - 1) * t * NR..][..t * NR];
+            for lanes in last.chunks_exact_mut(NR) {
+                lanes[k % NR..].fill(0.0);
+            }
+        }
         for q in 0..t {
             let (i, j) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
             for a in 0..g.kh {
@@ -181,7 +202,7 @@ pub(crate) fn weight_grad_image(
                     let (panel, lane) = (kk / NR, kk % NR);
                     let len = (NR - lane).min(run - off);
                     let at = (panel * t + q) * NR + lane;
-                    ws.b[at..at + len].copy_from_slice(&src[off..off + len]);
+                    copy_run(&mut ws.b[at..at + len], &src[off..off + len]);
                     off += len;
                 }
             }
