@@ -14,6 +14,7 @@ pub mod param;
 mod tape;
 #[cfg(test)]
 mod test_util;
+pub mod toy_data;
 mod var;
 
 pub use param::Param;

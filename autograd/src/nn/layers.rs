@@ -150,6 +150,15 @@ impl Module for Silu {
     }
 }
 
+/// ReLU activation `max(x, 0)`.
+pub struct Relu;
+
+impl Module for Relu {
+    fn forward(&self, _ctx: &mut Ctx, x: &Var) -> Var {
+        x.relu()
+    }
+}
+
 /// Dropout with probability `p` in training mode; the identity in evaluation mode.
 pub struct Dropout {
     /// The probability of zeroing an element.

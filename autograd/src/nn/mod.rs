@@ -9,6 +9,6 @@ mod linear;
 mod store;
 
 pub use ctx::{Ctx, Module, Sequential};
-pub use layers::{layer_norm, Conv2d, Dropout, GroupNorm, LayerNorm, Silu};
+pub use layers::{layer_norm, Conv2d, Dropout, GroupNorm, LayerNorm, Relu, Silu};
 pub use linear::{Linear, SelfAttention};
 pub use store::ParamStore;
