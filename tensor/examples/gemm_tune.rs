@@ -1,6 +1,6 @@
 //! GEMM throughput as a fraction of the measured FMA peak, for tuning and for reports.
 //!
-//! `cargo run --release -p tensor --example gemm_tune [-- THREADS...] [--isa avx2|avx512|portable] [--quick]`
+//! `cargo run --release -p tensor --example gemm_tune [-- THREADS...] [--isa avx2|avx512|portable] [--quick] [--wait-idle]`
 //!
 //! For each thread count: the FMA peak of that many threads, then each shape and transpose
 //! combination (median of several timed runs), then the peak again; the fraction uses the
@@ -29,6 +29,33 @@ fn thread_cpu_ns() -> u64 {
     // SAFETY: `t` is a valid timespec for the C library to fill.
     unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
     t.sec as u64 * 1_000_000_000 + t.nsec as u64
+}
+
+/// Waits (up to a minute) until the machine's CPUs have been at most 10% busy for 0.3 s, so
+/// that other processes on a shared machine disturb the measurement less.
+fn wait_idle() {
+    let busy = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4)?;
+        Some((v.iter().sum::<u64>() - idle, v.iter().sum()))
+    };
+    let start = Instant::now();
+    while start.elapsed().as_secs() < 60 {
+        let Some((b0, t0)) = busy() else { return };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let Some((b1, t1)) = busy() else { return };
+        if (b1 - b0) * 10 <= (t1 - t0) {
+            return;
+        }
+    }
+    println!("(machine still busy after 60 s)");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -77,6 +104,7 @@ fn main() {
         None => cpu::detected_isa(),
     };
     let quick = args.iter().any(|a| a == "--quick");
+    let wait = args.iter().any(|a| a == "--wait-idle");
     let t = [Trans::No, Trans::Yes];
     let mut cases: Vec<(Trans, Trans, usize, usize, usize)> = Vec::new();
     for &ta in &t {
@@ -109,6 +137,9 @@ fn main() {
             .num_threads(th)
             .build()
             .unwrap();
+        if wait {
+            wait_idle();
+        }
         let p0 = measure_peak_gflops(th);
         let rows: Vec<(String, (f64, f64))> = pool.install(|| {
             cases

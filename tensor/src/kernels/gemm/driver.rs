@@ -82,7 +82,8 @@ pub(super) fn gemm(cfg: &Config, op: &Operands, c: &mut [f32], ldc: usize, threa
         && rayon::current_num_threads() > 1;
     let (mr, nr) = (cfg.mr, cfg.nr);
     // Equal K slices of at most KC: a short last slice would waste a pass over C.
-    let kc = k.div_ceil(k.div_ceil(cfg.kc));
+    let slices = k.div_ceil(cfg.kc);
+    let kc = k.div_ceil(slices);
     let nc = cfg.nc.min(n.next_multiple_of(nr));
     let m_chunk = if parallel {
         cfg.mc * MC_PER_CHUNK
@@ -90,54 +91,92 @@ pub(super) fn gemm(cfg: &Config, op: &Operands, c: &mut [f32], ldc: usize, threa
         cfg.mc
     };
     let m_chunk = m_chunk.min(m.next_multiple_of(mr));
-    let b_len = (kc * nc).next_multiple_of(16);
+    // Slices packed per pass: as many as fit in the budget, so that small products cross
+    // few fork-join barriers.
+    let group = (PACK_BUDGET / (kc * (nc + m_chunk))).clamp(1, slices);
+    let b_len = (group * kc * nc).next_multiple_of(16);
     let c_ptr = TilePtr(c.as_mut_ptr());
 
-    with_buffer(b_len + kc * m_chunk, |buf| {
+    with_buffer(b_len + group * kc * m_chunk, |buf| {
         let (b_buf, a_buf) = buf.split_at_mut(b_len);
         for jc in (0..n).step_by(nc) {
             let n_cur = (n - jc).min(nc);
-            for (kb, pc) in (0..k).step_by(kc).enumerate() {
-                let k_cur = (k - pc).min(kc);
-                let b_pack = &mut b_buf[..n_cur.div_ceil(nr) * k_cur * nr];
+            for first in (0..slices).step_by(group) {
+                let ks = Slices {
+                    first,
+                    count: group.min(slices - first),
+                    kc,
+                    k,
+                };
+                let b_pack = &mut b_buf[..ks.count * n_cur.div_ceil(nr) * kc * nr];
                 for (chunk, ic) in (0..m).step_by(m_chunk).enumerate() {
                     let m_cur = (m - ic).min(m_chunk);
-                    let a_pack = &mut a_buf[..m_cur.div_ceil(mr) * k_cur * mr];
-                    // The panel of B is packed together with the first chunk of A.
+                    let a_pack = &mut a_buf[..ks.count * m_cur.div_ceil(mr) * kc * mr];
+                    // The panels of B are packed together with the first chunk of A.
                     let b_new: &mut [f32] = if chunk == 0 { b_pack } else { &mut [] };
-                    pack_panels(cfg, op, parallel, k_cur, (pc, jc, b_new), (ic, a_pack));
+                    pack_panels(
+                        cfg,
+                        op,
+                        parallel,
+                        ks,
+                        (jc, n_cur, b_new),
+                        (ic, m_cur, a_pack),
+                    );
                     let block = Block {
                         ic,
                         jc,
                         m_cur,
                         n_cur,
-                        k_cur,
-                        beta: if kb == 0 { op.beta } else { 1.0 },
+                        ks,
                         a_pack,
                         b_pack,
                     };
-                    compute_block(cfg, op.alpha, &block, c_ptr, ldc, parallel);
+                    compute_block(cfg, op, &block, c_ptr, ldc, parallel);
                 }
             }
         }
     });
 }
 
-/// Packs micro-panels of B (columns from `jc`) and of A (rows from `ic`) for the K slice
-/// `pc .. pc + k_cur` into the given buffers (either may be empty), in one parallel pass if
-/// `parallel`.
+/// Floats of packed A and B one pass may hold (4 MiB): a few K slices of a small product,
+/// one slice of a large one.
+const PACK_BUDGET: usize = 1 << 20;
+
+/// A run of consecutive K slices: slice `s` covers `s * kc .. min((s + 1) * kc, k)`.
+#[derive(Clone, Copy)]
+struct Slices {
+    first: usize,
+    count: usize,
+    kc: usize,
+    k: usize,
+}
+
+impl Slices {
+    /// Start and depth of the `t`-th slice of the run.
+    fn get(&self, t: usize) -> (usize, usize) {
+        let pc = (self.first + t) * self.kc;
+        (pc, self.kc.min(self.k - pc))
+    }
+}
+
+/// Packs micro-panels of B (columns `jc .. jc + n_cur`) and of A (rows `ic .. ic + m_cur`)
+/// for the K slices `ks` into the given buffers (either may be empty), in one parallel pass
+/// if `parallel`. Panel `j` of slice `t` starts at `(t * panels + j) * kc * width`.
 fn pack_panels(
     cfg: &Config,
     op: &Operands,
     parallel: bool,
-    k_cur: usize,
-    (pc, jc, b_pack): (usize, usize, &mut [f32]),
-    (ic, a_pack): (usize, &mut [f32]),
+    ks: Slices,
+    (jc, n_cur, b_pack): (usize, usize, &mut [f32]),
+    (ic, m_cur, a_pack): (usize, usize, &mut [f32]),
 ) {
-    let (mr, nr) = (cfg.mr, cfg.nr);
+    let (mr, nr, kc) = (cfg.mr, cfg.nr, ks.kc);
+    let (b_panels, a_panels) = (n_cur.div_ceil(nr), m_cur.div_ceil(mr));
     let job = |(is_b, index, dst): (bool, usize, &mut [f32])| {
         if is_b {
-            let j0 = jc + index * nr;
+            let (pc, depth) = ks.get(index / b_panels);
+            let j0 = jc + index % b_panels * nr;
+            let dst = &mut dst[..depth * nr];
             pack::pack_b(
                 op.transb,
                 op.b,
@@ -149,7 +188,9 @@ fn pack_panels(
                 dst,
             );
         } else {
-            let i0 = ic + index * mr;
+            let (pc, depth) = ks.get(index / a_panels);
+            let i0 = ic + index % a_panels * mr;
+            let dst = &mut dst[..depth * mr];
             pack::pack_a(
                 op.transa,
                 op.a,
@@ -165,25 +206,24 @@ fn pack_panels(
     let b_jobs = |(j, dst)| (true, j, dst);
     let a_jobs = |(i, dst)| (false, i, dst);
     if parallel {
-        let b = b_pack.par_chunks_mut(k_cur * nr).enumerate().map(b_jobs);
-        let a = a_pack.par_chunks_mut(k_cur * mr).enumerate().map(a_jobs);
+        let b = b_pack.par_chunks_mut(kc * nr).enumerate().map(b_jobs);
+        let a = a_pack.par_chunks_mut(kc * mr).enumerate().map(a_jobs);
         b.chain(a).for_each(job);
     } else {
-        let b = b_pack.chunks_mut(k_cur * nr).enumerate().map(b_jobs);
-        let a = a_pack.chunks_mut(k_cur * mr).enumerate().map(a_jobs);
+        let b = b_pack.chunks_mut(kc * nr).enumerate().map(b_jobs);
+        let a = a_pack.chunks_mut(kc * mr).enumerate().map(a_jobs);
         b.chain(a).for_each(job);
     }
 }
 
 /// One block of C with its packed operands: rows `ic .. ic + m_cur`, columns
-/// `jc .. jc + n_cur`, one K slice of depth `k_cur`.
+/// `jc .. jc + n_cur`, the K slices `ks`.
 struct Block<'p> {
     ic: usize,
     jc: usize,
     m_cur: usize,
     n_cur: usize,
-    k_cur: usize,
-    beta: f32,
+    ks: Slices,
     a_pack: &'p [f32],
     b_pack: &'p [f32],
 }
@@ -192,18 +232,20 @@ struct Block<'p> {
 /// a few threads whatever their number. Results do not depend on how a block is cut.
 const TASKS: usize = 16;
 
-/// Runs the micro-kernel over every tile of `block`, cut into tasks of at most `MC` rows by
-/// `NT` columns; in parallel over tasks if `parallel`. Inside a task, each micro-panel of A
-/// (in L1) meets every micro-panel of B of the task's columns (in L2) in turn.
+/// Runs the micro-kernel over every tile of `blk`, cut into tasks of at most `MC` rows by
+/// `NT` columns; in parallel over tasks if `parallel`. A task takes the K slices in order;
+/// inside a slice, each micro-panel of A (in L1) meets every micro-panel of B of the task's
+/// columns (in L2) in turn.
 fn compute_block(
     cfg: &Config,
-    alpha: f32,
+    op: &Operands,
     blk: &Block,
     c_ptr: TilePtr,
     ldc: usize,
     parallel: bool,
 ) {
-    let (mr, nr, k_cur) = (cfg.mr, cfg.nr, blk.k_cur);
+    let (mr, nr, kc) = (cfg.mr, cfg.nr, blk.ks.kc);
+    let (a_panels, b_panels) = (blk.m_cur.div_ceil(mr), blk.n_cur.div_ceil(nr));
     let row_tasks = blk.m_cur.div_ceil(cfg.mc);
     let col_tasks = TASKS.div_ceil(row_tasks);
     let nt = blk
@@ -216,26 +258,32 @@ fn compute_block(
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let rows = rt * cfg.mc..blk.m_cur.min((rt + 1) * cfg.mc);
         let cols = ct * nt..blk.n_cur.min((ct + 1) * nt);
-        for ir in rows.step_by(mr) {
-            let a_panel = &blk.a_pack[ir / mr * k_cur * mr..][..k_cur * mr];
-            for jr in cols.clone().step_by(nr) {
-                let b_panel = &blk.b_pack[jr / nr * k_cur * nr..][..k_cur * nr];
-                let tile = (blk.ic + ir) * ldc + blk.jc + jr;
-                // SAFETY: the panels hold k_cur groups of MR and NR values; the tile's
-                // (m_cur - ir).min(mr) x (n_cur - jr).min(nr) corner is inside C (checked by
-                // the caller) and belongs to this task alone.
-                unsafe {
-                    (cfg.kernel)(
-                        k_cur,
-                        alpha,
-                        a_panel.as_ptr(),
-                        b_panel.as_ptr(),
-                        blk.beta,
-                        c_ptr.at(tile),
-                        ldc,
-                        (blk.m_cur - ir).min(mr),
-                        (blk.n_cur - jr).min(nr),
-                    );
+        for s in 0..blk.ks.count {
+            let (pc, depth) = blk.ks.get(s);
+            let beta = if pc == 0 { op.beta } else { 1.0 };
+            for ir in rows.clone().step_by(mr) {
+                let a_at = (s * a_panels + ir / mr) * kc * mr;
+                let a_panel = &blk.a_pack[a_at..a_at + depth * mr];
+                for jr in cols.clone().step_by(nr) {
+                    let b_at = (s * b_panels + jr / nr) * kc * nr;
+                    let b_panel = &blk.b_pack[b_at..b_at + depth * nr];
+                    let tile = (blk.ic + ir) * ldc + blk.jc + jr;
+                    // SAFETY: the panels hold `depth` groups of MR and NR values; the tile's
+                    // (m_cur - ir).min(mr) x (n_cur - jr).min(nr) corner is inside C (checked
+                    // by the caller) and belongs to this task alone.
+                    unsafe {
+                        (cfg.kernel)(
+                            depth,
+                            op.alpha,
+                            a_panel.as_ptr(),
+                            b_panel.as_ptr(),
+                            beta,
+                            c_ptr.at(tile),
+                            ldc,
+                            (blk.m_cur - ir).min(mr),
+                            (blk.n_cur - jr).min(nr),
+                        );
+                    }
                 }
             }
         }
