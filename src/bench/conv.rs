@@ -1,0 +1,164 @@
+//! `ddpm bench conv`: conv2d forward, backward-data and backward-weight for one shape, as
+//! GFLOP/s (2 * N * Cout * Cin * kh * kw * OH * OW flops per pass) and fraction of peak.
+
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+use tensor::kernels::conv::{
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
+};
+use tensor::Tensor;
+
+use super::timing::{median_seconds, peak};
+use super::Report;
+
+/// Which passes to time.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pass {
+    Forward,
+    BackwardData,
+    BackwardWeight,
+    All,
+}
+
+/// The convolution's shape.
+#[derive(Args, Clone)]
+pub struct ConvArgs {
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Input channels.
+    #[arg(long, default_value_t = 64)]
+    cin: usize,
+    /// Output channels.
+    #[arg(long, default_value_t = 64)]
+    cout: usize,
+    /// Input height and width.
+    #[arg(long, default_value_t = 32)]
+    hw: usize,
+    /// Kernel height and width.
+    #[arg(long, default_value_t = 3)]
+    kernel: usize,
+    /// Stride (1 or 2).
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    /// Zero padding on each side (default: kernel / 2).
+    #[arg(long)]
+    padding: Option<usize>,
+    /// Which passes to time.
+    #[arg(long, value_enum, default_value_t = Pass::All)]
+    pass: Pass,
+}
+
+impl Default for ConvArgs {
+    fn default() -> Self {
+        ConvArgs {
+            batch: 16,
+            cin: 64,
+            cout: 64,
+            hw: 32,
+            kernel: 3,
+            stride: 1,
+            padding: None,
+            pass: Pass::All,
+        }
+    }
+}
+
+/// Measures the peak, then the requested passes.
+pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), String> {
+    let padding = args.padding.unwrap_or(args.kernel / 2);
+    if args.batch == 0 || args.cin == 0 || args.cout == 0 || args.hw == 0 || args.kernel == 0 {
+        return Err("conv sizes must be positive".into());
+    }
+    if args.stride == 0 {
+        return Err("--stride must be at least 1".into());
+    }
+    if args.hw + 2 * padding < args.kernel {
+        return Err(format!(
+            "a {k}x{k} kernel does not fit a {hw}x{hw} input with padding {padding}",
+            k = args.kernel,
+            hw = args.hw
+        ));
+    }
+    let p = Conv2dParams {
+        batch: args.batch,
+        c_in: args.cin,
+        c_out: args.cout,
+        h: args.hw,
+        w: args.hw,
+        kh: args.kernel,
+        kw: args.kernel,
+        stride: args.stride,
+        padding,
+    };
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let x = Tensor::rand_uniform(&[p.batch, p.c_in, p.h, p.w], 2, 0);
+    let w = Tensor::rand_uniform(&[p.c_out, p.c_in, p.kh, p.kw], 2, 1);
+    let bias = Tensor::rand_uniform(&[p.c_out], 2, 2);
+    let dy = Tensor::rand_uniform(&[p.batch, p.c_out, oh, ow], 2, 3);
+    let flops = 2.0 * (p.batch * p.c_out * p.c_in * p.kh * p.kw * oh * ow) as f64;
+    let peak_gflops = peak(threads, report);
+
+    let mut y = vec![0.0f32; p.batch * p.c_out * oh * ow];
+    let mut dx = vec![0.0f32; x.numel()];
+    let mut dw = vec![0.0f32; w.numel()];
+    let mut db = vec![0.0f32; p.c_out];
+    let want = |pass: Pass| args.pass == pass || args.pass == Pass::All;
+    let mut timed: Vec<(&str, f64)> = Vec::new();
+    if want(Pass::Forward) {
+        timed.push((
+            "forward",
+            median_seconds(|| conv2d_forward(&p, x.data(), w.data(), Some(bias.data()), &mut y)),
+        ));
+    }
+    if want(Pass::BackwardData) {
+        timed.push((
+            "backward_data",
+            median_seconds(|| conv2d_backward_data(&p, dy.data(), w.data(), &mut dx)),
+        ));
+    }
+    if want(Pass::BackwardWeight) {
+        timed.push((
+            "backward_weight",
+            median_seconds(|| {
+                conv2d_backward_weight(&p, x.data(), dy.data(), &mut dw, Some(&mut db))
+            }),
+        ));
+    }
+    for (pass, seconds) in timed {
+        let gflops = flops / seconds / 1e9;
+        let fraction = gflops / peak_gflops;
+        report.line(
+            &[
+                ("bench", "conv".into()),
+                ("pass", pass.into()),
+                ("batch", p.batch.into()),
+                ("cin", p.c_in.into()),
+                ("cout", p.c_out.into()),
+                ("hw", p.h.into()),
+                ("kernel", p.kh.into()),
+                ("stride", p.stride.into()),
+                ("padding", p.padding.into()),
+                ("threads", threads.into()),
+                ("ms", Value::from(seconds * 1e3)),
+                ("gflops", gflops.into()),
+                ("peak_gflops", peak_gflops.into()),
+                ("fraction_of_peak", fraction.into()),
+            ],
+            &format!(
+                "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
+                p.batch,
+                p.c_in,
+                p.c_out,
+                p.h,
+                p.w,
+                p.kh,
+                p.stride,
+                p.padding,
+                seconds * 1e3,
+                fraction * 100.0
+            ),
+        );
+    }
+    Ok(())
+}
