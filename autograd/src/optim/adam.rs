@@ -206,7 +206,11 @@ mod tests {
         }
         let (p2, mut o2) = make();
         p2.set_value(p1.value());
-        o2.load_state(&o1.state()).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("adam-state-{}.safetensors", std::process::id()));
+        o1.save_state(&path).unwrap();
+        o2.load_state_file(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
         assert_eq!(o2.steps(), 3);
         for (p, o) in [(&p1, &mut o1), (&p2, &mut o2)] {
             p.set_grad(Some(grad.clone()));

@@ -17,6 +17,9 @@ pub use ema::{Ema, EmaConfig};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use tensor::{Error, Result, Tensor};
 
 /// What every optimizer offers.
@@ -31,6 +34,18 @@ pub trait Optimizer {
     /// Restores the state that [`Optimizer::state`] gave. Fails, naming the tensor, if a
     /// buffer is missing or has another shape.
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()>;
+
+    /// Writes [`Optimizer::state`] to a safetensors file (atomically).
+    fn save_state(&self, path: &Path) -> Result<()> {
+        let state = self.state();
+        let named: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        tensor::io::save(path, &named, &BTreeMap::new())
+    }
+
+    /// Restores the state from a file written by [`Optimizer::save_state`].
+    fn load_state_file(&mut self, path: &Path) -> Result<()> {
+        self.load_state(&tensor::io::load_all(path)?)
+    }
 }
 
 /// Finds `name` in `state` and checks its shape.
