@@ -1,5 +1,7 @@
 //! conv2d backward-weight: the gradients of the loss with respect to the filters and the bias.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::direct;
@@ -64,14 +66,22 @@ pub fn conv2d_backward_weight(
     partials
         .par_chunks_exact_mut(wlen)
         .enumerate()
-        .for_each_init(Workspace::default, |ws, (chunk, dw)| {
-            let first = chunk * per_chunk;
-            let last = (first + per_chunk).min(p.batch);
-            for n in first..last {
-                let x = &input[n * in_len..][..in_len];
-                let dy = &grad_output[n * out_len..][..out_len];
-                accumulate_image(&g, p.c_out, x, dy, dw, n == first, ws);
-            }
+        .for_each(|(chunk, dw)| {
+            SCRATCH.with(|cell| {
+                let mut fresh = Workspace::default();
+                let mut held = cell.try_borrow_mut();
+                let ws = match held.as_deref_mut() {
+                    Ok(ws) => ws,
+                    Err(_) => &mut fresh,
+                };
+                let first = chunk * per_chunk;
+                let last = (first + per_chunk).min(p.batch);
+                for n in first..last {
+                    let x = &input[n * in_len..][..in_len];
+                    let dy = &grad_output[n * out_len..][..out_len];
+                    accumulate_image(&g, p.c_out, x, dy, dw, n == first, ws);
+                }
+            })
         });
     let (sum, rest) = partials.split_at_mut(wlen);
     for partial in rest.chunks_exact(wlen) {
@@ -88,6 +98,12 @@ struct Workspace {
     padded: Vec<f32>,
     cols: Vec<f32>,
     direct: direct::Workspace,
+}
+
+thread_local! {
+    /// Kept between calls so that each call does not fault in fresh pages (a fresh one is used
+    /// if it is busy higher up the stack).
+    static SCRATCH: RefCell<Workspace> = RefCell::new(Workspace::default());
 }
 
 /// `db[co] = sum_{n, pixels} dY[n, co, pixel]`, accumulated in f64 in a fixed order.

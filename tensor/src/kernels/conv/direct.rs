@@ -15,6 +15,8 @@
 //!
 //! Partial tiles are zero-padded in the packs and clipped by the kernel's masked stores.
 
+use std::cell::RefCell;
+
 use super::avx512::{conv_avx512_8x32, MR, NR};
 use super::im2col::Geometry;
 
@@ -50,17 +52,14 @@ pub(crate) fn pack_rows(
     }
 }
 
-/// `dst.copy_from_slice(src)`, inlined as two vector moves for a full panel row (a call to
+/// `dst.copy_from_slice(src)`, inlined as vector moves for a full or half panel row (a call to
 /// `memcpy` per 128 bytes costs more than the copy).
 #[inline(always)]
 fn copy_run(dst: &mut [f32], src: &[f32]) {
-    if let (Ok(d), Ok(s)) = (
-        <&mut [f32; NR]>::try_from(&mut *dst),
-        <&[f32; NR]>::try_from(src),
-    ) {
-        *d = *s;
-    } else {
-        dst.copy_from_slice(src);
+    match dst.len() {
+        NR => *<&mut [f32; NR]>::try_from(dst).expect("NR") = src.try_into().expect("NR"),
+        16 => *<&mut [f32; 16]>::try_from(dst).expect("16") = src.try_into().expect("16"),
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -72,17 +71,79 @@ pub(crate) struct Workspace {
     b: Vec<f32>,
 }
 
-/// Writes the zero-padded NCHW copy of `image` (`[c, h + 2 pad_h, w + 2 pad_w]`).
-fn pad_nchw(g: &Geometry, image: &[f32], padded: &mut Vec<f32>) {
-    let (hp, wp) = (g.h + 2 * g.pad_h, g.w + 2 * g.pad_w);
-    padded.clear();
-    padded.resize(g.c * hp * wp, 0.0);
-    for (plane, dst) in image
-        .chunks_exact(g.h * g.w)
-        .zip(padded.chunks_exact_mut(hp * wp))
-    {
-        for (y, row) in plane.chunks_exact(g.w).enumerate() {
-            dst[(y + g.pad_h) * wp + g.pad_w..][..g.w].copy_from_slice(row);
+thread_local! {
+    /// Each thread keeps its scratch between calls (a few hundred KiB to a few MiB, the largest
+    /// tile it has packed), so a convolution does not pay page faults on fresh buffers.
+    static SCRATCH: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// Runs `f` with this thread's scratch (or a fresh one if it is already in use higher up the
+/// stack, as when rayon runs another task while this one waits).
+pub(crate) fn with_workspace<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut ws) => f(&mut ws),
+        Err(_) => f(&mut Workspace::default()),
+    })
+}
+
+/// The padded image split into its `s x s` stride phases: with `Xp` the zero-padded image,
+/// `phases[ci][py][px][u][v] = Xp[ci, u*s + py, v*s + px]` (`u < ceil(hp / s)`, `v <
+/// ceil(wp / s)`), so that the input pixels of consecutive output columns are consecutive
+/// (for stride 1 it is just the padded image).
+struct Phases {
+    hh: usize,
+    ww: usize,
+}
+
+impl Phases {
+    fn of(g: &Geometry) -> Phases {
+        let s = g.stride;
+        Phases {
+            hh: (g.h + 2 * g.pad_h).div_ceil(s),
+            ww: (g.w + 2 * g.pad_w).div_ceil(s),
+        }
+    }
+
+    /// Offset of the input pixel of output pixel `(i, j)` under tap `(ci, a, b)`.
+    fn offset(&self, g: &Geometry, ci: usize, a: usize, b: usize, i: usize, j: usize) -> usize {
+        let s = g.stride;
+        let plane = self.hh * self.ww;
+        ((ci * s + a % s) * s + b % s) * plane + (i + a / s) * self.ww + j + b / s
+    }
+
+    /// Writes the phases of `image` into `out`.
+    fn build(&self, g: &Geometry, image: &[f32], out: &mut Vec<f32>) {
+        let s = g.stride;
+        let plane = self.hh * self.ww;
+        out.clear();
+        out.resize(g.c * s * s * plane, 0.0);
+        for (ci, src) in image.chunks_exact(g.h * g.w).enumerate() {
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                let (py, u) = ((y + g.pad_h) % s, (y + g.pad_h) / s);
+                if s == 1 {
+                    out[(ci * plane) + u * self.ww + g.pad_w..][..g.w].copy_from_slice(row);
+                    continue;
+                }
+                for px in 0..s {
+                    // The first input column of phase px, and its position in the phase row.
+                    let x0 = (px + s - g.pad_w % s) % s;
+                    if x0 >= g.w {
+                        continue;
+                    }
+                    let v0 = (x0 + g.pad_w) / s;
+                    let dst = &mut out[((ci * s + py) * s + px) * plane + u * self.ww + v0..];
+                    if s == 2 {
+                        // Pairs of a fixed size: the compiler turns this into shuffles.
+                        for (d, pair) in dst.iter_mut().zip(row[x0..].chunks(2)) {
+                            *d = pair[0];
+                        }
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(row[x0..].iter().step_by(s)) {
+                            *d = v;
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -99,8 +160,8 @@ pub(crate) fn forward_image(
     ws: &mut Workspace,
 ) {
     let (k, npix) = (g.k(), g.out_pixels());
-    let (hp, wp, s) = (g.h + 2 * g.pad_h, g.w + 2 * g.pad_w, g.stride);
-    pad_nchw(g, x, &mut ws.padded);
+    let phases = Phases::of(g);
+    phases.build(g, x, &mut ws.padded);
     let tile = (TILE_FLOATS / (k * NR)).max(1) * NR;
     let mut segments = Vec::with_capacity(8);
     for p0 in (0..npix).step_by(tile) {
@@ -118,24 +179,8 @@ pub(crate) fn forward_image(
                 segments.push((q - start, i, j, len));
                 q += len;
             }
-            let filled = end - start;
-            for (kk, dst) in bp.chunks_exact_mut(NR).enumerate() {
-                let ci = kk / (g.kh * g.kw);
-                let (a, b) = (kk / g.kw % g.kh, kk % g.kw);
-                let base = ci * hp * wp + a * wp + b;
-                for &(lane, i, j, len) in &segments {
-                    let src = &ws.padded[base + i * s * wp + j * s..];
-                    let d = &mut dst[lane..lane + len];
-                    if s == 1 {
-                        copy_run(d, &src[..len]);
-                    } else {
-                        for (o, &v) in d.iter_mut().zip(src.iter().step_by(s)) {
-                            *o = v;
-                        }
-                    }
-                }
-                dst[filled..].fill(0.0);
-            }
+            // SAFETY: `available()` checked AVX-512F.
+            unsafe { pack_panel(g, &phases, &ws.padded, &segments, end - start, bp) };
         }
         for (cb, ap) in packed_w.chunks_exact(k * MR).enumerate() {
             let rows = MR.min(c_out - cb * MR);
@@ -158,6 +203,37 @@ pub(crate) fn forward_image(
                         false,
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Packs one B micro-panel of the forward column matrix: `bp[kk][lane] = Xp[ci, i*s + a, j*s +
+/// b]` for `kk = (ci, a, b)` and the pixels `(i, j)` of `segments` (runs `(lane, i, j, len)`
+/// within output rows), read as contiguous runs from the stride phases; lanes from `filled`
+/// on are zero. Compiled for AVX-512 so that the copies inline as vector moves.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn pack_panel(
+    g: &Geometry,
+    phases: &Phases,
+    data: &[f32],
+    segments: &[(usize, usize, usize, usize)],
+    filled: usize,
+    bp: &mut [f32],
+) {
+    let mut rows = bp.chunks_exact_mut(NR);
+    for ci in 0..g.c {
+        for a in 0..g.kh {
+            for b in 0..g.kw {
+                let dst = rows.next().expect("k panel rows");
+                for &(lane, i, j, len) in segments {
+                    let at = phases.offset(g, ci, a, b, i, j);
+                    copy_run(&mut dst[lane..lane + len], &data[at..at + len]);
+                }
+                dst[filled..].fill(0.0);
             }
         }
     }

@@ -69,8 +69,10 @@ pub(crate) fn forward_images(
         output
             .par_chunks_exact_mut(out_len)
             .zip(input.par_chunks_exact(in_len))
-            .for_each_init(direct::Workspace::default, |ws, (y, x)| {
-                direct::forward_image(g, c_out, &packed, x, bias, y, ws)
+            .for_each(|(y, x)| {
+                direct::with_workspace(|ws| {
+                    direct::forward_image(g, c_out, &packed, x, bias, y, ws)
+                })
             });
         return;
     }
