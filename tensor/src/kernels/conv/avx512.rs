@@ -77,6 +77,36 @@ pub(crate) unsafe fn conv_avx512_8x32(
     }
 }
 
+/// `dst.copy_from_slice(src)` for at most 32 floats, as two masked vector moves.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `dst.len() == src.len() <= 32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn copy_upto32(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    debug_assert!(n <= 32 && src.len() == n);
+    let m0 = ((1u32 << n.min(16)) - 1) as __mmask16;
+    let m1 = ((1u32 << n.saturating_sub(16)) - 1) as __mmask16;
+    // SAFETY: the masks keep every access inside the first n floats of both slices.
+    unsafe {
+        let v0 = _mm512_maskz_loadu_ps(m0, src.as_ptr());
+        let v1 = _mm512_maskz_loadu_ps(m1, src.as_ptr().wrapping_add(16));
+        _mm512_mask_storeu_ps(dst.as_mut_ptr(), m0, v0);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().wrapping_add(16), m1, v1);
+    }
+}
+
+/// Never called off x86-64 ([`super::direct::available`] is false there).
+///
+/// # Safety
+/// Not callable: it panics.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn copy_upto32(_dst: &mut [f32], _src: &[f32]) {
+    unreachable!("the AVX-512 conv kernel exists only on x86-64")
+}
+
 /// Never called off x86-64 ([`super::direct::available`] is false there).
 ///
 /// # Safety

@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::avx512::{conv_avx512_8x32, MR, NR};
+use super::avx512::{conv_avx512_8x32, copy_upto32, MR, NR};
 use super::im2col::Geometry;
 
 /// Target size, in f32, of one packed column tile (kept in L2 while the weights stream past).
@@ -49,17 +49,6 @@ pub(crate) fn pack_rows(
                 *d = src[base + r * ld + kk];
             }
         }
-    }
-}
-
-/// `dst.copy_from_slice(src)`, inlined as vector moves for a full or half panel row (a call to
-/// `memcpy` per 128 bytes costs more than the copy).
-#[inline(always)]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
-    match dst.len() {
-        NR => *<&mut [f32; NR]>::try_from(dst).expect("NR") = src.try_into().expect("NR"),
-        16 => *<&mut [f32; 16]>::try_from(dst).expect("16") = src.try_into().expect("16"),
-        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -211,7 +200,7 @@ pub(crate) fn forward_image(
 /// Packs one B micro-panel of the forward column matrix: `bp[kk][lane] = Xp[ci, i*s + a, j*s +
 /// b]` for `kk = (ci, a, b)` and the pixels `(i, j)` of `segments` (runs `(lane, i, j, len)`
 /// within output rows), read as contiguous runs from the stride phases; lanes from `filled`
-/// on are zero. Compiled for AVX-512 so that the copies inline as vector moves.
+/// on are zero. Compiled for AVX-512 so that the copies inline as masked vector moves.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
@@ -231,9 +220,39 @@ unsafe fn pack_panel(
                 let dst = rows.next().expect("k panel rows");
                 for &(lane, i, j, len) in segments {
                     let at = phases.offset(g, ci, a, b, i, j);
-                    copy_run(&mut dst[lane..lane + len], &data[at..at + len]);
+                    // SAFETY: AVX-512F per this function's contract; len <= NR.
+                    unsafe { copy_upto32(&mut dst[lane..lane + len], &data[at..at + len]) };
                 }
                 dst[filled..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Packs the pixel-major columns of pixels `p0..p0 + t` into `[K / 32][t][32]` panels:
+/// `b[(kk / 32) t + q][kk % 32] = P[i*s + a, j*s + b, ci]` for `kk = (a*kw + b)*c + ci` and pixel
+/// `p0 + q = (i, j)`; each `(q, a)` is a run of `kw * c` contiguous values of `padded`.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn pack_rows_t(g: &Geometry, padded: &[f32], p0: usize, t: usize, b: &mut [f32]) {
+    let (c, s) = (g.c, g.stride);
+    let wp = g.w + 2 * g.pad_w;
+    let run = g.kw * c;
+    for q in 0..t {
+        let (i, j) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
+        for a in 0..g.kh {
+            let src = &padded[((i * s + a) * wp + j * s) * c..][..run];
+            let mut off = 0;
+            while off < run {
+                let kk = a * run + off;
+                let (panel, lane) = (kk / NR, kk % NR);
+                let len = (NR - lane).min(run - off);
+                let at = (panel * t + q) * NR + lane;
+                // SAFETY: AVX-512F per this function's contract; len <= NR.
+                unsafe { copy_upto32(&mut b[at..at + len], &src[off..off + len]) };
+                off += len;
             }
         }
     }
@@ -251,9 +270,7 @@ pub(crate) fn weight_grad_image(
     overwrite: bool,
     ws: &mut Workspace,
 ) {
-    let (k, npix, c, s) = (g.k(), g.out_pixels(), g.c, g.stride);
-    let wp = g.w + 2 * g.pad_w;
-    let run = g.kw * c;
+    let (k, npix) = (g.k(), g.out_pixels());
     let kpanels = k.div_ceil(NR);
     let tile = (TILE_FLOATS / (kpanels * NR)).clamp(16, 512);
     let mut accumulate = !overwrite;
@@ -268,21 +285,8 @@ pub(crate) fn weight_grad_image(
                 lanes[k % NR..].fill(0.0);
             }
         }
-        for q in 0..t {
-            let (i, j) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
-            for a in 0..g.kh {
-                let src = &padded[((i * s + a) * wp + j * s) * c..][..run];
-                let mut off = 0;
-                while off < run {
-                    let kk = a * run + off;
-                    let (panel, lane) = (kk / NR, kk % NR);
-                    let len = (NR - lane).min(run - off);
-                    let at = (panel * t + q) * NR + lane;
-                    copy_run(&mut ws.b[at..at + len], &src[off..off + len]);
-                    off += len;
-                }
-            }
-        }
+        // SAFETY: `available()` checked AVX-512F.
+        unsafe { pack_rows_t(g, padded, p0, t, &mut ws.b) };
         for (cb, ap) in ws.a.chunks_exact(t * MR).enumerate() {
             let rows = MR.min(c_out - cb * MR);
             for (kp, bp) in ws.b.chunks_exact(t * NR).enumerate() {
