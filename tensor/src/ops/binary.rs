@@ -50,10 +50,8 @@ where
     F: Fn(f32x8, f32x8) -> f32x8 + Sync + Send,
 {
     let shape = broadcast_shapes(op, a.shape(), b.shape());
-    let mut out = vec![0.0f32; numel(&shape)];
-    if !out.is_empty() {
-        Plan::new(a.shape(), b.shape(), &shape).run(a.data(), b.data(), &mut out, f);
-    }
+    let plan = Plan::new(a.shape(), b.shape(), &shape);
+    let out = plan.run(a.data(), b.data(), numel(&shape), f);
     Tensor::from_vec(out, &shape)
 }
 
@@ -286,7 +284,8 @@ mod tests {
         let mut rng = Lcg::new(11);
         let x = rng.tensor(&[7, 19]);
         let s = 0.37f32;
-        let cases: Vec<(&str, Tensor, fn(f64, f64) -> f64)> = vec![
+        type Case = (&'static str, Tensor, fn(f64, f64) -> f64);
+        let cases: Vec<Case> = vec![
             ("add_scalar", x.add_scalar(s), |a, b| a + b),
             ("sub_scalar", x.sub_scalar(s), |a, b| a - b),
             ("rsub_scalar", x.rsub_scalar(s), |a, b| b - a),

@@ -129,23 +129,26 @@ impl Plan {
         }
     }
 
-    /// `out = f(a, b)` with broadcasting, `out` already sized to the output.
-    pub(crate) fn run<F>(&self, a: &[f32], b: &[f32], out: &mut [f32], f: F)
+    /// `f(a, b)` with broadcasting, as a new buffer of `n` (the output's size) values.
+    pub(crate) fn run<F>(&self, a: &[f32], b: &[f32], n: usize, f: F) -> Vec<f32>
     where
         F: Fn(wide::f32x8, wide::f32x8) -> wide::f32x8 + Sync + Send,
     {
+        if n == 0 {
+            return Vec::new();
+        }
         let (ia, ib) = (
             *self.a_strides.last().unwrap(),
             *self.b_strides.last().unwrap(),
         );
-        par::for_chunks_mut(out, |start, dst| {
+        super::alloc::output(n, |start, dst| {
             self.walk(start, start + dst.len(), |pos, len, oa, ob| {
                 let d = &mut dst[pos - start..pos - start + len];
                 let x = Self::operand(a, oa, len, ia);
                 let y = Self::operand(b, ob, len, ib);
                 par::binary_slice(x, y, d, &f);
             });
-        });
+        })
     }
 
     /// `out = f(out, b)` with `b` broadcast to `out`'s shape (the plan's `a` is `out`).

@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use super::alloc;
 use super::par::{self, SendPtr, PAR_MIN};
 use crate::shape::{normalize_axis, numel, strides};
 use crate::Tensor;
@@ -97,7 +98,7 @@ impl Tensor {
         if axes.len() <= 1 || self.numel() == 0 {
             return self.reshape(&out_shape); // the order of the elements is unchanged
         }
-        let mut out = vec![0.0f32; self.numel()];
+        let mut out = alloc::zeroed(self.numel());
         let src = self.data();
         let (last, last_stride) = *axes.last().unwrap();
         if last_stride == 1 {
@@ -142,7 +143,7 @@ impl Tensor {
         let row: usize = runs.iter().sum();
         let mut shape = first.to_vec();
         shape[ax] = tensors.iter().map(|t| t.shape()[ax]).sum();
-        let mut out = vec![0.0f32; outer * row];
+        let mut out = alloc::zeroed(outer * row);
         if row > 0 {
             let fill = |(o, dst): (usize, &mut [f32])| {
                 let mut at = 0;
@@ -201,7 +202,7 @@ impl Tensor {
         shape[ax] = count;
         let inner = numel(&self.shape()[ax + 1..]);
         let outer = numel(&self.shape()[..ax]);
-        let mut out = vec![0.0f32; outer * count * inner];
+        let mut out = alloc::zeroed(outer * count * inner);
         if out.is_empty() {
             return Tensor::from_vec(out, &shape);
         }
@@ -237,7 +238,7 @@ impl Tensor {
             self.shape()[2],
             self.shape()[3],
         );
-        let mut out = vec![0.0f32; n * c * 4 * h * w];
+        let mut out = alloc::zeroed(n * c * 4 * h * w);
         if !out.is_empty() {
             let src = self.data();
             let body = |(r, rows): (usize, &mut [f32])| {
@@ -266,11 +267,11 @@ impl Tensor {
     pub fn sum_pool2x(&self) -> Tensor {
         let s = self.shape();
         assert!(
-            s.len() == 4 && s[2] % 2 == 0 && s[3] % 2 == 0,
+            s.len() == 4 && (s[2] | s[3]) & 1 == 0,
             "sum_pool2x: expected NCHW with even H and W, got shape {s:?}"
         );
         let (n, c, h, w) = (s[0], s[1], s[2] / 2, s[3] / 2);
-        let mut out = vec![0.0f32; n * c * h * w];
+        let mut out = alloc::zeroed(n * c * h * w);
         if !out.is_empty() {
             let src = self.data();
             let body = |(r, line): (usize, &mut [f32])| {

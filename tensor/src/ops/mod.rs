@@ -15,3 +15,5 @@ mod vmath;
 mod broadcast;
 #[cfg(test)]
 mod testutil;
+pub mod alloc;
+mod simd;

@@ -553,6 +553,7 @@ mod tests {
 
     #[test]
     fn reductions_are_bitwise_identical_on_1_and_2_threads() {
+        let _guard = super::super::testutil::isa_lock();
         let mut rng = Lcg::new(22);
         let x = rng.tensor(&[3, 1_000_003]);
         let y = rng.tensor(&[700, 3001]);

@@ -1,10 +1,11 @@
 //! `softmax` and `log_softmax` over the last axis.
 //!
 //! For each row `x` (the last axis), with `m = max(x)` and `s = sum_j e^(x_j - m)`:
-//! `softmax(x)_i = e^(x_i - m) / s` and `log_softmax(x)_i = x_i - m - ln s`. Subtracting the
+//! `softmax(x)_i = e^(x_i - m) / s` and `log_softmax(x)_i = (x_i - m) - ln s`. Subtracting the
 //! row maximum keeps every exponent at most 0, so nothing overflows. `s` is accumulated in f32
 //! lanes over runs of 1024 elements and the runs added in f64. A NaN in a row makes the whole
-//! row NaN. Rows shorter than 64K elements are processed whole by one task (rows are grouped
+//! row NaN. Rows shorter than 64K elements run on the AVX2 path when the CPU has it (else on
+//! `wide::f32x8`); rows shorter than 64K elements are processed whole by one task (rows are grouped
 //! into tasks of about 64K elements); longer rows are cut into 64K-element blocks whose partial
 //! maxima and sums are combined in block order, so results never depend on the thread count.
 //!
@@ -20,113 +21,160 @@
 use rayon::prelude::*;
 use wide::f32x8;
 
-use super::par::{self, load, load_partial, store, store_partial, CHUNK, PAR_MIN};
+use super::alloc;
+use super::par::{self, CHUNK};
+use super::simd::{self, V8};
 use super::vmath;
 use crate::Tensor;
 
-/// The maximum of a run (NaN-unaware; a NaN shows up later through `x - m`).
-fn run_max(x: &[f32]) -> f32 {
-    let mut acc = f32x8::splat(f32::NEG_INFINITY);
-    for piece in x.chunks(8) {
-        acc = acc.fast_max(load_partial(piece, f32::NEG_INFINITY));
+/// The lanes of `x[i..]` (up to 8 values), padded with `fill`.
+#[inline(always)]
+fn load_at<V: V8>(x: &[f32], i: usize, fill: f32) -> V {
+    if i + 8 <= x.len() {
+        V::load(&x[i..])
+    } else {
+        let mut buf = [fill; 8];
+        buf[..x.len() - i].copy_from_slice(&x[i..]);
+        V::load(&buf)
     }
-    acc.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when given.
-fn run_exp_sum(x: &[f32], m: f32, mut out: Option<&mut [f32]>) -> f64 {
-    let mv = f32x8::splat(m);
+/// Stores `v` to `out[i..]` (up to 8 values).
+#[inline(always)]
+fn store_at<V: V8>(v: V, out: &mut [f32], i: usize) {
+    if i + 8 <= out.len() {
+        v.store(&mut out[i..]);
+    } else {
+        let mut buf = [0.0f32; 8];
+        v.store(&mut buf);
+        let n = out.len() - i;
+        out[i..].copy_from_slice(&buf[..n]);
+    }
+}
+
+fn horizontal(v: impl V8) -> [f32; 8] {
+    let mut buf = [0.0f32; 8];
+    v.store(&mut buf);
+    buf
+}
+
+/// The maximum of a run (NaN-unaware; a NaN shows up later through `x - m`).
+#[inline(always)]
+fn run_max<V: V8>(x: &[f32]) -> f32 {
+    let mut acc = V::splat(f32::NEG_INFINITY);
+    for i in (0..x.len()).step_by(8) {
+        acc = acc.max_(load_at(x, i, f32::NEG_INFINITY));
+    }
+    horizontal(acc)
+        .into_iter()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when given. Padding lanes hold
+/// -inf, whose exponential is exactly 0 (unless m is -inf or NaN, when the row is NaN anyway).
+#[inline(always)]
+fn run_exp_sum<V: V8>(x: &[f32], m: f32, mut out: Option<&mut [f32]>) -> f64 {
+    let mv = V::splat(m);
     let mut total = 0.0f64;
-    for (r, run) in x.chunks(1024).enumerate() {
-        let mut acc = f32x8::ZERO;
-        for (i, piece) in run.chunks(8).enumerate() {
-            let at = r * 1024 + i * 8;
-            let full = piece.len() == 8;
-            let v = if full {
-                load(piece)
-            } else {
-                load_partial(piece, f32::NEG_INFINITY)
-            };
-            // Padding lanes hold -inf - m = -inf, whose exponential is exactly 0 (unless m is
-            // -inf or NaN, when the row is NaN anyway).
-            let e = vmath::exp(v - mv);
-            acc += e;
+    for r in (0..x.len()).step_by(1024) {
+        let mut acc = V::splat(0.0);
+        for i in (r..(r + 1024).min(x.len())).step_by(8) {
+            let e = vmath::exp(load_at::<V>(x, i, f32::NEG_INFINITY) - mv);
+            acc = acc + e;
             if let Some(o) = out.as_deref_mut() {
-                if full {
-                    store(e, &mut o[at..]);
-                } else {
-                    store_partial(e, &mut o[at..at + piece.len()]);
-                }
+                store_at(e, o, i);
             }
         }
-        total += acc.to_array().iter().map(|&v| v as f64).sum::<f64>();
+        total += horizontal(acc).iter().map(|&v| v as f64).sum::<f64>();
     }
     total
 }
 
 /// Finishes a row (or a block of one): `out = out * inv` (softmax, `out` holding the
-/// exponentials) or `out = x - shift` (log-softmax).
-fn finish(x: &[f32], out: &mut [f32], log: bool, inv: f32, shift: f32) {
-    if log {
-        par::unary_slice(x, out, &|v: f32x8| v - f32x8::splat(shift));
-    } else {
-        par::unary_inplace(out, &|v: f32x8| v * f32x8::splat(inv));
+/// exponentials) or `out = (x - m) - lns` (log-softmax; subtracting `m` first keeps the
+/// result exact to f32 rounding when `m` is large).
+#[inline(always)]
+fn finish<V: V8>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, lns: f32) {
+    for i in (0..out.len()).step_by(8) {
+        let v = if log {
+            (load_at::<V>(x, i, 0.0) - V::splat(m)) - V::splat(lns)
+        } else {
+            load_at::<V>(out, i, 0.0) * V::splat(inv)
+        };
+        store_at(v, out, i);
     }
 }
 
-fn softmax_row(x: &[f32], out: &mut [f32], log: bool) {
-    let m = run_max(x);
-    let s = run_exp_sum(x, m, if log { None } else { Some(&mut *out) });
-    finish(x, out, log, (1.0 / s) as f32, m + (s.ln() as f32));
+/// Softmax of whole rows of length `l` with the implementation `V`.
+#[inline(always)]
+fn softmax_rows<V: V8>(x: &[f32], out: &mut [f32], l: usize, log: bool) {
+    for (row, o) in x.chunks(l).zip(out.chunks_mut(l)) {
+        let m = run_max::<V>(row);
+        let s = run_exp_sum::<V>(row, m, if log { None } else { Some(&mut *o) });
+        finish::<V>(row, o, log, (1.0 / s) as f32, m, s.ln() as f32);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(x: &[f32], out: &mut [f32], l: usize, log: bool) {
+    softmax_rows::<simd::Avx2>(x, out, l, log);
+}
+
+/// Softmax of whole rows on the best implementation for this CPU.
+fn softmax_rows_best(x: &[f32], out: &mut [f32], l: usize, log: bool, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` comes from `simd::use_avx2`.
+        unsafe { softmax_rows_avx2(x, out, l, log) };
+        return;
+    }
+    let _ = avx2;
+    softmax_rows::<f32x8>(x, out, l, log);
 }
 
 /// One row longer than a chunk: the same three passes, each split into CHUNK blocks.
 fn softmax_long_row(x: &[f32], out: &mut [f32], log: bool) {
     let blocks = x.len().div_ceil(CHUNK);
     let block = |b: usize| &x[b * CHUNK..((b + 1) * CHUNK).min(x.len())];
-    let m = par::map_indices(blocks, x.len(), |b| run_max(block(b)))
+    let m = par::map_indices(blocks, x.len(), |b| run_max::<f32x8>(block(b)))
         .into_iter()
         .fold(f32::NEG_INFINITY, f32::max);
     let partials: Vec<f64> = if log {
-        par::map_indices(blocks, x.len(), |b| run_exp_sum(block(b), m, None))
+        par::map_indices(blocks, x.len(), |b| run_exp_sum::<f32x8>(block(b), m, None))
     } else {
         out.par_chunks_mut(CHUNK)
             .enumerate()
-            .map(|(b, o)| run_exp_sum(block(b), m, Some(o)))
+            .map(|(b, o)| run_exp_sum::<f32x8>(block(b), m, Some(o)))
             .collect()
     };
     let s: f64 = partials.iter().sum();
-    let (inv, shift) = ((1.0 / s) as f32, m + (s.ln() as f32));
+    let (inv, lns) = ((1.0 / s) as f32, s.ln() as f32);
     par::for_chunks_mut(out, |start, o| {
-        finish(&x[start..start + o.len()], o, log, inv, shift);
+        finish::<f32x8>(&x[start..start + o.len()], o, log, inv, m, lns);
     });
 }
 
 fn softmax_impl(x: &Tensor, log: bool) -> Tensor {
     let l = *x.shape().last().unwrap_or(&1);
-    let mut out = vec![0.0f32; x.numel()];
     let src = x.data();
-    if l == 0 || out.is_empty() {
-        return Tensor::from_vec(out, x.shape());
+    if l == 0 || src.is_empty() {
+        return Tensor::zeros(x.shape());
     }
-    if l >= CHUNK {
+    let out = if l >= CHUNK {
+        let mut out = alloc::zeroed(src.len());
         for (row, o) in src.chunks(l).zip(out.chunks_mut(l)) {
             softmax_long_row(row, o, log);
         }
+        out
     } else {
+        // Whole rows per task, about CHUNK elements each.
         let per_task = (CHUNK / l).max(1) * l;
-        let task = |(t, o): (usize, &mut [f32])| {
-            let xs = &src[t * per_task..t * per_task + o.len()];
-            for (row, orow) in xs.chunks(l).zip(o.chunks_mut(l)) {
-                softmax_row(row, orow, log);
-            }
-        };
-        if out.len() < PAR_MIN {
-            out.chunks_mut(per_task).enumerate().for_each(task);
-        } else {
-            out.par_chunks_mut(per_task).enumerate().for_each(task);
-        }
-    }
+        let avx2 = simd::use_avx2();
+        alloc::output_in(src.len(), per_task, |start, o| {
+            softmax_rows_best(&src[start..start + o.len()], o, l, log, avx2);
+        })
+    };
     Tensor::from_vec(out, x.shape())
 }
 
@@ -199,6 +247,16 @@ mod tests {
     }
 
     #[test]
+    fn portable_softmax_matches_f64_reference() {
+        let _guard = super::super::testutil::isa_lock();
+        let mut rng = Lcg::new(42);
+        let x = Tensor::from_vec(rng.uniform_vec(7 * 131, -30.0, 30.0), &[7, 131]);
+        let (p, lp) = crate::kernels::cpu::with_portable(|| (x.softmax(), x.log_softmax()));
+        assert_close("softmax", p.data(), &reference(&x, false), 4e-6, 1e-30);
+        assert_close("log_softmax", lp.data(), &reference(&x, true), 1e-6, 2e-6);
+    }
+
+    #[test]
     fn softmax_is_stable_for_large_inputs() {
         let x = Tensor::from_vec(vec![1e4, 1e4 + 1.0, -1e4, f32::NEG_INFINITY], &[4]);
         let p = x.softmax();
@@ -216,6 +274,7 @@ mod tests {
 
     #[test]
     fn softmax_is_bitwise_identical_on_1_and_2_threads() {
+        let _guard = super::super::testutil::isa_lock();
         let mut rng = Lcg::new(41);
         let x = Tensor::from_vec(rng.uniform_vec(300_007, -5.0, 5.0), &[300_007]);
         let y = rng.tensor(&[500, 999]);

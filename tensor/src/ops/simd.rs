@@ -1,0 +1,292 @@
+//! An 8-lane f32 vector interface, [`V8`], with two implementations: `wide::f32x8` (portable;
+//! SSE2 on the x86-64 baseline, NEON on aarch64) and [`Avx2`] (one 256-bit register, with FMA),
+//! chosen at run time by [`crate::kernels::cpu::isa`]. The transcendental functions in
+//! `vmath.rs` are written once against [`V8`]; an op is a [`Lanes`] value, and [`unary`] runs
+//! it over a slice with the best implementation the CPU has.
+
+use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
+
+use wide::{f32x8, i32x8, CmpGt, CmpLt};
+
+/// Eight f32 lanes. Comparisons return masks (all bits set where true) as vectors.
+pub(crate) trait V8:
+    Copy
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + BitOr<Output = Self>
+{
+    fn splat(v: f32) -> Self;
+    /// The first 8 values of `s`.
+    fn load(s: &[f32]) -> Self;
+    /// Writes the lanes to the first 8 values of `d`.
+    fn store(self, d: &mut [f32]);
+    /// `self * m + a` (fused where the instruction set has FMA).
+    fn mul_add(self, m: Self, a: Self) -> Self;
+    /// max/min with the x86 rule: the second operand when either is NaN.
+    fn max_(self, o: Self) -> Self;
+    fn min_(self, o: Self) -> Self;
+    /// Round to nearest integer (ties to even).
+    fn round_(self) -> Self;
+    /// 2^n for lanes holding integers n in [-126, 127].
+    fn pow2i(self) -> Self;
+    /// For positive normal lanes `x = m 2^e` with m in [1, 2): `(e, m)`.
+    fn exponent_mantissa(self) -> (Self, Self);
+    fn lt(self, o: Self) -> Self;
+    fn gt(self, o: Self) -> Self;
+    fn is_nan_(self) -> Self;
+    /// Lanes of `t` where `mask` is set, else of `f`.
+    fn select(mask: Self, t: Self, f: Self) -> Self;
+    fn abs_(self) -> Self;
+    /// `self` with the sign of `s`.
+    fn copysign_(self, s: Self) -> Self;
+}
+
+impl V8 for f32x8 {
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        f32x8::splat(v)
+    }
+    #[inline(always)]
+    fn load(s: &[f32]) -> Self {
+        super::par::load(s)
+    }
+    #[inline(always)]
+    fn store(self, d: &mut [f32]) {
+        super::par::store(self, d)
+    }
+    #[inline(always)]
+    fn mul_add(self, m: Self, a: Self) -> Self {
+        self * m + a
+    }
+    #[inline(always)]
+    fn max_(self, o: Self) -> Self {
+        self.fast_max(o)
+    }
+    #[inline(always)]
+    fn min_(self, o: Self) -> Self {
+        self.fast_min(o)
+    }
+    #[inline(always)]
+    fn round_(self) -> Self {
+        self.round()
+    }
+    #[inline(always)]
+    fn pow2i(self) -> Self {
+        let bits: i32x8 = (self.round_int() + i32x8::splat(127)) << 23;
+        bytemuck::cast(bits)
+    }
+    #[inline(always)]
+    fn exponent_mantissa(self) -> (Self, Self) {
+        let bits: i32x8 = bytemuck::cast(self);
+        let shifted: i32x8 = bits >> 23;
+        let e: i32x8 = (shifted & i32x8::splat(0xff)) - i32x8::splat(127);
+        let m: i32x8 = (bits & i32x8::splat(0x007f_ffff)) | i32x8::splat(0x3f80_0000);
+        (e.round_float(), bytemuck::cast(m))
+    }
+    #[inline(always)]
+    fn lt(self, o: Self) -> Self {
+        self.cmp_lt(o)
+    }
+    #[inline(always)]
+    fn gt(self, o: Self) -> Self {
+        self.cmp_gt(o)
+    }
+    #[inline(always)]
+    fn is_nan_(self) -> Self {
+        self.is_nan()
+    }
+    #[inline(always)]
+    fn select(mask: Self, t: Self, f: Self) -> Self {
+        mask.blend(t, f)
+    }
+    #[inline(always)]
+    fn abs_(self) -> Self {
+        self.abs()
+    }
+    #[inline(always)]
+    fn copysign_(self, s: Self) -> Self {
+        self.copysign(s)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::Avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! [`V8`] on one AVX2 register. Every method is `#[inline(always)]` and must only run
+    //! inside a function compiled with `#[target_feature(enable = "avx2,fma")]` on a CPU that
+    //! has both (which [`super::unary`] checks through `cpu::isa`).
+    use std::arch::x86_64::*;
+    use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
+
+    use super::V8;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2(__m256);
+
+    macro_rules! binop {
+        ($tr:ident, $m:ident, $intr:ident) => {
+            impl $tr for Avx2 {
+                type Output = Avx2;
+                #[inline(always)]
+                fn $m(self, o: Avx2) -> Avx2 {
+                    // SAFETY: only reached on AVX2 CPUs (see the module docs).
+                    Avx2(unsafe { $intr(self.0, o.0) })
+                }
+            }
+        };
+    }
+    binop!(Add, add, _mm256_add_ps);
+    binop!(Sub, sub, _mm256_sub_ps);
+    binop!(Mul, mul, _mm256_mul_ps);
+    binop!(Div, div, _mm256_div_ps);
+    binop!(BitOr, bitor, _mm256_or_ps);
+
+    impl Neg for Avx2 {
+        type Output = Avx2;
+        #[inline(always)]
+        fn neg(self) -> Avx2 {
+            // SAFETY: as above.
+            Avx2(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
+        }
+    }
+
+    // SAFETY (every method below): only reached on AVX2+FMA CPUs (see the module docs); the
+    // loads and stores check their slice lengths first.
+    impl V8 for Avx2 {
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            Avx2(unsafe { _mm256_set1_ps(v) })
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 8);
+            Avx2(unsafe { _mm256_loadu_ps(s.as_ptr()) })
+        }
+        #[inline(always)]
+        fn store(self, d: &mut [f32]) {
+            assert!(d.len() >= 8);
+            unsafe { _mm256_storeu_ps(d.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(self, m: Self, a: Self) -> Self {
+            Avx2(unsafe { _mm256_fmadd_ps(self.0, m.0, a.0) })
+        }
+        #[inline(always)]
+        fn max_(self, o: Self) -> Self {
+            Avx2(unsafe { _mm256_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn min_(self, o: Self) -> Self {
+            Avx2(unsafe { _mm256_min_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn round_(self) -> Self {
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            Avx2(unsafe { _mm256_round_ps::<NEAREST>(self.0) })
+        }
+        #[inline(always)]
+        fn pow2i(self) -> Self {
+            unsafe {
+                let n = _mm256_add_epi32(_mm256_cvtps_epi32(self.0), _mm256_set1_epi32(127));
+                Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(n)))
+            }
+        }
+        #[inline(always)]
+        fn exponent_mantissa(self) -> (Self, Self) {
+            unsafe {
+                let bits = _mm256_castps_si256(self.0);
+                let e = _mm256_srli_epi32::<23>(bits);
+                let e = _mm256_sub_epi32(e, _mm256_set1_epi32(127));
+                let m = _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff));
+                let m = _mm256_or_si256(m, _mm256_set1_epi32(0x3f80_0000));
+                (Avx2(_mm256_cvtepi32_ps(e)), Avx2(_mm256_castsi256_ps(m)))
+            }
+        }
+        #[inline(always)]
+        fn lt(self, o: Self) -> Self {
+            Avx2(unsafe { _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn gt(self, o: Self) -> Self {
+            Avx2(unsafe { _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn is_nan_(self) -> Self {
+            Avx2(unsafe { _mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0) })
+        }
+        #[inline(always)]
+        fn select(mask: Self, t: Self, f: Self) -> Self {
+            Avx2(unsafe { _mm256_blendv_ps(f.0, t.0, mask.0) })
+        }
+        #[inline(always)]
+        fn abs_(self) -> Self {
+            Avx2(unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0) })
+        }
+        #[inline(always)]
+        fn copysign_(self, s: Self) -> Self {
+            unsafe {
+                let sign = _mm256_set1_ps(-0.0);
+                let mag = _mm256_andnot_ps(sign, self.0);
+                Avx2(_mm256_or_ps(mag, _mm256_and_ps(sign, s.0)))
+            }
+        }
+    }
+}
+
+/// An element-wise function written once for any [`V8`].
+pub(crate) trait Lanes: Sync + Send {
+    fn apply<V: V8>(&self, x: V) -> V;
+}
+
+/// `dst[i] = op(src[i])` with the implementation `V`; a tail shorter than 8 goes through a
+/// padded buffer, so every element sees the same arithmetic.
+#[inline(always)]
+fn unary_with<V: V8, L: Lanes>(src: &[f32], dst: &mut [f32], op: &L) {
+    let n = dst.len();
+    let main = n - n % 8;
+    for (s, d) in src[..main]
+        .chunks_exact(8)
+        .zip(dst[..main].chunks_exact_mut(8))
+    {
+        op.apply(V::load(s)).store(d);
+    }
+    if main < n {
+        let mut buf = [1.0f32; 8];
+        buf[..n - main].copy_from_slice(&src[main..n]);
+        let mut out = [0.0f32; 8];
+        op.apply(V::load(&buf)).store(&mut out);
+        dst[main..].copy_from_slice(&out[..n - main]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unary_avx2<L: Lanes>(src: &[f32], dst: &mut [f32], op: &L) {
+    unary_with::<Avx2, L>(src, dst, op);
+}
+
+/// True when the AVX2 implementation may run now.
+#[inline]
+pub(crate) fn use_avx2() -> bool {
+    use crate::kernels::cpu::{isa, Isa};
+    cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2Fma
+}
+
+/// `dst[i] = op(src[i])` with the best implementation for this CPU (`avx2` from
+/// [`use_avx2`], computed once per op by the caller).
+#[inline]
+pub(crate) fn unary<L: Lanes>(src: &[f32], dst: &mut [f32], op: &L, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` comes from `use_avx2`, so the CPU has AVX2 and FMA.
+        unsafe { unary_avx2(src, dst, op) };
+        return;
+    }
+    let _ = avx2;
+    unary_with::<f32x8, L>(src, dst, op);
+}
