@@ -5,10 +5,12 @@
 //! cache levels of the machine they were tuned on (AMD Zen 4: L1d 32 KiB, L2 1 MiB per core,
 //! shared L3):
 //!
-//! - a packed `KC x NR` micro-panel of B stays in L1 while the `MC / MR` micro-panels of A
-//!   stream past it,
-//! - the packed `MC x KC` block of A stays in L2,
+//! - a packed `MR x KC` micro-panel of A stays in L1 while it meets the micro-panels of B of a
+//!   task's `NT` columns,
+//! - those `KC x NT` of packed B, and the task's `MC x KC` block of A, stay in L2,
 //! - the packed `KC x NC` panel of B lives in L3, shared by every thread.
+//!
+//! For AVX-512 (8 x 32, KC 512): 16 KiB of A in L1, 512 + 256 KiB of B and A in L2.
 //!
 //! None of the sizes depend on the number of threads, so neither do the results.
 
@@ -37,7 +39,7 @@ pub(super) struct Config {
 /// The configuration for an instruction set. Callers must only ask for an instruction set the
 /// CPU supports (see [`crate::kernels::cpu::detected_isa`]).
 pub(super) fn config(isa: Isa) -> Config {
-    tune(match isa {
+    match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Config {
             mr: 8,
@@ -67,32 +69,5 @@ pub(super) fn config(isa: Isa) -> Config {
             nc: 2048,
             kernel: super::portable::gemm_portable_4x8,
         },
-    })
-}
-
-// TEMPORARY tuning override.
-fn tune(mut c: Config) -> Config {
-    let get = |name: &str, v: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(v)
-    };
-    c.kc = get("GEMM_KC", c.kc);
-    c.mc = get("GEMM_MC", c.mc);
-    c.nt = get("GEMM_NT", c.nt);
-    c.nc = get("GEMM_NC", c.nc);
-    if c.nr == 32 {
-        let mr = get("GEMM_MR", c.mr);
-        c.kernel = match mr {
-            4 => super::avx512::gemm_avx512_4x32,
-            6 => super::avx512::gemm_avx512_6x32,
-            12 => super::avx512::gemm_avx512_12x32,
-            14 => super::avx512::gemm_avx512_14x32,
-            _ => c.kernel,
-        };
-        c.mr = mr;
-        c.mc = (c.mc / mr).max(1) * mr;
     }
-    c
 }

@@ -1,21 +1,22 @@
-//! The blocked driver: the five GotoBLAS loops around the micro-kernel, and the threading.
+//! The blocked driver: the GotoBLAS loops around the micro-kernel, and the threading.
 //!
 //! ```text
-//! for jc in 0..n step NC            columns of C and B
-//!   for pc in 0..k step KC          K, in order (never split across threads)
-//!     pack B[pc.., jc..] into KC x NR micro-panels       (shared by all threads)
-//!     for ic in 0..m step chunk     rows of C and A
-//!       pack A[ic.., pc..] into MR x KC micro-panels     (shared by all threads)
-//!       for each task (MC rows x NT columns of C)        <- the parallel loop
-//!         for jr in task columns step NR
-//!           for ir in task rows step MR
-//!             micro-kernel: C[ir.., jr..] = alpha * A~ B~ + beta' * C[ir.., jr..]
+//! for jc in 0..n step NC                      columns of C and B
+//!   for each run of K slices (KC deep)        as many as fit in PACK_BUDGET, in order
+//!     for ic in 0..m step chunk               rows of C and A
+//!       pack A[ic.., run] (and, for the first chunk, B[run, jc..])   one parallel pass
+//!       for each task: MC rows x NT columns of the chunk             the parallel loop
+//!         for each K slice of the run, in order
+//!           for ir in task rows step MR       micro-panel of A: stays in L1
+//!             for jr in task columns step NR  micro-panels of B: stay in L2
+//!               micro-kernel: C[ir.., jr..] = alpha * A~ B~ + beta' * C[ir.., jr..]
 //! ```
 //!
 //! `beta' = beta` for the first K slice and 1 afterwards, so C is read only when the caller
 //! asked for it. Each element of C belongs to exactly one task and receives its K slices in
-//! order, so the result does not depend on how tasks are spread over threads. Small products
-//! (below [`PARALLEL_MIN_MNK`]) run on the calling thread without touching rayon.
+//! order, so the result does not depend on how tasks are spread over threads (nor on how the
+//! tasks are cut). Packed B is shared by every task. Small products (below
+//! [`PARALLEL_MIN_MNK`]) run on the calling thread without touching rayon.
 
 use std::cell::Cell;
 

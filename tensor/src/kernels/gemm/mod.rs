@@ -3,7 +3,7 @@
 //! The structure is GotoBLAS/BLIS, one idea per file:
 //!
 //! - this file: the public API, the argument checks and the micro-kernel contract
-//!   ([`MicroKernel`]);
+//!   (`MicroKernel`, documented in the source);
 //! - `driver.rs`: the blocked loops around the micro-kernel, and the threading;
 //! - `pack.rs`: copying panels of A and B (for both transpose flags) into the order the
 //!   micro-kernel reads, zero-padded to full tiles;

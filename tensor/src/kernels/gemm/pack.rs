@@ -70,7 +70,7 @@ pub(super) fn pack_b(
 /// Writes `dst[p * width + j] = X(p, j)` for `j < w` and zero for `w <= j < width`, for
 /// `p < dst.len() / width`, where `X` reads `src` as `walk` says.
 fn pack(src: &[f32], ld: usize, walk: Walk, w: usize, width: usize, dst: &mut [f32]) {
-    debug_assert!(w >= 1 && w <= width && dst.len() % width == 0);
+    debug_assert!(w >= 1 && w <= width && dst.chunks_exact(width).remainder().is_empty());
     match walk {
         Walk::Along => {
             for (p, group) in dst.chunks_exact_mut(width).enumerate() {
@@ -91,25 +91,7 @@ fn pack(src: &[f32], ld: usize, walk: Walk, w: usize, width: usize, dst: &mut [f
             // whatever is left (or everything, without AVX) in strips of `STRIP` K steps,
             // so that the strip of `dst` being scattered into stays in L1 while each source
             // line is read contiguously.
-            let (mut j_done, mut p_done) = (0, 0);
-            #[cfg(target_arch = "x86_64")]
-            if width % 8 == 0 && cpu::detected_isa() >= Isa::Avx2Fma {
-                (j_done, p_done) = (w / 8 * 8, steps / 8 * 8);
-                for j in (0..j_done).step_by(8) {
-                    for p in (0..p_done).step_by(8) {
-                        // SAFETY: rows j..j+8 < w and steps p..p+8 <= `steps` are inside
-                        // `src` (asserted above) and inside `dst`; AVX is available.
-                        unsafe {
-                            x86::transpose_8x8(
-                                src.as_ptr().add(j * ld + p),
-                                ld,
-                                dst.as_mut_ptr().add(p * width + j),
-                                width,
-                            )
-                        };
-                    }
-                }
-            }
+            let (j_done, p_done) = transpose_blocks(src, ld, w, width, dst);
             for (s, strip) in dst.chunks_mut(STRIP * width).enumerate() {
                 let p0 = s * STRIP;
                 let strip_steps = strip.len() / width;
@@ -176,6 +158,39 @@ mod x86 {
             w(7, _mm256_permute2f128_ps::<0x31>(s3, s7));
         }
     }
+}
+
+/// Does the part of a strided gather (see [`pack`]) that 8 x 8 register transposes can:
+/// rows `0 .. j_done` for steps `0 .. p_done`, which it returns. Needs AVX and a panel width
+/// that is a multiple of 8; does nothing otherwise.
+fn transpose_blocks(
+    src: &[f32],
+    ld: usize,
+    w: usize,
+    width: usize,
+    dst: &mut [f32],
+) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if width & 7 == 0 && cpu::detected_isa() >= Isa::Avx2Fma {
+        let (j_done, p_done) = (w / 8 * 8, dst.len() / width / 8 * 8);
+        for j in (0..j_done).step_by(8) {
+            for p in (0..p_done).step_by(8) {
+                // SAFETY: rows j..j+8 < w and steps p..p+8 <= dst.len() / width are inside
+                // `src` (asserted by the caller) and inside `dst`; the CPU has AVX.
+                unsafe {
+                    x86::transpose_8x8(
+                        src.as_ptr().add(j * ld + p),
+                        ld,
+                        dst.as_mut_ptr().add(p * width + j),
+                        width,
+                    )
+                };
+            }
+        }
+        return (j_done, p_done);
+    }
+    let _ = (src, ld, w, width, dst);
+    (0, 0)
 }
 
 /// K steps per strip of a strided gather.

@@ -168,8 +168,9 @@ const TRANS: [(Trans, Trans); 4] = [
     (Trans::Yes, Trans::Yes),
 ];
 
-/// Awkward shapes: tiny, prime, just past MR / NR / MC / NT / KC, several K slices.
-const SHAPES: [(usize, usize, usize); 12] = [
+/// Awkward shapes: tiny, prime, just past MR / NR / MC / NT / KC, several K slices packed in
+/// one pass or (the last, wider than NC) in several.
+const SHAPES: [(usize, usize, usize); 13] = [
     (1, 1, 1),
     (1, 7, 3),
     (3, 1, 17),
@@ -182,6 +183,7 @@ const SHAPES: [(usize, usize, usize); 12] = [
     (33, 300, 600),
     (257, 65, 300),
     (3, 2100, 5),
+    (5, 2100, 1100),
 ];
 
 #[test]
