@@ -7,6 +7,7 @@
 
 use tensor::Tensor;
 
+use super::unbroadcast;
 use crate::{Backward, Var};
 
 /// Which binary op a [`BinaryRule`] differentiates.
@@ -95,8 +96,8 @@ impl Backward for BinaryRule {
             }
         };
         vec![
-            needs[0].then(|| ga.sum_to(a.shape())),
-            needs[1].then(|| gb.sum_to(b.shape())),
+            needs[0].then(|| unbroadcast(ga, a.shape())),
+            needs[1].then(|| unbroadcast(gb, b.shape())),
         ]
     }
 }

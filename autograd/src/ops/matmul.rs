@@ -2,6 +2,7 @@
 
 use tensor::Tensor;
 
+use super::unbroadcast;
 use crate::{Backward, Var};
 
 /// `C = op(A) op(B)` with `op(X) = X` or `X^T` (on the last two axes). From
@@ -33,7 +34,7 @@ impl Backward for MatmulRule {
             } else {
                 g.matmul_t(b, false, !tb)
             };
-            d.sum_to(a.shape())
+            unbroadcast(d, a.shape())
         });
         let db = needs[1].then(|| {
             let d = if tb {
@@ -41,7 +42,7 @@ impl Backward for MatmulRule {
             } else {
                 a.matmul_t(g, !ta, false)
             };
-            d.sum_to(b.shape())
+            unbroadcast(d, b.shape())
         });
         vec![da, db]
     }

@@ -12,3 +12,15 @@ pub mod norm;
 pub mod reduce;
 pub mod softmax;
 pub mod unary;
+
+use tensor::Tensor;
+
+/// The gradient of an operand that was broadcast to `g`'s shape: `g` summed over the broadcast
+/// axes (`Tensor::sum_to`), or `g` itself when nothing was broadcast.
+pub(crate) fn unbroadcast(g: Tensor, shape: &[usize]) -> Tensor {
+    if g.shape() == shape {
+        g
+    } else {
+        g.sum_to(shape)
+    }
+}

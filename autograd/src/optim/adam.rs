@@ -1,6 +1,10 @@
 //! Adam (Kingma and Ba, 2015) and AdamW (Loshchilov and Hutter, 2019), as PyTorch defines them.
 
+use std::ops::{Add, Div, Mul, Sub};
+
+use rayon::prelude::*;
 use tensor::{Result, Tensor};
+use wide::f32x8;
 
 use super::{find_state, find_step, Optimizer};
 use crate::Param;
@@ -84,20 +88,20 @@ impl Optimizer for Adam {
         let c2 = 1.0 - (c.beta2 as f64).powi(self.t as i32);
         let step_size = (lr as f64 / c1) as f32;
         let c2_sqrt = c2.sqrt() as f32;
+        let k = AdamStep {
+            lr,
+            step_size,
+            c2_sqrt,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            decoupled: c.decoupled,
+        };
         for (((_, param), m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {
             param.update(|p, g| {
-                let Some(g) = g else { return };
-                let (m, v) = (m.data_mut(), v.data_mut());
-                for (((p, &g), m), v) in p.data_mut().iter_mut().zip(g.data()).zip(m).zip(v) {
-                    let g = if c.decoupled {
-                        *p -= lr * c.weight_decay * *p;
-                        g
-                    } else {
-                        g + c.weight_decay * *p
-                    };
-                    *m = c.beta1 * *m + (1.0 - c.beta1) * g;
-                    *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;
-                    *p -= step_size * *m / (v.sqrt() / c2_sqrt + c.eps);
+                if let Some(g) = g {
+                    k.apply(p.data_mut(), g.data(), m.data_mut(), v.data_mut());
                 }
             });
         }
@@ -129,6 +133,90 @@ impl Optimizer for Adam {
         }
         (self.t, self.m, self.v) = (t, m, v);
         Ok(())
+    }
+}
+
+/// One step's constants, applied element by element (8 lanes at a time).
+struct AdamStep {
+    lr: f32,
+    step_size: f32,
+    c2_sqrt: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decoupled: bool,
+}
+
+impl AdamStep {
+    /// The update of one element, on lanes of any width `T` (f32 or f32x8).
+    #[inline(always)]
+    fn lane<T>(&self, p: T, g: T, m: T, v: T) -> (T, T, T)
+    where
+        T: Copy
+            + Add<Output = T>
+            + Sub<Output = T>
+            + Mul<Output = T>
+            + Div<Output = T>
+            + From<f32>
+            + Sqrt,
+    {
+        let s = |x: f32| T::from(x);
+        let (p, g) = if self.decoupled {
+            (p - s(self.lr * self.weight_decay) * p, g)
+        } else {
+            (p, g + s(self.weight_decay) * p)
+        };
+        let m = s(self.beta1) * m + s(1.0 - self.beta1) * g;
+        let v = s(self.beta2) * v + s(1.0 - self.beta2) * g * g;
+        let p = p - s(self.step_size) * m / (v.sqrt_lanes() / s(self.c2_sqrt) + s(self.eps));
+        (p, m, v)
+    }
+
+    /// Updates every element; large tensors in parallel chunks (element-wise, so the result
+    /// does not depend on the thread count).
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        const CHUNK: usize = 1 << 15;
+        if p.len() <= CHUNK {
+            return self.apply_serial(p, g, m, v);
+        }
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| self.apply_serial(p, g, m, v));
+    }
+
+    fn apply_serial(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let n = p.len();
+        let body = n - n % 8;
+        let load = |x: &[f32], i: usize| f32x8::from(<[f32; 8]>::try_from(&x[i..i + 8]).unwrap());
+        for i in (0..body).step_by(8) {
+            let (np, nm, nv) = self.lane(load(p, i), load(g, i), load(m, i), load(v, i));
+            p[i..i + 8].copy_from_slice(&np.to_array());
+            m[i..i + 8].copy_from_slice(&nm.to_array());
+            v[i..i + 8].copy_from_slice(&nv.to_array());
+        }
+        for i in body..n {
+            (p[i], m[i], v[i]) = self.lane(p[i], g[i], m[i], v[i]);
+        }
+    }
+}
+
+/// Square root on scalars and on lanes.
+trait Sqrt {
+    fn sqrt_lanes(self) -> Self;
+}
+
+impl Sqrt for f32 {
+    fn sqrt_lanes(self) -> f32 {
+        self.sqrt()
+    }
+}
+
+impl Sqrt for f32x8 {
+    fn sqrt_lanes(self) -> f32x8 {
+        self.sqrt()
     }
 }
 
