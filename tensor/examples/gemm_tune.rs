@@ -12,10 +12,10 @@ use tensor::kernels::cpu::{self, Isa};
 use tensor::kernels::gemm::{sgemm_with_isa, Trans};
 use tensor::kernels::peak::measure_peak_gflops;
 
-/// Time this thread has spent on a CPU, in ns (Linux x86-64). With `GEMM_CPU_TIME` set,
-/// single-thread runs are timed with it, which hides time slices lost to other processes on
-/// a shared machine.
-fn thread_cpu_ns() -> u64 {
+/// CPU time of this process, in ns (Linux x86-64). With `GEMM_CPU_TIME` set, runs are timed
+/// by it divided by the thread count, which hides time slices lost to other processes on a
+/// shared machine (but counts threads waiting at a barrier as busy).
+fn process_cpu_ns() -> u64 {
     #[repr(C)]
     struct Timespec {
         sec: i64,
@@ -24,10 +24,10 @@ fn thread_cpu_ns() -> u64 {
     extern "C" {
         fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
     }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
     let mut t = Timespec { sec: 0, nsec: 0 };
     // SAFETY: `t` is a valid timespec for the C library to fill.
-    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     t.sec as u64 * 1_000_000_000 + t.nsec as u64
 }
 
@@ -74,10 +74,10 @@ fn time(isa: Isa, ta: Trans, tb: Trans, m: usize, n: usize, k: usize) -> (f64, f
     // Enough repetitions for ~0.3 s, at least 5.
     let cpu_clock = std::env::var("GEMM_CPU_TIME").is_ok();
     let mut run = || {
-        let (t, c0) = (Instant::now(), thread_cpu_ns());
+        let (t, c0) = (Instant::now(), process_cpu_ns());
         sgemm_with_isa(isa, ta, tb, m, n, k, 1.0, &a, lda, &b, ldb, 0.0, &mut c, n);
         if cpu_clock {
-            (thread_cpu_ns() - c0) as f64 * 1e-9
+            (process_cpu_ns() - c0) as f64 * 1e-9 / rayon::current_num_threads() as f64
         } else {
             t.elapsed().as_secs_f64()
         }

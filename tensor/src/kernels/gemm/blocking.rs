@@ -26,11 +26,12 @@ pub(super) struct Config {
     pub nr: usize,
     /// Largest slice of K packed at once; the driver splits K into equal slices of at most this.
     pub kc: usize,
-    /// Rows of A packed together (a multiple of `mr`): one block of work for a thread.
+    /// Rows of one task of the parallel loop (a multiple of `mr`): its block of packed A.
     pub mc: usize,
-    /// Columns of C one thread sweeps with one block of A (a multiple of `nr`).
+    /// Columns of one task, at most (a multiple of `nr`); the driver narrows tasks so that a
+    /// block gives at least 16 of them.
     pub nt: usize,
-    /// Columns of B packed at once (a multiple of `nt`).
+    /// Columns of B packed at once (a multiple of `nr`).
     pub nc: usize,
     /// The micro-kernel.
     pub kernel: MicroKernel,
