@@ -1,1 +1,6 @@
-//! Denoising diffusion probabilistic models on top of `autograd` and `tensor`. Empty for now.
+//! `ddpm`: denoising diffusion probabilistic models (Ho et al., 2020) on top of `autograd` and
+//! `tensor`: noise schedules, the forward process and its posterior, the training losses and
+//! the variational bound, the UNet, and the DDPM and DDIM samplers. Every formula is in
+//! `ddpm-math.md`, and each function names the equation it implements.
+
+pub mod schedule;
