@@ -1,14 +1,16 @@
 //! conv2d and group-norm benchmarks, with 1 and 2 threads.
 //!
-//! `cargo bench --bench conv` prints, per pass, the time and (as "elem/s") the GFLOP/s rate,
-//! counting `2 * N * C_out * C_in * kh * kw * out_h * out_w` flops per conv pass. Divide by the
-//! machine's FMA peak for the fraction of peak.
+//! `cargo bench --bench conv` prints the machine's FMA peak (1 and 2 threads), then, per pass,
+//! the time and (as "elem/s") the GFLOP/s rate, counting `2 * N * C_out * C_in * kh * kw *
+//! out_h * out_w` flops per conv pass; their ratio is the fraction of peak. Group norm reports
+//! bytes of input per second.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tensor::kernels::conv::{
     conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
 };
 use tensor::kernels::norm::{group_norm_backward, group_norm_forward};
+use tensor::kernels::peak::measure_peak_gflops;
 
 fn data(len: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761) | 1;
@@ -51,6 +53,11 @@ fn cases() -> Vec<(&'static str, Conv2dParams)> {
 }
 
 fn bench_conv(c: &mut Criterion) {
+    println!(
+        "FMA peak: {:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on 2 threads",
+        measure_peak_gflops(1),
+        measure_peak_gflops(2)
+    );
     for threads in [1, 2] {
         let pool = pool(threads);
         for (name, p) in cases() {
@@ -66,6 +73,8 @@ fn bench_conv(c: &mut Criterion) {
             let mut group = c.benchmark_group(format!("conv2d_{name}"));
             group.throughput(Throughput::Elements(p.flops() as u64));
             group.sample_size(10);
+            group.warm_up_time(std::time::Duration::from_millis(500));
+            group.measurement_time(std::time::Duration::from_secs(2));
             group.bench_function(BenchmarkId::new("forward", format!("{threads}t")), |bch| {
                 bch.iter(|| pool.install(|| conv2d_forward(&p, &x, &w, Some(&b), &mut y)))
             });
