@@ -19,6 +19,7 @@
 //! ```
 
 use rayon::prelude::*;
+use wide::f32x8;
 
 use super::alloc;
 use super::par::{self, SendPtr, PAR_MIN};
@@ -323,16 +324,45 @@ fn transpose_batched(src: &[f32], out: &mut [f32], axes: &[(usize, usize)]) {
         let (ib, ob) = (in_walk.offset(b), out_walk.offset(b));
         let (k0, k1) = (kt * TILE, ((kt + 1) * TILE).min(kn));
         let ptr = dst;
+        // SAFETY (the writes below): each (batch, k-tile) item writes only the output elements
+        // with its own batch index and k in k0..k1, so tasks never overlap, and every index is
+        // below out.len() (the axes' sizes multiply to it).
+        // Each TILE x TILE block of the output is assembled in a local buffer (8x8 blocks
+        // transposed in registers, ragged edges element by element) and then written out
+        // row by row: the output rows are a power-of-two stride apart in the common cases,
+        // and writing them in short pieces would keep evicting half-written cache lines.
+        let mut buf = [0.0f32; TILE * TILE];
         for j0 in (0..jn).step_by(TILE) {
             let j1 = (j0 + TILE).min(jn);
-            for kk in k0..k1 {
-                let row = ob + kk * kos;
-                for jj in j0..j1 {
-                    // SAFETY: each (batch, k-tile) item writes only the output elements with
-                    // its own batch index and k in k0..k1, so tasks never overlap, and every
-                    // index is below numel (the axes' sizes multiply to out.len()).
-                    unsafe { *ptr.0.add(row + jj) = src[ib + jj * js + kk] };
+            let (j8, k8) = (j0 + (j1 - j0) / 8 * 8, k0 + (k1 - k0) / 8 * 8);
+            for jb in (j0..j8).step_by(8) {
+                for kb in (k0..k8).step_by(8) {
+                    let rows: [f32x8; 8] =
+                        std::array::from_fn(|r| par::load(&src[ib + (jb + r) * js + kb..]));
+                    for (c, col) in f32x8::transpose(rows).into_iter().enumerate() {
+                        let at = (kb - k0 + c) * TILE + (jb - j0);
+                        par::store(col, &mut buf[at..]);
+                    }
                 }
+            }
+            for kk in k0..k1 {
+                let from = if kk < k8 { j8 } else { j0 };
+                for jj in from..j1 {
+                    buf[(kk - k0) * TILE + (jj - j0)] = src[ib + jj * js + kk];
+                }
+            }
+            for kk in k0..k1 {
+                let row = &buf[(kk - k0) * TILE..][..j1 - j0];
+                // SAFETY: each (batch, k-tile) item writes only the output elements with its
+                // own batch index and k in k0..k1, so tasks never overlap, and the row lies
+                // inside the output (the axes' sizes multiply to out.len()).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        ptr.0.add(ob + kk * kos + j0),
+                        j1 - j0,
+                    )
+                };
             }
         }
     };

@@ -116,6 +116,24 @@ pub(crate) fn binary_slice<F: Fn(f32x8, f32x8) -> f32x8>(
                 store(f(load(x), load(y)), d);
             }
         }
+        (Operand::Run(a), Operand::Splat(y)) => {
+            let y = f32x8::splat(y);
+            for (x, d) in a[..main]
+                .chunks_exact(8)
+                .zip(dst[..main].chunks_exact_mut(8))
+            {
+                store(f(load(x), y), d);
+            }
+        }
+        (Operand::Splat(x), Operand::Run(b)) => {
+            let x = f32x8::splat(x);
+            for (y, d) in b[..main]
+                .chunks_exact(8)
+                .zip(dst[..main].chunks_exact_mut(8))
+            {
+                store(f(x, load(y)), d);
+            }
+        }
         (a, b) => {
             for i in (0..main).step_by(8) {
                 store(f(a.at(i), b.at(i)), &mut dst[i..]);
