@@ -81,6 +81,16 @@ pub(crate) type MicroKernel = unsafe fn(
 /// Runs on the current rayon pool when the product is large enough; the result is bitwise the
 /// same for any number of threads.
 ///
+/// ```
+/// use tensor::kernels::gemm::{sgemm, Trans};
+/// // C (2 x 2) += A (2 x 3) * B^T, with B stored 2 x 3.
+/// let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let b = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+/// let mut c = [10.0, 10.0, 10.0, 10.0];
+/// sgemm(Trans::No, Trans::Yes, 2, 2, 3, 1.0, &a, 3, &b, 3, 1.0, &mut c, 2);
+/// assert_eq!(c, [14.0, 12.0, 20.0, 15.0]);
+/// ```
+///
 /// # Panics
 /// If a leading dimension is smaller than its row width, or a slice is too short.
 #[allow(clippy::too_many_arguments)]
