@@ -2,9 +2,9 @@
 //!
 //! `cargo run --release -p tensor --example gemm_tune [-- THREADS...] [--isa avx2|avx512|portable] [--quick] [--wait-idle]`
 //!
-//! For each thread count: the FMA peak of that many threads, then each shape and transpose
-//! combination (median of several timed runs), then the peak again; the fraction uses the
-//! mean of the two peak measurements.
+//! For each thread count and each shape and transpose combination: the median GFLOP/s of
+//! several timed runs, and its fraction of the FMA peak of that many threads, measured just
+//! before and just after the case (the mean of the two).
 
 use std::time::Instant;
 
@@ -140,24 +140,20 @@ fn main() {
         if wait {
             wait_idle();
         }
-        let p0 = measure_peak_gflops(th);
-        let rows: Vec<(String, (f64, f64))> = pool.install(|| {
-            cases
-                .iter()
-                .map(|&(ta, tb, m, n, k)| {
-                    let name = format!("{m}x{n}x{k} {ta:?}{tb:?}");
-                    (name, time(isa, ta, tb, m, n, k))
-                })
-                .collect()
-        });
-        let p1 = measure_peak_gflops(th);
-        let peak = 0.5 * (p0 + p1);
-        println!("threads {th}: peak {p0:.1} / {p1:.1} GFLOP/s (before / after)");
-        for (name, (g, best)) in rows {
+        // The peak is measured before the first case and after every case; each case is
+        // read against the mean of the measurements on either side of it.
+        println!("threads {th}:  case  median GFLOP/s  peak GFLOP/s  fraction  (best GFLOP/s)");
+        let mut peak_before = measure_peak_gflops(th);
+        for &(ta, tb, m, n, k) in &cases {
+            let (g, best) = pool.install(|| time(isa, ta, tb, m, n, k));
+            let peak_after = measure_peak_gflops(th);
+            let peak = 0.5 * (peak_before + peak_after);
             println!(
-                "  {name:28} {g:7.1} GFLOP/s  {:.3} of peak   (best {best:6.1})",
+                "  {:28} {g:7.1}  {peak:7.1}  {:.3}  ({best:6.1})",
+                format!("{m}x{n}x{k} {ta:?}{tb:?}"),
                 g / peak
             );
+            peak_before = peak_after;
         }
     }
 }
