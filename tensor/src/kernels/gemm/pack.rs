@@ -161,8 +161,9 @@ mod x86 {
 }
 
 /// Does the part of a strided gather (see [`pack`]) that 8 x 8 register transposes can:
-/// rows `0 .. j_done` for steps `0 .. p_done`, which it returns. Needs AVX and a panel width
-/// that is a multiple of 8; does nothing otherwise.
+/// rows `0 .. j_done` for steps `0 .. p_done`, which it returns. Needs AVX (and the portable
+/// path not forced, see [`cpu::force_portable`]) and a panel width that is a multiple of 8;
+/// does nothing otherwise.
 fn transpose_blocks(
     src: &[f32],
     ld: usize,
@@ -171,7 +172,7 @@ fn transpose_blocks(
     dst: &mut [f32],
 ) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if width & 7 == 0 && cpu::detected_isa() >= Isa::Avx2Fma {
+    if width & 7 == 0 && cpu::isa() >= Isa::Avx2Fma {
         let (j_done, p_done) = (w / 8 * 8, dst.len() / width / 8 * 8);
         for j in (0..j_done).step_by(8) {
             for p in (0..p_done).step_by(8) {
