@@ -17,3 +17,4 @@ mod broadcast;
 mod testutil;
 pub mod alloc;
 mod simd;
+mod reduce_kernel;
