@@ -3,9 +3,10 @@
 //! `cargo bench --bench conv` prints the machine's FMA peak (1 and 2 threads), then, per pass,
 //! the time and (as "elem/s") the GFLOP/s rate, counting `2 * N * C_out * C_in * kh * kw *
 //! out_h * out_w` flops per conv pass; their ratio is the fraction of peak. Group norm reports
-//! bytes of input per second.
+//! bytes of input per second. `CONV_TABLE=1 cargo bench --bench conv` prints instead one table
+//! of the conv passes, with rates by wall time and by busy CPU time (see [`table`]).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use tensor::kernels::conv::{
     conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
 };
@@ -152,5 +153,95 @@ fn bench_group_norm(c: &mut Criterion) {
     group.finish();
 }
 
+/// Busy CPU time of this process's live threads, in seconds (Linux `schedstat`, nanosecond
+/// resolution), or `None` where it is not available.
+fn busy_seconds() -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 * 1e-9)
+}
+
+/// A named conv pass, ready to run.
+type Pass<'a> = (&'static str, Box<dyn FnMut() + Send + 'a>);
+
+/// `CONV_TABLE=1 cargo bench --bench conv`: one line per (case, pass, threads) with the best
+/// wall time of 10 runs, GFLOP/s by wall time (as a fraction of the peak probe run with as
+/// many threads) and GFLOP/s by busy CPU time per thread (flops over the mean busy time of the
+/// pool's threads, as a fraction of `threads` times the one-thread probe): the second is what
+/// the kernels reach while they run, which a machine shared with other work deflates less,
+/// since time spent descheduled is not counted.
+fn table() {
+    let peak = [measure_peak_gflops(1), measure_peak_gflops(2)];
+    println!(
+        "FMA peak probe: {:.1} GFLOP/s (1 thread), {:.1} (2 threads)",
+        peak[0], peak[1]
+    );
+    println!(
+        "{:<20} {:<16} {:>3} {:>9} {:>9} {:>6} {:>9} {:>6}",
+        "case", "pass", "thr", "ms", "GF/s", "peak", "GF/s cpu", "peak"
+    );
+    for threads in [1, 2] {
+        let pool = pool(threads);
+        for (name, p) in cases() {
+            let size = |s: [usize; 4]| s.iter().product::<usize>();
+            let x = data(size(p.input_shape()), 1);
+            let w = data(size(p.weight_shape()), 2);
+            let b = data(p.c_out, 3);
+            let dy = data(size(p.output_shape()), 4);
+            let mut y = vec![0.0; dy.len()];
+            let mut dx = vec![0.0; x.len()];
+            let mut dw = vec![0.0; w.len()];
+            let mut db = vec![0.0; p.c_out];
+            let mut passes: [Pass<'_>; 3] = [
+                (
+                    "forward",
+                    Box::new(|| conv2d_forward(&p, &x, &w, Some(&b), &mut y)),
+                ),
+                (
+                    "backward_data",
+                    Box::new(|| conv2d_backward_data(&p, &dy, &w, &mut dx)),
+                ),
+                (
+                    "backward_weight",
+                    Box::new(|| conv2d_backward_weight(&p, &x, &dy, &mut dw, Some(&mut db))),
+                ),
+            ];
+            for (pass, run) in passes.iter_mut() {
+                pool.install(&mut **run);
+                let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
+                for _ in 0..10 {
+                    let c0 = busy_seconds();
+                    let t0 = std::time::Instant::now();
+                    pool.install(&mut **run);
+                    wall = wall.min(t0.elapsed().as_secs_f64());
+                    if let (Some(c0), Some(c1)) = (c0, busy_seconds()) {
+                        cpu = cpu.min((c1 - c0) / threads as f64);
+                    }
+                }
+                let (gf_wall, gf_cpu) = (p.flops() / wall * 1e-9, p.flops() / cpu * 1e-9);
+                // Wall rates against the probe with as many threads; CPU-time rates against
+                // `threads` cores at the one-thread probe's rate.
+                println!(
+                    "{name:<20} {pass:<16} {threads:>3} {:>9.3} {gf_wall:>9.1} {:>6.2} {gf_cpu:>9.1} {:>6.2}",
+                    wall * 1e3,
+                    gf_wall / peak[threads - 1],
+                    gf_cpu / (threads as f64 * peak[0])
+                );
+            }
+        }
+    }
+}
+
 criterion_group!(benches, bench_conv, bench_group_norm);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("CONV_TABLE").is_some() {
+        table();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
