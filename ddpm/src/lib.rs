@@ -4,3 +4,5 @@
 //! `ddpm-math.md`, and each function names the equation it implements.
 
 pub mod schedule;
+pub mod unet;
+pub mod diffusion;
