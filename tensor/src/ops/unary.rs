@@ -66,7 +66,7 @@ lanes!(Exp, |x| vmath::exp(x));
 lanes!(Log, |x| vmath::ln(x));
 lanes!(Tanh, |x| vmath::tanh(x));
 lanes!(Sigmoid, |x| vmath::sigmoid(x));
-lanes!(Silu, |x| x * vmath::sigmoid(x));
+lanes!(Silu, |x| x / (V::splat(1.0) + vmath::exp(-x)));
 
 /// Applies `f` in place, 8 lanes at a time.
 pub(crate) fn map_lanes_inplace<F>(x: &mut Tensor, f: F)
@@ -136,7 +136,7 @@ impl Tensor {
         map_op(self, Sigmoid)
     }
 
-    /// SiLU (swish): `x * sigmoid(x)`.
+    /// SiLU (swish): `x * sigmoid(x)`, computed as `x / (1 + e^-x)`.
     pub fn silu(&self) -> Tensor {
         map_op(self, Silu)
     }
