@@ -6,3 +6,4 @@
 pub mod schedule;
 pub mod unet;
 pub mod diffusion;
+pub mod sample;
