@@ -77,7 +77,7 @@ impl GroupNorm {
     /// `groups` divides `channels`.
     pub fn new(store: &ParamStore, groups: usize, channels: usize, eps: f32) -> GroupNorm {
         assert!(
-            groups > 0 && channels % groups == 0,
+            groups > 0 && channels.is_multiple_of(groups),
             "GroupNorm: {groups} groups do not divide {channels} channels"
         );
         let weight = store.param("weight", Tensor::ones(&[channels]));

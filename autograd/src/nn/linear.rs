@@ -61,7 +61,7 @@ impl SelfAttention {
         bias: bool,
     ) -> SelfAttention {
         assert!(
-            heads > 0 && channels % heads == 0,
+            heads > 0 && channels.is_multiple_of(heads),
             "SelfAttention: {heads} heads do not divide {channels} channels"
         );
         SelfAttention {
