@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo run --release -p autograd --example micrograd`.
 
-use autograd::{Graph, Var};
+use autograd::Graph;
 use tensor::Tensor;
 
 fn main() {
