@@ -2,6 +2,7 @@
 //! 1,000 training steps of the two-moons MLP is within 5% of what it was after 10.
 
 #[path = "../examples/common/mod.rs"]
+#[allow(dead_code)] // the test uses only part of the shared example code
 mod common;
 
 use common::MoonsMlp;
