@@ -10,6 +10,9 @@ runs one forward pass in float32 on CPU, and writes to ddpm/tests/data/<name>/:
                      `input` [N, C, H, W], `timesteps` [N] and `output` [N, C_out, H, W]
   param_shapes.json  {name: shape} for every parameter, in diffusers' order
 
+and for `ddpm_small` gradients.safetensors: the gradients of L = mean(output^2) with respect to
+the input (`input`) and to a selection of parameters (under their names).
+
 It also writes param_shapes.json (no weights) for google/ddpm-cifar10-32's configuration.
 
 Usage:  python ddpm/scripts/make_diffusers_reference.py [--weights-dir DIR]
@@ -90,6 +93,31 @@ CIFAR10 = dict(
 
 TIMESTEPS = {"bench": [10.0, 999.0], "ddpm_small": [0.0, 537.0]}
 
+GRADIENT_PARAMS = [
+    "conv_in.weight",
+    "time_embedding.linear_1.weight",
+    "down_blocks.1.attentions.0.to_q.weight",
+    "down_blocks.1.downsamplers.0.conv.bias",
+    "mid_block.attentions.0.to_v.bias",
+    "mid_block.resnets.1.time_emb_proj.weight",
+    "up_blocks.0.resnets.0.conv_shortcut.weight",
+    "up_blocks.1.upsamplers.0.conv.bias",
+    "up_blocks.1.attentions.1.group_norm.weight",
+    "conv_norm_out.weight",
+    "conv_out.weight",
+]
+
+
+def gradients(model, x, t):
+    x = x.clone().requires_grad_(True)
+    model.zero_grad()
+    y = model(x, t).sample
+    (y * y).mean().backward()
+    params = dict(model.named_parameters())
+    grads = {"input": x.grad}
+    grads.update({n: params[n].grad for n in GRADIENT_PARAMS})
+    return {n: g.detach().contiguous() for n, g in grads.items()}
+
 
 def formula(name, shape, j):
     numel = int(np.prod(shape))
@@ -144,6 +172,8 @@ def main():
                   os.path.join(out, "reference.safetensors"))
         with open(os.path.join(out, "param_shapes.json"), "w") as f:
             json.dump(shapes(model), f, indent=0)
+        if name == "ddpm_small":
+            save_file(gradients(model, x, t), os.path.join(out, "gradients.safetensors"))
         count = sum(p.numel() for p in model.parameters())
         print(f"{name}: {count:,} parameters, output max |y| = {y.abs().max().item():.4f}")
         if args.weights_dir:

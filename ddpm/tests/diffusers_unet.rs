@@ -207,3 +207,36 @@ fn unet_loads_diffusers_safetensors() {
         assert!(rel <= 1e-4);
     }
 }
+
+/// Backward agrees too: the gradients of `L = mean(output^2)` with respect to the input and to
+/// parameters in every kind of layer (convolutions, time embedding, attention projections,
+/// resampling, shortcuts, norms) match PyTorch's to `1e-4` of each gradient's largest value.
+#[test]
+fn unet_gradients_agree_with_diffusers() {
+    let name = "ddpm_small";
+    let store = ParamStore::new();
+    let unet = UNet::new(read_config(name), &store, &mut Rng::new(0, 0));
+    formula_weights(&store);
+    let reference = SafetensorsFile::open(data_dir(name).join("reference.safetensors")).unwrap();
+    let grads = SafetensorsFile::open(data_dir(name).join("gradients.safetensors")).unwrap();
+    let mut ctx = Ctx::train(Rng::new(0, 0));
+    let x = ctx.graph.leaf(reference.get("input").unwrap());
+    let t = reference.get("timesteps").unwrap();
+    unet.forward(&mut ctx, &x, t.data())
+        .square()
+        .mean_all()
+        .backward();
+    let mut worst = 0.0f32;
+    for grad_name in grads.names() {
+        let expected = grads.get(grad_name).unwrap();
+        let ours = match grad_name {
+            "input" => x.grad().unwrap(),
+            param => store.get(param).unwrap().grad().unwrap(),
+        };
+        let (max_abs, rel) = errors(&ours, &expected);
+        println!("d L / d {grad_name}: max abs error {max_abs:.3e} ({rel:.3e} relative)");
+        assert!(rel <= 1e-4, "{grad_name}: relative error {rel:.3e} > 1e-4");
+        worst = worst.max(rel);
+    }
+    println!("{name}: largest relative gradient error {worst:.3e}");
+}

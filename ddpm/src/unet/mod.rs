@@ -1,14 +1,33 @@
 //! The DDPM noise-prediction network: a UNet built as diffusers' `UNet2DModel` builds it, with
 //! the same parameter names and shapes, so diffusers checkpoints load without renaming.
 //!
-//! One idea per file: [`config`] (the architecture and presets, `config.json`), [`embedding`]
-//! (sinusoidal time code and its MLP), [`resnet`] (the time-conditioned residual block),
-//! [`attention`] (spatial self-attention), [`resample`] (down- and upsampling), [`blocks`]
-//! (down, up and mid levels) and [`model`] (the network).
+//! One idea per file: [`config`] (the architecture and presets), [`diffusers_json`] (reading
+//! diffusers' `config.json`), [`embedding`] (sinusoidal time code and its MLP), [`resnet`]
+//! (the time-conditioned residual block), [`attention`] (spatial self-attention),
+//! [`resample`] (down- and upsampling), [`blocks`] (down, up and mid levels) and [`model`]
+//! (the network).
+//!
+//! ```no_run
+//! use autograd::nn::{Ctx, ParamStore};
+//! use autograd::{no_grad, Var};
+//! use ddpm::unet::{UNet, UNetConfig};
+//! use tensor::{rng::Rng, Tensor};
+//!
+//! let store = ParamStore::new();
+//! let unet = UNet::new(UNetConfig::small(), &store, &mut Rng::new(0, 0));
+//! let x_t = Var::constant(Tensor::randn(&[4, 1, 28, 28], 1, 0));
+//! let eps = no_grad(|| unet.forward(&mut Ctx::eval(), &x_t, &[10.0, 200.0, 500.0, 999.0]));
+//! assert_eq!(eps.shape(), &[4, 1, 28, 28]);
+//!
+//! // A diffusers folder (config.json + diffusion_pytorch_model.safetensors):
+//! let (cifar, _params) = UNet::load_diffusers("ddpm-cifar10-32/unet")?;
+//! # Ok::<(), tensor::Error>(())
+//! ```
 
 pub mod attention;
 pub mod blocks;
 pub mod config;
+pub mod diffusers_json;
 pub mod embedding;
 pub mod model;
 pub mod resample;

@@ -103,10 +103,14 @@ fn unet_gradients_reach_every_parameter() {
         let g = p
             .grad()
             .unwrap_or_else(|| panic!("`{name}` received no gradient"));
-        assert!(
-            g.data().iter().any(|&v| v != 0.0),
-            "`{name}`'s gradient is zero"
-        );
+        // A key bias adds `q . b_k` to every score of a query alike, which softmax ignores: its
+        // gradient is zero in exact arithmetic (rounding noise here), as in PyTorch.
+        if !name.ends_with("to_k.bias") {
+            assert!(
+                g.data().iter().any(|&v| v != 0.0),
+                "`{name}`'s gradient is zero"
+            );
+        }
         assert!(g.data().iter().all(|v| v.is_finite()), "`{name}`");
     }
 }
