@@ -4,7 +4,12 @@
 //!
 //! For each thread count and each shape and transpose combination: the median GFLOP/s of
 //! several timed runs, and its fraction of the FMA peak of that many threads, measured just
-//! before and just after the case (the mean of the two).
+//! before and just after the case (the mean of the two). `--wait-idle` first waits (up to a
+//! minute per thread count) for the machine to be idle. With `GEMM_CPU_TIME=1` in the
+//! environment, GEMMs are timed by process CPU time over the thread count instead of wall
+//! time: on a machine shared with other jobs this shows what the code does when it has the
+//! cores (the peak stays wall-clock, so read the GFLOP/s against an idle peak, not the
+//! fraction column).
 
 use std::time::Instant;
 
