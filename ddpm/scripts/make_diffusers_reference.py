@@ -74,6 +74,33 @@ CONFIGS = {
         downsample_padding=0,
         mid_block_scale_factor=math.sqrt(2.0),
     ),
+    # Rarer options: attention at full resolution with 8-channel heads, a separate group count
+    # for the mid attention, a time-embedding width of its own, a non-square input.
+    "variants": dict(
+        sample_size=16,
+        in_channels=2,
+        out_channels=2,
+        block_out_channels=(16, 32),
+        layers_per_block=2,
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+        norm_num_groups=8,
+        attn_norm_num_groups=4,
+        time_embedding_dim=48,
+        norm_eps=1e-5,
+    ),
+    # No mid-block attention.
+    "no_mid_attention": dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        add_attention=False,
+    ),
 }
 
 CIFAR10 = dict(
@@ -91,7 +118,14 @@ CIFAR10 = dict(
     downsample_padding=0,
 )
 
-TIMESTEPS = {"bench": [10.0, 999.0], "ddpm_small": [0.0, 537.0]}
+TIMESTEPS = {
+    "bench": [10.0, 999.0],
+    "ddpm_small": [0.0, 537.0],
+    "variants": [250.0, 3.0],
+    "no_mid_attention": [77.0, 640.0],
+}
+# Input height and width (the sample size unless listed).
+INPUT_SIZE = {"variants": (16, 24)}
 
 GRADIENT_PARAMS = [
     "conv_in.weight",
@@ -157,11 +191,11 @@ def main():
     for name, config in CONFIGS.items():
         model = UNet2DModel(**config).eval()
         fill(model)
-        size = config["sample_size"]
+        size = INPUT_SIZE.get(name, (config["sample_size"], config["sample_size"]))
         gen = torch.Generator().manual_seed(1234)
-        x = torch.randn(2, config["in_channels"], size, size, generator=gen)
+        x = torch.randn(2, config["in_channels"], *size, generator=gen)
         if config.get("center_input_sample"):
-            x = torch.rand(2, config["in_channels"], size, size, generator=gen)
+            x = torch.rand(2, config["in_channels"], *size, generator=gen)
         t = torch.tensor(TIMESTEPS[name], dtype=torch.float32)
         with torch.no_grad():
             y = model(x, t).sample

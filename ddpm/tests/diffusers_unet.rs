@@ -139,6 +139,15 @@ fn unet_ddpm_style_config_agrees_with_diffusers() {
 }
 
 #[test]
+fn unet_rarer_options_agree_with_diffusers() {
+    let (unet, _) = agreement("variants");
+    assert_eq!(unet.config.attn_norm_num_groups, Some(4));
+    assert_eq!(unet.config.time_embed_dim(), 48);
+    let (unet, _) = agreement("no_mid_attention");
+    assert!(unet.mid_block.attention.is_none());
+}
+
+#[test]
 fn unet_ddpm_cifar10_names_and_shapes_are_diffusers() {
     let config = read_config("ddpm_cifar10");
     assert_eq!(
@@ -185,7 +194,7 @@ fn unet_load_diffusers_reads_a_model_folder() {
 #[ignore = "needs UNET_DIFFUSERS_WEIGHTS, the folder of make_diffusers_reference.py --weights-dir"]
 fn unet_loads_diffusers_safetensors() {
     let root = PathBuf::from(std::env::var("UNET_DIFFUSERS_WEIGHTS").unwrap());
-    for name in ["bench", "ddpm_small"] {
+    for name in ["bench", "ddpm_small", "variants", "no_mid_attention"] {
         let (unet, store) = UNet::load_diffusers(root.join(name)).unwrap();
         let file =
             SafetensorsFile::open(root.join(name).join("diffusion_pytorch_model.safetensors"))
