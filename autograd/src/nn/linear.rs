@@ -128,7 +128,7 @@ mod tests {
         let x = randn(&[2, 3, 8], 1);
         gradcheck(
             |v| attn.forward(&mut Ctx::eval_on(&v[0]), &v[0]),
-            &[x.clone()],
+            std::slice::from_ref(&x),
             Tolerance::default(),
         )
         .unwrap();

@@ -304,7 +304,7 @@ mod tests {
         let a = randn(&[3, 4], 4).map(|x| x.abs() + 0.5);
         let p = randn(&[4], 5);
         gradcheck(|v| v[0].pow(&v[1]), &[a.clone(), p], SMOOTH).unwrap();
-        gradcheck(|v| v[0].pow_scalar(2.5), &[a.clone()], SMOOTH).unwrap();
+        gradcheck(|v| v[0].pow_scalar(2.5), std::slice::from_ref(&a), SMOOTH).unwrap();
         gradcheck(
             |v| (&v[0].affine(3.0, -1.0) * &v[0]).mul_scalar(0.5),
             &[a],

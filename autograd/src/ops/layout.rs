@@ -159,11 +159,21 @@ mod tests {
     fn layout_ops_pass_gradcheck() {
         let x = randn(&[2, 3, 4], 1);
         let tol = Tolerance::default();
-        gradcheck(|v| v[0].reshape(&[6, usize::MAX]), &[x.clone()], tol).unwrap();
-        gradcheck(|v| v[0].permute(&[2, 0, 1]), &[x.clone()], tol).unwrap();
-        gradcheck(|v| v[0].transpose(0, -1), &[x.clone()], tol).unwrap();
-        gradcheck(|v| v[0].slice(1, 1, 3), &[x.clone()], tol).unwrap();
-        gradcheck(|v| v[0].split(&[1, 3], -1)[1].clone(), &[x.clone()], tol).unwrap();
+        gradcheck(
+            |v| v[0].reshape(&[6, usize::MAX]),
+            std::slice::from_ref(&x),
+            tol,
+        )
+        .unwrap();
+        gradcheck(|v| v[0].permute(&[2, 0, 1]), std::slice::from_ref(&x), tol).unwrap();
+        gradcheck(|v| v[0].transpose(0, -1), std::slice::from_ref(&x), tol).unwrap();
+        gradcheck(|v| v[0].slice(1, 1, 3), std::slice::from_ref(&x), tol).unwrap();
+        gradcheck(
+            |v| v[0].split(&[1, 3], -1)[1].clone(),
+            std::slice::from_ref(&x),
+            tol,
+        )
+        .unwrap();
         let y = randn(&[2, 5, 4], 2);
         gradcheck(
             |v| Var::concat(&[&v[0], &v[1], &v[0]], 1),

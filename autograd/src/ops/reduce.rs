@@ -152,12 +152,22 @@ mod tests {
             (&[-1][..], false),
             (&[0, 1, 2][..], false),
         ] {
-            gradcheck(|v| v[0].sum(axes, keepdim), &[x.clone()], tol).unwrap();
-            gradcheck(|v| v[0].mean(axes, keepdim), &[x.clone()], tol).unwrap();
-            gradcheck(|v| v[0].var(axes, 1, keepdim), &[x.clone()], tol).unwrap();
-            gradcheck(|v| v[0].var(axes, 0, keepdim), &[x.clone()], tol).unwrap();
+            gradcheck(|v| v[0].sum(axes, keepdim), std::slice::from_ref(&x), tol).unwrap();
+            gradcheck(|v| v[0].mean(axes, keepdim), std::slice::from_ref(&x), tol).unwrap();
+            gradcheck(
+                |v| v[0].var(axes, 1, keepdim),
+                std::slice::from_ref(&x),
+                tol,
+            )
+            .unwrap();
+            gradcheck(
+                |v| v[0].var(axes, 0, keepdim),
+                std::slice::from_ref(&x),
+                tol,
+            )
+            .unwrap();
         }
-        gradcheck(|v| v[0].sum_all(), &[x.clone()], tol).unwrap();
+        gradcheck(|v| v[0].sum_all(), std::slice::from_ref(&x), tol).unwrap();
         gradcheck(|v| v[0].mean_all(), &[x], tol).unwrap();
     }
 
@@ -171,7 +181,7 @@ mod tests {
         );
         gradcheck(
             |v| v[0].max(&[2], false),
-            &[x.clone()],
+            std::slice::from_ref(&x),
             Tolerance::default(),
         )
         .unwrap();

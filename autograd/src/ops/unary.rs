@@ -184,7 +184,8 @@ mod tests {
         let x = randn(&[5, 7], 11);
         let positive = x.map(|v| v.abs() + 0.5);
         let tol = Tolerance::default();
-        let cases: [(&str, fn(&Var) -> Var, &Tensor); 12] = [
+        type Case<'a> = (&'a str, fn(&Var) -> Var, &'a Tensor);
+        let cases: [Case; 12] = [
             ("neg", Var::neg, &x),
             ("exp", Var::exp, &x),
             ("log", Var::log, &positive),
@@ -199,7 +200,7 @@ mod tests {
             ("abs", Var::abs, &positive.mul(&x.map(f32::signum))),
         ];
         for (name, f, input) in cases {
-            gradcheck(|v| f(&v[0]), &[input.clone()], tol)
+            gradcheck(|v| f(&v[0]), std::slice::from_ref(input), tol)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
