@@ -1,7 +1,7 @@
 //! Reductions over axes: `sum`, `mean`, `max`, `var`.
 //!
 //! Each reduces `x` over `axes` to `y`; the gradient `g` has `y`'s shape and reaches every
-//! reduced element through broadcasting: [`expand`] puts back the reduced axes as size 1 and
+//! reduced element through broadcasting: `expand` puts back the reduced axes as size 1 and
 //! broadcasts `g` over them.
 
 use tensor::shape::normalize_axis;

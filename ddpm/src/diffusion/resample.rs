@@ -35,7 +35,7 @@ const HISTORY: usize = 10;
 const UNIFORM_SHARE: f64 = 0.001;
 
 /// Importance sampling by the second moment of the loss: once every step has
-/// [`HISTORY`] recorded losses, `p_t` is proportional to `sqrt(mean(loss_t^2))` over them, mixed
+/// 10 recorded losses, `p_t` is proportional to `sqrt(mean(loss_t^2))` over them, mixed
 /// with 0.001 of the uniform distribution; before that, sampling is uniform.
 pub struct LossAwareSampler {
     history: Vec<Vec<f32>>,
