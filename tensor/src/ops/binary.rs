@@ -23,7 +23,7 @@
 use wide::f32x8;
 
 use super::broadcast::Plan;
-use crate::shape::{broadcast_shapes, numel};
+use crate::shape::{broadcast_shapes, numel, try_broadcast_shapes};
 use crate::Tensor;
 
 /// max(a, b) per lane, NaN if either is NaN (as `torch.maximum`).
@@ -164,6 +164,21 @@ impl Tensor {
             return scalar_op(self, |a| a * a);
         }
         scalar_op(self, move |a| pow_lanes(a, f32x8::splat(s)))
+    }
+
+    /// `self` repeated along broadcast axes to `shape` (NumPy's `broadcast_to`, materialised):
+    /// the same as `Tensor::zeros(shape).add(self)` without reading the zeros. Panics unless
+    /// `self`'s shape broadcasts to exactly `shape`.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
+        let fits = try_broadcast_shapes(self.shape(), shape).is_some_and(|s| s == shape);
+        assert!(
+            fits,
+            "broadcast_to: shape {:?} does not broadcast to {shape:?}",
+            self.shape()
+        );
+        let plan = Plan::new(self.shape(), &[], shape);
+        let out = plan.run(self.data(), &[0.0], numel(shape), |a, _| a);
+        Tensor::from_vec(out, shape)
     }
 
     /// `self += other`, with `other` broadcast to `self`'s shape (which must be the broadcast
@@ -330,6 +345,28 @@ mod tests {
             (a.data()[0] - x.data()[0]).abs() > 0.0,
             "the original must be untouched"
         );
+    }
+
+    #[test]
+    fn broadcast_to_repeats_along_new_and_unit_axes() {
+        let mut rng = Lcg::new(13);
+        for (from, to) in [
+            (&[3, 1][..], &[2, 3, 4][..]),
+            (&[], &[5]),
+            (&[1, 4, 1], &[3, 4, 70000]),
+            (&[2, 3], &[2, 3]),
+        ] {
+            let x = rng.tensor(from);
+            let y = x.broadcast_to(to);
+            assert_eq!(y.shape(), to);
+            assert_eq!(y.data(), Tensor::zeros(to).add(&x).data());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "broadcast_to: shape [2, 3] does not broadcast to [3]")]
+    fn broadcast_to_rejects_shrinking() {
+        Tensor::zeros(&[2, 3]).broadcast_to(&[3]);
     }
 
     #[test]
