@@ -10,10 +10,20 @@
 //!                   dbias[co] = sum_{n, i, j} dY[n, co, i, j]
 //! ```
 //!
-//! (out-of-range input positions read as zero). All three are lowered to GEMM
-//! ([`crate::kernels::gemm`]) over the "column" matrix `cols[(ci, a, b), (i, j)]` of one image,
-//! built one tile of output rows at a time (im2col) so that it stays in cache. A 1x1,
-//! stride-1, unpadded convolution uses the image itself as the column matrix.
+//! (out-of-range input positions read as zero). All three are GEMMs over the "column" matrix
+//! `cols[(ci, a, b), (i, j)]` of one image:
+//!
+//! - with AVX-512 (`direct.rs`), the columns are packed straight into the micro-kernel's panel
+//!   layout from a padded copy of the image (split into stride phases, so every copy is
+//!   contiguous), by tiles of pixels that stay in L2, and an `8 x 32` micro-kernel
+//!   (`avx512.rs`) consumes them; the bias is the accumulators' starting value. Backward-weight
+//!   uses pixel-major columns from a channels-last copy (`hwc.rs`);
+//! - otherwise, the column matrix is built one tile of output rows at a time (im2col) and
+//!   handed to [`crate::kernels::gemm::sgemm`].
+//!
+//! Backward-data with stride 1 is a forward convolution of `dY` with the flipped,
+//! channel-transposed kernel; with stride 2 it is `dcols = Wt^T * dY` then a scatter-add
+//! (col2im). A 1x1, stride-1, unpadded convolution is a plain GEMM on the image.
 //!
 //! Threads: rayon over images (forward, backward-data) or over fixed-size chunks of images whose
 //! partial weight gradients are added in chunk order (backward-weight), so results are bitwise
