@@ -77,6 +77,11 @@ fn unet_forward_shapes() {
     let y = no_grad(|| unet.forward(&mut Ctx::eval(), &x, &[7.0]));
     assert_eq!(y.shape(), &[3, 2, 16, 24], "one timestep for the batch");
 
+    let (unet, _) = build(UNetConfig::small(), 1);
+    let x = Var::constant(Tensor::randn(&[2, 1, 28, 28], 4, 0));
+    let y = no_grad(|| unet.forward(&mut Ctx::eval(), &x, &[1.0, 2.0]));
+    assert_eq!(y.shape(), &[2, 1, 28, 28], "small on 28x28 (28 -> 14 -> 7)");
+
     let (unet, _) = build(UNetConfig::ddpm_cifar10(), 1);
     let x = Var::constant(Tensor::randn(&[1, 3, 32, 32], 3, 0));
     let y = no_grad(|| unet.forward(&mut Ctx::eval(), &x, &[10.0]));
