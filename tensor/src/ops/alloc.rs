@@ -87,6 +87,35 @@ where
     v
 }
 
+/// A buffer of `n` values written by `body(start, piece)` over consecutive pieces of
+/// [`CHUNK`] elements (in parallel from [`PAR_MIN`] elements), with no initialisation at all.
+///
+/// # Safety
+/// `body` must write every element of each piece it is given.
+pub(crate) unsafe fn output_uninit<F>(n: usize, body: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    if n >= HUGE_MIN {
+        advise_huge_pages(&mut v);
+    }
+    let spare = &mut v.spare_capacity_mut()[..n];
+    if n < PAR_MIN {
+        for (i, p) in spare.chunks_mut(CHUNK).enumerate() {
+            body(i * CHUNK, p);
+        }
+    } else {
+        spare
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, p)| body(i * CHUNK, p));
+    }
+    // SAFETY: the caller's `body` initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// A zeroed buffer of `n` values (with the huge-page advice when large), for ops that do not
 /// write their output in chunk order.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {

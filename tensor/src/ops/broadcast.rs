@@ -141,14 +141,18 @@ impl Plan {
             *self.a_strides.last().unwrap(),
             *self.b_strides.last().unwrap(),
         );
-        super::alloc::output(n, |start, dst| {
-            self.walk(start, start + dst.len(), |pos, len, oa, ob| {
-                let d = &mut dst[pos - start..pos - start + len];
-                let x = Self::operand(a, oa, len, ia);
-                let y = Self::operand(b, ob, len, ib);
-                par::binary_slice(x, y, d, &f);
-            });
-        })
+        // SAFETY: the walk's pieces cover each output piece exactly, and binary_slice writes
+        // every element it is given.
+        unsafe {
+            super::alloc::output_uninit(n, |start, dst| {
+                self.walk(start, start + dst.len(), |pos, len, oa, ob| {
+                    let d = &mut dst[pos - start..pos - start + len];
+                    let x = Self::operand(a, oa, len, ia);
+                    let y = Self::operand(b, ob, len, ib);
+                    par::binary_slice(x, y, d, &f);
+                });
+            })
+        }
     }
 
     /// `out = f(out, b)` with `b` broadcast to `out`'s shape (the plan's `a` is `out`).

@@ -5,6 +5,8 @@
 //! below [`PAR_MIN`] elements run on the calling thread, so every result (including reductions,
 //! whose per-chunk partials are combined in chunk order) is bitwise the same on 1 or 64 threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 use wide::f32x8;
 
@@ -24,6 +26,25 @@ pub(crate) fn load(s: &[f32]) -> f32x8 {
 #[inline(always)]
 pub(crate) fn store(v: f32x8, d: &mut [f32]) {
     d[..8].copy_from_slice(&v.to_array());
+}
+
+/// Writes `v` to the first 8 slots of `d`, which may be uninitialised (and are initialised
+/// afterwards).
+#[inline(always)]
+pub(crate) fn store_u(v: f32x8, d: &mut [MaybeUninit<f32>]) {
+    let a = v.to_array();
+    let d = &mut d[..8];
+    // SAFETY: `d` has 8 slots and MaybeUninit<f32> has f32's layout.
+    unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), d.as_mut_ptr() as *mut f32, 8) };
+}
+
+/// Writes the first `d.len()` (at most 8) lanes of `v` to the possibly uninitialised `d`.
+#[inline(always)]
+pub(crate) fn store_partial_u(v: f32x8, d: &mut [MaybeUninit<f32>]) {
+    let a = v.to_array();
+    let n = d.len().min(8);
+    // SAFETY: `d` has at least n slots and MaybeUninit<f32> has f32's layout.
+    unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), d.as_mut_ptr() as *mut f32, n) };
 }
 
 /// Up to 8 values of `s` as a vector, the missing lanes set to `fill`.
@@ -66,20 +87,20 @@ impl Operand<'_> {
     }
 }
 
-/// `dst[i] = f(src[i])`; the tail goes through `f` padded to 8 lanes, so every element sees
-/// the same code.
+/// `dst[i] = f(src[i])`, initialising every element of `dst`; the tail goes through `f`
+/// padded to 8 lanes, so every element sees the same code.
 #[inline(always)]
-pub(crate) fn unary_slice<F: Fn(f32x8) -> f32x8>(src: &[f32], dst: &mut [f32], f: &F) {
+pub(crate) fn unary_slice<F: Fn(f32x8) -> f32x8>(src: &[f32], dst: &mut [MaybeUninit<f32>], f: &F) {
     let n = dst.len();
     let main = n - n % 8;
     for (s, d) in src[..main]
         .chunks_exact(8)
         .zip(dst[..main].chunks_exact_mut(8))
     {
-        store(f(load(s)), d);
+        store_u(f(load(s)), d);
     }
     if main < n {
-        store_partial(f(load_partial(&src[main..n], 1.0)), &mut dst[main..]);
+        store_partial_u(f(load_partial(&src[main..n], 1.0)), &mut dst[main..]);
     }
 }
 
@@ -98,12 +119,13 @@ pub(crate) fn unary_inplace<F: Fn(f32x8) -> f32x8>(dst: &mut [f32], f: &F) {
     }
 }
 
-/// `dst[i] = f(a[i], b[i])` where a splat operand repeats one value.
+/// `dst[i] = f(a[i], b[i])` where a splat operand repeats one value; initialises every
+/// element of `dst`.
 #[inline(always)]
 pub(crate) fn binary_slice<F: Fn(f32x8, f32x8) -> f32x8>(
     a: Operand,
     b: Operand,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     f: &F,
 ) {
     let n = dst.len();
@@ -113,7 +135,7 @@ pub(crate) fn binary_slice<F: Fn(f32x8, f32x8) -> f32x8>(
         (Operand::Run(a), Operand::Run(b)) => {
             let it = a[..main].chunks_exact(8).zip(b[..main].chunks_exact(8));
             for ((x, y), d) in it.zip(dst[..main].chunks_exact_mut(8)) {
-                store(f(load(x), load(y)), d);
+                store_u(f(load(x), load(y)), d);
             }
         }
         (Operand::Run(a), Operand::Splat(y)) => {
@@ -122,7 +144,7 @@ pub(crate) fn binary_slice<F: Fn(f32x8, f32x8) -> f32x8>(
                 .chunks_exact(8)
                 .zip(dst[..main].chunks_exact_mut(8))
             {
-                store(f(load(x), y), d);
+                store_u(f(load(x), y), d);
             }
         }
         (Operand::Splat(x), Operand::Run(b)) => {
@@ -131,18 +153,18 @@ pub(crate) fn binary_slice<F: Fn(f32x8, f32x8) -> f32x8>(
                 .chunks_exact(8)
                 .zip(dst[..main].chunks_exact_mut(8))
             {
-                store(f(x, load(y)), d);
+                store_u(f(x, load(y)), d);
             }
         }
         (a, b) => {
             for i in (0..main).step_by(8) {
-                store(f(a.at(i), b.at(i)), &mut dst[i..]);
+                store_u(f(a.at(i), b.at(i)), &mut dst[i..]);
             }
         }
     }
     if main < n {
         let v = f(a.tail(main, 1.0), b.tail(main, 1.0));
-        store_partial(v, &mut dst[main..]);
+        store_partial_u(v, &mut dst[main..]);
     }
 }
 

@@ -4,6 +4,7 @@
 //! `vmath.rs` are written once against [`V8`]; an op is a [`Lanes`] value, and [`unary`] runs
 //! it over a slice with the best implementation the CPU has.
 
+use std::mem::MaybeUninit;
 use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
 
 use wide::{f32x8, i32x8, CmpGt, CmpLt};
@@ -23,6 +24,8 @@ pub(crate) trait V8:
     fn load(s: &[f32]) -> Self;
     /// Writes the lanes to the first 8 values of `d`.
     fn store(self, d: &mut [f32]);
+    /// Writes the lanes to the first 8 slots of `d`, which may be uninitialised.
+    fn store_u(self, d: &mut [MaybeUninit<f32>]);
     /// `self * m + a` (fused where the instruction set has FMA).
     fn mul_add(self, m: Self, a: Self) -> Self;
     /// max/min with the x86 rule: the second operand when either is NaN.
@@ -56,6 +59,10 @@ impl V8 for f32x8 {
     #[inline(always)]
     fn store(self, d: &mut [f32]) {
         super::par::store(self, d)
+    }
+    #[inline(always)]
+    fn store_u(self, d: &mut [MaybeUninit<f32>]) {
+        super::par::store_u(self, d)
     }
     #[inline(always)]
     fn mul_add(self, m: Self, a: Self) -> Self {
@@ -121,6 +128,7 @@ mod avx2 {
     //! inside a function compiled with `#[target_feature(enable = "avx2,fma")]` on a CPU that
     //! has both (which [`super::unary`] checks through `cpu::isa`).
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
     use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
 
     use super::V8;
@@ -171,6 +179,11 @@ mod avx2 {
         fn store(self, d: &mut [f32]) {
             assert!(d.len() >= 8);
             unsafe { _mm256_storeu_ps(d.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn store_u(self, d: &mut [MaybeUninit<f32>]) {
+            assert!(d.len() >= 8);
+            unsafe { _mm256_storeu_ps(d.as_mut_ptr() as *mut f32, self.0) }
         }
         #[inline(always)]
         fn mul_add(self, m: Self, a: Self) -> Self {
@@ -243,30 +256,32 @@ pub(crate) trait Lanes: Sync + Send {
     fn apply<V: V8>(&self, x: V) -> V;
 }
 
-/// `dst[i] = op(src[i])` with the implementation `V`; a tail shorter than 8 goes through a
+/// `dst[i] = op(src[i])` (initialising all of `dst`) with the implementation `V`; a tail shorter than 8 goes through a
 /// padded buffer, so every element sees the same arithmetic.
 #[inline(always)]
-fn unary_with<V: V8, L: Lanes>(src: &[f32], dst: &mut [f32], op: &L) {
+fn unary_with<V: V8, L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L) {
     let n = dst.len();
     let main = n - n % 8;
     for (s, d) in src[..main]
         .chunks_exact(8)
         .zip(dst[..main].chunks_exact_mut(8))
     {
-        op.apply(V::load(s)).store(d);
+        op.apply(V::load(s)).store_u(d);
     }
     if main < n {
         let mut buf = [1.0f32; 8];
         buf[..n - main].copy_from_slice(&src[main..n]);
         let mut out = [0.0f32; 8];
         op.apply(V::load(&buf)).store(&mut out);
-        dst[main..].copy_from_slice(&out[..n - main]);
+        for (d, &v) in dst[main..].iter_mut().zip(&out) {
+            d.write(v);
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unary_avx2<L: Lanes>(src: &[f32], dst: &mut [f32], op: &L) {
+unsafe fn unary_avx2<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L) {
     unary_with::<Avx2, L>(src, dst, op);
 }
 
@@ -280,7 +295,7 @@ pub(crate) fn use_avx2() -> bool {
 /// `dst[i] = op(src[i])` with the best implementation for this CPU (`avx2` from
 /// [`use_avx2`], computed once per op by the caller).
 #[inline]
-pub(crate) fn unary<L: Lanes>(src: &[f32], dst: &mut [f32], op: &L, avx2: bool) {
+pub(crate) fn unary<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L, avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` comes from `use_avx2`, so the CPU has AVX2 and FMA.

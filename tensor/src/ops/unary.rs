@@ -32,9 +32,12 @@ where
     F: Fn(f32x8) -> f32x8 + Sync + Send,
 {
     let src = x.data();
-    let out = alloc::output(src.len(), |start, dst| {
-        par::unary_slice(&src[start..start + dst.len()], dst, &f);
-    });
+    // SAFETY: unary_slice writes every element of each piece.
+    let out = unsafe {
+        alloc::output_uninit(src.len(), |start, dst| {
+            par::unary_slice(&src[start..start + dst.len()], dst, &f);
+        })
+    };
     Tensor::from_vec(out, x.shape())
 }
 
@@ -43,9 +46,12 @@ where
 fn map_op<L: Lanes>(x: &Tensor, op: L) -> Tensor {
     let src = x.data();
     let avx2 = simd::use_avx2();
-    let out = alloc::output(src.len(), |start, dst| {
-        simd::unary(&src[start..start + dst.len()], dst, &op, avx2);
-    });
+    // SAFETY: simd::unary writes every element of each piece.
+    let out = unsafe {
+        alloc::output_uninit(src.len(), |start, dst| {
+            simd::unary(&src[start..start + dst.len()], dst, &op, avx2);
+        })
+    };
     Tensor::from_vec(out, x.shape())
 }
 
