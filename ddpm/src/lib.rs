@@ -7,3 +7,6 @@ pub mod schedule;
 pub mod unet;
 pub mod diffusion;
 pub mod sample;
+pub mod train;
+pub mod data;
+pub mod image;
