@@ -16,6 +16,7 @@ use tensor::io::{save, SafetensorsFile};
 use tensor::rng::Rng;
 use tensor::{Error, Result, Tensor};
 
+use crate::data::{random_hflip, Dataset};
 use crate::diffusion::{hybrid_loss, l_simple, Diffusion, LossKind, Prediction, VarianceKind};
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::unet::{UNet, UNetConfig};
@@ -100,28 +101,6 @@ pub struct Trainer {
     step: u64,
 }
 
-/// Copies images `rows` of `images` (`[N, ...]`) into one batch, flipping each horizontally
-/// where `flips` says so.
-fn gather(images: &Tensor, rows: &[usize], flips: Option<&[bool]>) -> Tensor {
-    let shape = images.shape();
-    let per: usize = shape[1..].iter().product();
-    let width = *shape.last().unwrap();
-    let mut out = Vec::with_capacity(rows.len() * per);
-    for (k, &r) in rows.iter().enumerate() {
-        let image = &images.data()[r * per..(r + 1) * per];
-        if flips.is_some_and(|f| f[k]) {
-            for row in image.chunks(width) {
-                out.extend(row.iter().rev());
-            }
-        } else {
-            out.extend_from_slice(image);
-        }
-    }
-    let mut batch_shape = shape.to_vec();
-    batch_shape[0] = rows.len();
-    Tensor::from_vec(out, &batch_shape)
-}
-
 impl Trainer {
     /// A fresh run: weights initialised from the seed, zeroed optimizer state.
     pub fn new(config: TrainConfig) -> Trainer {
@@ -163,19 +142,19 @@ impl Trainer {
         self.step
     }
 
-    /// One optimisation step on a batch drawn from `images` (`[N, C, H, W]` in [-1, 1]).
-    pub fn step(&mut self, images: &Tensor) -> StepStats {
+    /// One optimisation step on a batch drawn from `data`.
+    pub fn step(&mut self, data: &Dataset) -> StepStats {
         let c = &self.config;
         let mut rng = Rng::new(c.seed, STEP_STREAM + self.step);
         let rows: Vec<usize> = rng
-            .below_many(c.batch, images.shape()[0] as u64)
+            .below_many(c.batch, data.len() as u64)
             .into_iter()
             .map(|r| r as usize)
             .collect();
-        let flips: Option<Vec<bool>> = c
-            .random_flip
-            .then(|| (0..c.batch).map(|_| rng.next_u32() & 1 == 1).collect());
-        let x0 = gather(images, &rows, flips.as_deref());
+        let mut x0 = data.batch(&rows);
+        if c.random_flip {
+            x0 = random_hflip(&x0, &mut rng);
+        }
         let t: Vec<usize> = rng
             .below_many(c.batch, c.timesteps as u64)
             .into_iter()
@@ -349,8 +328,9 @@ mod tests {
         }
     }
 
-    fn images() -> Tensor {
-        Rng::new(1, 0).uniform_range(&[16, 1, 16, 16], -1.0, 1.0)
+    fn images() -> Dataset {
+        let images = Rng::new(1, 0).uniform_range(&[16, 1, 16, 16], -1.0, 1.0);
+        Dataset::new("noise", images, vec![0; 16], 1).unwrap()
     }
 
     fn weights(t: &Trainer) -> Vec<Vec<u32>> {
@@ -383,12 +363,5 @@ mod tests {
         let ema = |t: &Trainer| t.ema.as_ref().unwrap().shadows()[0].1.data().to_vec();
         assert_eq!(ema(&straight), ema(&resumed));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn gather_flips_rows() {
-        let images = Tensor::arange(0.0, 8.0, 1.0).reshape(&[2, 1, 2, 2]);
-        let batch = gather(&images, &[1, 0], Some(&[true, false]));
-        assert_eq!(batch.data(), &[5.0, 4.0, 7.0, 6.0, 0.0, 1.0, 2.0, 3.0]);
     }
 }

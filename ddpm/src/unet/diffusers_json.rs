@@ -248,3 +248,50 @@ mod tests {
         }
     }
 }
+
+impl UNetConfig {
+    /// diffusers' `config.json` for this model: [`UNetConfig::from_diffusers_json`] reads it
+    /// back unchanged, and diffusers' `UNet2DModel.from_pretrained` builds the same network.
+    pub fn to_diffusers_json(&self) -> String {
+        let value = serde_json::json!({
+            "_class_name": "UNet2DModel",
+            "sample_size": self.sample_size,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "center_input_sample": self.center_input_sample,
+            "time_embedding_type": "positional",
+            "time_embedding_dim": self.time_embedding_dim,
+            "flip_sin_to_cos": self.flip_sin_to_cos,
+            "freq_shift": self.freq_shift,
+            "down_block_types": self.down_block_types.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            "up_block_types": self.up_block_types.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "mid_block_scale_factor": self.mid_block_scale_factor,
+            "downsample_padding": self.downsample_padding,
+            "act_fn": "silu",
+            "attention_head_dim": self.attention_head_dim,
+            "norm_num_groups": self.norm_num_groups,
+            "attn_norm_num_groups": self.attn_norm_num_groups,
+            "norm_eps": self.norm_eps,
+            "dropout": self.dropout,
+            "add_attention": self.add_attention,
+            "resnet_time_scale_shift": "default",
+        });
+        serde_json::to_string_pretty(&value).expect("a JSON value always serialises")
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+
+    #[test]
+    fn every_preset_round_trips_through_config_json() {
+        for name in ["tiny", "small", "bench", "ddpm-cifar10"] {
+            let config = UNetConfig::preset(name).unwrap();
+            let back = UNetConfig::from_diffusers_json(&config.to_diffusers_json()).unwrap();
+            assert_eq!(back, config, "{name}");
+        }
+    }
+}
