@@ -61,28 +61,49 @@ fn horizontal(v: impl V8) -> [f32; 8] {
 /// The maximum of a run (NaN-unaware; a NaN shows up later through `x - m`).
 #[inline(always)]
 fn run_max<V: V8>(x: &[f32]) -> f32 {
-    let mut acc = V::splat(f32::NEG_INFINITY);
-    for i in (0..x.len()).step_by(8) {
-        acc = acc.max_(load_at(x, i, f32::NEG_INFINITY));
+    // Four independent accumulators, so the loads are not serialised behind one max chain.
+    let quad = x.len() / 32 * 32;
+    let mut accs = [V::splat(f32::NEG_INFINITY); 4];
+    for i in (0..quad).step_by(32) {
+        for (k, acc) in accs.iter_mut().enumerate() {
+            *acc = acc.max_(V::load(&x[i + 8 * k..]));
+        }
+    }
+    let mut acc = accs[0].max_(accs[1]).max_(accs[2].max_(accs[3]));
+    let full = x.len() / 8 * 8;
+    for i in (quad..full).step_by(8) {
+        acc = acc.max_(V::load(&x[i..]));
+    }
+    if full < x.len() {
+        acc = acc.max_(load_at(x, full, f32::NEG_INFINITY));
     }
     horizontal(acc)
         .into_iter()
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when given. Padding lanes hold
+/// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when `WRITE`. Padding lanes hold
 /// -inf, whose exponential is exactly 0 (unless m is -inf or NaN, when the row is NaN anyway).
 #[inline(always)]
-fn run_exp_sum<V: V8>(x: &[f32], m: f32, mut out: Option<&mut [f32]>) -> f64 {
+fn run_exp_sum<V: V8, const WRITE: bool>(x: &[f32], m: f32, out: &mut [f32]) -> f64 {
     let mv = V::splat(m);
     let mut total = 0.0f64;
     for r in (0..x.len()).step_by(1024) {
+        let end = (r + 1024).min(x.len());
+        let full = r + (end - r) / 8 * 8;
         let mut acc = V::splat(0.0);
-        for i in (r..(r + 1024).min(x.len())).step_by(8) {
-            let e = vmath::exp(load_at::<V>(x, i, f32::NEG_INFINITY) - mv);
+        for i in (r..full).step_by(8) {
+            let e = vmath::exp(V::load(&x[i..]) - mv);
             acc = acc + e;
-            if let Some(o) = out.as_deref_mut() {
-                store_at(e, o, i);
+            if WRITE {
+                e.store(&mut out[i..]);
+            }
+        }
+        if full < end {
+            let e = vmath::exp(load_at::<V>(x, full, f32::NEG_INFINITY) - mv);
+            acc = acc + e;
+            if WRITE {
+                store_at(e, out, full);
             }
         }
         total += horizontal(acc).iter().map(|&v| v as f64).sum::<f64>();
@@ -95,13 +116,22 @@ fn run_exp_sum<V: V8>(x: &[f32], m: f32, mut out: Option<&mut [f32]>) -> f64 {
 /// result exact to f32 rounding when `m` is large).
 #[inline(always)]
 fn finish<V: V8>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, lns: f32) {
-    for i in (0..out.len()).step_by(8) {
-        let v = if log {
-            (load_at::<V>(x, i, 0.0) - V::splat(m)) - V::splat(lns)
+    let step = |v: V| {
+        if log {
+            (v - V::splat(m)) - V::splat(lns)
         } else {
-            load_at::<V>(out, i, 0.0) * V::splat(inv)
-        };
-        store_at(v, out, i);
+            v * V::splat(inv)
+        }
+    };
+    let src: &[f32] = if log { x } else { out };
+    let full = out.len() / 8 * 8;
+    let tail = (full < out.len()).then(|| step(load_at::<V>(src, full, 0.0)));
+    for i in (0..full).step_by(8) {
+        let v = step(V::load(if log { &x[i..] } else { &out[i..] }));
+        v.store(&mut out[i..]);
+    }
+    if let Some(v) = tail {
+        store_at(v, out, full);
     }
 }
 
@@ -110,7 +140,11 @@ fn finish<V: V8>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, lns: f
 fn softmax_rows<V: V8>(x: &[f32], out: &mut [f32], l: usize, log: bool) {
     for (row, o) in x.chunks(l).zip(out.chunks_mut(l)) {
         let m = run_max::<V>(row);
-        let s = run_exp_sum::<V>(row, m, if log { None } else { Some(&mut *o) });
+        let s = if log {
+            run_exp_sum::<V, false>(row, m, o)
+        } else {
+            run_exp_sum::<V, true>(row, m, o)
+        };
         finish::<V>(row, o, log, (1.0 / s) as f32, m, s.ln() as f32);
     }
 }
@@ -141,11 +175,13 @@ fn softmax_long_row(x: &[f32], out: &mut [f32], log: bool) {
         .into_iter()
         .fold(f32::NEG_INFINITY, f32::max);
     let partials: Vec<f64> = if log {
-        par::map_indices(blocks, x.len(), |b| run_exp_sum::<f32x8>(block(b), m, None))
+        par::map_indices(blocks, x.len(), |b| {
+            run_exp_sum::<f32x8, false>(block(b), m, &mut [])
+        })
     } else {
         out.par_chunks_mut(CHUNK)
             .enumerate()
-            .map(|(b, o)| run_exp_sum::<f32x8>(block(b), m, Some(o)))
+            .map(|(b, o)| run_exp_sum::<f32x8, true>(block(b), m, o))
             .collect()
     };
     let s: f64 = partials.iter().sum();
