@@ -229,30 +229,53 @@ unsafe fn pack_panel(
     }
 }
 
-/// Packs the pixel-major columns of pixels `p0..p0 + t` into `[K / 32][t][32]` panels:
-/// `b[(kk / 32) t + q][kk % 32] = P[i*s + a, j*s + b, ci]` for `kk = (a*kw + b)*c + ci` and pixel
-/// `p0 + q = (i, j)`; each `(q, a)` is a run of `kw * c` contiguous values of `padded`.
+/// Packs the pixel-major columns of pixels `p0..p0 + t` and of the column panels
+/// `first..first + count` into `[count][t][32]`: `b[(kk / 32 - first) t + q][kk % 32] = P[i*s +
+/// a, j*s + b, ci]` for `kk = (a*kw + b)*c + ci` in those panels and pixel `p0 + q = (i, j)`;
+/// each `(q, a)` is a run of `kw * c` contiguous values of `padded`. Lanes past `K` are zero.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn pack_rows_t(g: &Geometry, padded: &[f32], p0: usize, t: usize, b: &mut [f32]) {
-    let (c, s) = (g.c, g.stride);
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_rows_t(
+    g: &Geometry,
+    padded: &[f32],
+    p0: usize,
+    t: usize,
+    first: usize,
+    count: usize,
+    b: &mut [f32],
+) {
+    let (c, s, k) = (g.c, g.stride, g.k());
     let wp = g.w + 2 * g.pad_w;
     let run = g.kw * c;
+    let (lo, hi) = (first * NR, ((first + count) * NR).min(k));
+    if hi < (first + count) * NR {
+        // The last panel is partial: zero its lanes past K.
+        let last = &mut b[(count - 1) * t * NR..][..t * NR];
+        for lanes in last.chunks_exact_mut(NR) {
+            lanes[hi % NR..].fill(0.0);
+        }
+    }
     for q in 0..t {
         let (i, j) = ((p0 + q) / g.ow, (p0 + q) % g.ow);
         for a in 0..g.kh {
+            // The part of this tap row's run that falls in the panels asked for.
+            let (start, end) = (lo.max(a * run), hi.min((a + 1) * run));
+            if start >= end {
+                continue;
+            }
             let src = &padded[((i * s + a) * wp + j * s) * c..][..run];
-            let mut off = 0;
-            while off < run {
-                let kk = a * run + off;
-                let (panel, lane) = (kk / NR, kk % NR);
-                let len = (NR - lane).min(run - off);
+            let mut kk = start;
+            while kk < end {
+                let (panel, lane) = (kk / NR - first, kk % NR);
+                let len = (NR - lane).min(end - kk);
                 let at = (panel * t + q) * NR + lane;
+                let off = kk - a * run;
                 // SAFETY: AVX-512F per this function's contract; len <= NR.
                 unsafe { copy_upto32(&mut b[at..at + len], &src[off..off + len]) };
-                off += len;
+                kk += len;
             }
         }
     }
@@ -272,40 +295,41 @@ pub(crate) fn weight_grad_image(
 ) {
     let (k, npix) = (g.k(), g.out_pixels());
     let kpanels = k.div_ceil(NR);
-    let tile = (TILE_FLOATS / (kpanels * NR)).clamp(16, 512);
+    // Pixels per tile: the packed output-gradient tile (c_out x t) stays within a quarter of
+    // L2; then as many column panels per group as fit the tile budget, so a long K (many input
+    // channels) does not shorten the reduction of each micro-kernel call.
+    let tile = (TILE_FLOATS * 2 / 3 / c_out.max(1)).clamp(64, 512);
     let mut accumulate = !overwrite;
     for p0 in (0..npix).step_by(tile) {
         let t = tile.min(npix - p0);
         pack_rows(dy, c_out, t, npix, p0, &mut ws.a);
-        // Every lane below k is written below; only the last panel's lanes past k need zeros.
-        ws.b.resize(kpanels * t * NR, 0.0);
-        if k % NR != 0 {
-            let last = &mut ws.b[(kpanels - 1) * t * NR..][..t * NR];
-            for lanes in last.chunks_exact_mut(NR) {
-                lanes[k % NR..].fill(0.0);
-            }
-        }
-        // SAFETY: `available()` checked AVX-512F.
-        unsafe { pack_rows_t(g, padded, p0, t, &mut ws.b) };
-        for (cb, ap) in ws.a.chunks_exact(t * MR).enumerate() {
-            let rows = MR.min(c_out - cb * MR);
-            for (kp, bp) in ws.b.chunks_exact(t * NR).enumerate() {
-                let cols = NR.min(k - kp * NR);
-                let cc = &mut dw[cb * MR * k + kp * NR..];
-                // SAFETY: `available()` checked AVX-512F; the packs hold t steps; the tile's
-                // rows x cols lie inside `dw` (row stride k).
-                unsafe {
-                    conv_avx512_8x32(
-                        t,
-                        ap.as_ptr(),
-                        bp.as_ptr(),
-                        cc.as_mut_ptr(),
-                        k,
-                        rows,
-                        cols,
-                        None,
-                        accumulate,
-                    );
+        let group = (TILE_FLOATS / (t * NR)).clamp(1, kpanels);
+        for first in (0..kpanels).step_by(group) {
+            let count = group.min(kpanels - first);
+            ws.b.resize(count * t * NR, 0.0);
+            // SAFETY: `available()` checked AVX-512F.
+            unsafe { pack_rows_t(g, padded, p0, t, first, count, &mut ws.b) };
+            for (cb, ap) in ws.a.chunks_exact(t * MR).enumerate() {
+                let rows = MR.min(c_out - cb * MR);
+                for (kp, bp) in ws.b.chunks_exact(t * NR).take(count).enumerate() {
+                    let col0 = (first + kp) * NR;
+                    let cols = NR.min(k - col0);
+                    let cc = &mut dw[cb * MR * k + col0..];
+                    // SAFETY: `available()` checked AVX-512F; the packs hold t steps; the
+                    // tile's rows x cols lie inside `dw` (row stride k).
+                    unsafe {
+                        conv_avx512_8x32(
+                            t,
+                            ap.as_ptr(),
+                            bp.as_ptr(),
+                            cc.as_mut_ptr(),
+                            k,
+                            rows,
+                            cols,
+                            None,
+                            accumulate,
+                        );
+                    }
                 }
             }
         }
