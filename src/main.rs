@@ -1,7 +1,10 @@
-//! `ddpm`: the command-line program. Argument parsing and reporting only; the maths lives in
-//! the `tensor`, `autograd` and `ddpm` crates.
+//! `ddpm`: the command-line program. Argument parsing, progress and files only; the maths
+//! lives in the `tensor`, `autograd` and `ddpm` crates.
 
 mod bench;
+mod progress;
+mod run_config;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -15,14 +18,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a UNet on a data set (default: the built-in shapes).
+    Train(Box<train::TrainArgs>),
     /// Measure the engine: the machine's FMA peak, GEMM, conv2d and element-wise kernels.
     /// Without a subcommand, runs the standard suite.
     Bench(bench::BenchArgs),
 }
 
+/// Runs `f` on a pool of `threads` workers (every core when `None`).
+fn with_threads<R: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<R, String> + Send,
+) -> Result<R, String> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        builder = builder.num_threads(n);
+    }
+    let pool = builder
+        .build()
+        .map_err(|e| format!("cannot start the worker threads: {e}"))?;
+    pool.install(f)
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => with_threads(args.threads(), || train::run(*args)),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(message) = result {

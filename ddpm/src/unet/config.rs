@@ -223,15 +223,38 @@ impl UNetConfig {
         }
     }
 
-    /// A preset by name: `tiny`, `small`, `bench` or `ddpm-cifar10`.
+    /// The default model of `ddpm train` on the built-in shapes: 32x32 grey images, levels
+    /// (32, 64, 64) with one ResNet each, one attention head at the 16x16 level, 8 groups.
+    /// Small enough to learn the shapes in a few minutes on two cores.
+    pub fn shapes() -> UNetConfig {
+        UNetConfig {
+            sample_size: Some(32),
+            in_channels: 1,
+            out_channels: 1,
+            block_out_channels: vec![32, 64, 64],
+            layers_per_block: 1,
+            down_block_types: vec![
+                DownBlockType::Down,
+                DownBlockType::AttnDown,
+                DownBlockType::Down,
+            ],
+            up_block_types: vec![UpBlockType::Up, UpBlockType::AttnUp, UpBlockType::Up],
+            norm_num_groups: 8,
+            attention_head_dim: None,
+            ..UNetConfig::default()
+        }
+    }
+
+    /// A preset by name: `shapes`, `tiny`, `small`, `bench` or `ddpm-cifar10`.
     pub fn preset(name: &str) -> Result<UNetConfig> {
         match name {
+            "shapes" => Ok(UNetConfig::shapes()),
             "tiny" => Ok(UNetConfig::tiny()),
             "small" => Ok(UNetConfig::small()),
             "bench" => Ok(UNetConfig::bench()),
             "ddpm-cifar10" => Ok(UNetConfig::ddpm_cifar10()),
             other => Err(invalid(format!(
-                "unknown preset `{other}` (expected tiny, small, bench or ddpm-cifar10)"
+                "unknown preset `{other}` (expected shapes, tiny, small, bench or ddpm-cifar10)"
             ))),
         }
     }

@@ -288,7 +288,7 @@ mod round_trip {
 
     #[test]
     fn every_preset_round_trips_through_config_json() {
-        for name in ["tiny", "small", "bench", "ddpm-cifar10"] {
+        for name in ["shapes", "tiny", "small", "bench", "ddpm-cifar10"] {
             let config = UNetConfig::preset(name).unwrap();
             let back = UNetConfig::from_diffusers_json(&config.to_diffusers_json()).unwrap();
             assert_eq!(back, config, "{name}");
