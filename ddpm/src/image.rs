@@ -295,7 +295,7 @@ pub fn save_line_plot_png(
         linear_ticks(y_lo, y_hi)
     };
 
-    let fs = if height >= 400 { 2 } else { 1 }; // font scale
+    let fs = if height >= 280 { 2 } else { 1 }; // font scale
     let label_w = |s: &str| (s.len() * 4 * fs) as i64;
     let widest = y_ticks.iter().map(|(_, s)| label_w(s)).max().unwrap_or(0);
     let (left, right) = (
@@ -388,22 +388,41 @@ fn linear_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
     ticks
 }
 
-/// Ticks for a log axis (positions are base-10 logarithms): whole decades, thinned to at most
-/// about six, or round values when the range spans less than two decades.
+/// Ticks for a log axis (positions are base-10 logarithms): whole decades (thinned to about
+/// six) when at least three fall in the range, else 1, 2 and 5 times each power of ten, else
+/// round values as on a linear axis.
 fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
     let (first, last) = (lo.ceil() as i64, hi.floor() as i64);
-    if last - first < 1 {
-        let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
-        return linear_ticks(a, b)
-            .into_iter()
-            .filter(|(v, _)| *v > 0.0)
-            .map(|(v, s)| (v.log10(), s))
+    if last - first >= 2 {
+        let every = (last - first) / 6 + 1;
+        return (first..=last)
+            .filter(|k| (k - first) % every == 0)
+            .map(|k| (k as f64, format!("1e{k}")))
             .collect();
     }
-    let every = ((last - first) / 6 + 1).max(1);
-    (first..=last)
-        .filter(|k| (k - first) % every == 0)
-        .map(|k| (k as f64, format!("1e{k}")))
+    let mut ticks = Vec::new();
+    for k in lo.floor() as i64..=last {
+        for m in [1.0, 2.0, 5.0] {
+            let t = f64::log10(m) + k as f64;
+            if (lo..=hi).contains(&t) {
+                let v = m * 10f64.powi(k as i32);
+                let label = if (-3..5).contains(&k) {
+                    format!("{:.*}", (-k).max(0) as usize, v)
+                } else {
+                    compact(v)
+                };
+                ticks.push((t, label));
+            }
+        }
+    }
+    if ticks.len() >= 2 {
+        return ticks;
+    }
+    let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
+    linear_ticks(a, b)
+        .into_iter()
+        .filter(|(v, _)| *v > 0.0)
+        .map(|(v, s)| (v.log10(), s))
         .collect()
 }
 
@@ -502,7 +521,10 @@ mod tests {
         let t = log_ticks(-3.2, 0.5);
         let labels: Vec<&str> = t.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(labels, ["1e-3", "1e-2", "1e-1", "1e0"]);
-        assert!(!log_ticks(0.1, 0.6).is_empty());
+        let t = log_ticks(-1.1, 0.1);
+        let labels: Vec<&str> = t.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(labels, ["0.1", "0.2", "0.5", "1"]);
+        assert!(log_ticks(0.1, 0.2).len() >= 2);
         assert_eq!(compact(0.0025), "2.5e-3");
     }
 
