@@ -4,6 +4,7 @@
 mod bench;
 mod progress;
 mod run_config;
+mod sample;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Train a UNet on a data set (default: the built-in shapes).
     Train(Box<train::TrainArgs>),
+    /// Draw images from a trained run or a diffusers model folder.
+    Sample(Box<sample::SampleArgs>),
     /// Measure the engine: the machine's FMA peak, GEMM, conv2d and element-wise kernels.
     /// Without a subcommand, runs the standard suite.
     Bench(bench::BenchArgs),
@@ -45,8 +48,12 @@ fn with_threads<R: Send>(
 
 fn main() {
     let cli = Cli::parse();
+    // Reuse freed memory instead of returning it to the kernel: every op allocates its output,
+    // and fresh pages from the kernel cost a page fault each (see tensor::ops::alloc).
+    tensor::ops::alloc::retain_freed_memory();
     let result = match cli.command {
         Command::Train(args) => with_threads(args.threads(), || train::run(*args)),
+        Command::Sample(args) => with_threads(args.threads(), || sample::run(*args)),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(message) = result {

@@ -17,7 +17,7 @@ fn expand(g: &Tensor, shape: &[usize], axes: &[usize]) -> Tensor {
         .enumerate()
         .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
         .collect();
-    Tensor::zeros(shape).add(&g.reshape(&kept))
+    g.reshape(&kept).broadcast_to(shape)
 }
 
 fn resolve(op: &str, axes: &[isize], ndim: usize) -> Vec<usize> {
