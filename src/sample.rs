@@ -286,7 +286,7 @@ pub fn run(args: SampleArgs) -> Result<(), String> {
     let keep = args.n.min(8);
     let every = (steps / 10).max(1);
     let mut record = |info: &ddpm::sample::StepInfo| {
-        if info.done == 1 || info.done % every == 0 || info.done == info.total {
+        if info.done == 1 || info.done.is_multiple_of(every) || info.done == info.total {
             frames.push(info.x.slice(0, 0, keep));
         }
         eprint!("\rstep {}/{}", info.done, info.total);
