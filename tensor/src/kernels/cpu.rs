@@ -75,3 +75,12 @@ fn detect() -> Isa {
     }
     Isa::Portable
 }
+
+/// Serialises, across the crate's unit tests, the tests that force the portable path with the
+/// tests whose results depend on which path runs (the path is a process-wide setting and
+/// tests run in parallel threads). Hold the guard for the whole test.
+#[cfg(test)]
+pub(crate) fn test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

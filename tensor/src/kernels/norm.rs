@@ -537,6 +537,7 @@ mod tests {
     /// The AVX2 and the forced portable paths agree to the bit.
     #[test]
     fn group_norm_portable_path_matches_simd_path() {
+        let _guard = crate::kernels::cpu::test_lock();
         let (n, c, hw, groups) = (2, 12, 37, 4);
         let mut rng = Rng(2024);
         let x = rng.vec(n * c * hw, 3.0);

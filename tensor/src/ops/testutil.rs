@@ -78,6 +78,5 @@ pub(crate) fn broadcast_index(shape: &[usize], out_shape: &[usize], out_index: u
 /// Serialises the tests that force the portable path (a process-wide switch) with the tests
 /// that compare results bit for bit across runs.
 pub(crate) fn isa_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::kernels::cpu::test_lock()
 }

@@ -1,11 +1,8 @@
-use std::sync::Mutex;
-
 use super::reference::{self, TestRng};
 use super::*;
 use crate::kernels::cpu::with_portable;
 
 /// Serialises the tests that switch the process-wide portable flag or compare bit patterns.
-static LOCK: Mutex<()> = Mutex::new(());
 
 #[allow(clippy::too_many_arguments)]
 fn params(
@@ -101,7 +98,7 @@ fn run_all(p: &Conv2dParams, d: &Data) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32
 }
 
 fn check_against_reference(portable: bool) {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = crate::kernels::cpu::test_lock();
     for (seed, p) in cases().iter().enumerate() {
         let d = data(p, seed as u64 + 1);
         let (y, dx, dw, db) = if portable {
@@ -151,7 +148,7 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 
 #[test]
 fn conv_bitwise_identical_for_1_and_2_threads() {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = crate::kernels::cpu::test_lock();
     let cases = [
         params(16, 16, 24, 20, 20, 3, 3, 1, 1),
         params(13, 16, 24, 21, 19, 3, 3, 2, 1),
