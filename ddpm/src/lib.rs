@@ -10,3 +10,5 @@ pub mod sample;
 pub mod train;
 pub mod data;
 pub mod image;
+pub mod classifier;
+pub mod fid;
