@@ -6,6 +6,7 @@ mod elementwise;
 mod gemm;
 mod report;
 mod timing;
+mod unet;
 
 use clap::{Args, Subcommand};
 
@@ -41,6 +42,8 @@ enum Which {
     Conv(conv::ConvArgs),
     /// Element-wise ops and reductions on 16M elements: GB/s and fraction of a plain copy.
     Elementwise,
+    /// A UNet training step and sampling step: ms, effective GFLOP/s, peak memory.
+    Unet(unet::UnetArgs),
 }
 
 /// Runs the chosen benchmark (or the standard suite) on a pool of the requested size.
@@ -62,6 +65,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         Some(Which::Gemm(g)) => gemm::run(&g, threads, &report),
         Some(Which::Conv(c)) => conv::run(&c, threads, &report),
         Some(Which::Elementwise) => elementwise::run(threads, &report),
+        Some(Which::Unet(u)) => unet::run(&u, threads, &report),
         None => {
             gemm::run(&gemm::GemmArgs::default(), threads, &report)?;
             conv::run(&conv::ConvArgs::default(), threads, &report)?;

@@ -81,6 +81,7 @@ pub fn conv2d(
             weight.shape()
         );
     }
+    super::flops::add(p.flops() as u64);
     let mut out = Tensor::zeros(&p.output_shape());
     conv::conv2d_forward(
         &p,

@@ -76,6 +76,7 @@ impl Tensor {
         if out.is_empty() || k == 0 {
             return Tensor::from_vec(out, &shape); // an empty sum is 0
         }
+        super::flops::add(2 * (count * m * n * k) as u64);
         let ta = if transa { Trans::Yes } else { Trans::No };
         let tb = if transb { Trans::Yes } else { Trans::No };
         let (lda, ldb) = (ca, cb);

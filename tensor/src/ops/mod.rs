@@ -18,3 +18,4 @@ mod testutil;
 pub mod alloc;
 mod simd;
 mod reduce_kernel;
+pub mod flops;

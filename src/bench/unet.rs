@@ -1,0 +1,113 @@
+//! `ddpm bench unet`: a UNet training step (forward, backward, AdamW) and a sampling step
+//! (no-grad forward), as milliseconds, effective GFLOP/s and fraction of the FMA peak.
+//!
+//! The work counted is that of the convolutions and matrix products computed directly: the
+//! FLOPs of one forward pass `F`, measured by the engine's counter during a no-grad forward,
+//! and `3F` for a training step (forward, backward-data and backward-weight), so a faster
+//! algorithm shows up as more than 1.0 of peak.
+
+use autograd::nn::{Ctx, ParamStore};
+use autograd::ops::loss::mse_loss;
+use autograd::optim::{Adam, AdamConfig, Optimizer};
+use autograd::{no_grad, Var};
+use clap::Args;
+use ddpm::unet::{UNet, UNetConfig};
+use serde_json::Value;
+use tensor::ops::flops;
+use tensor::rng::Rng;
+
+use super::timing::{median_seconds, peak};
+use super::Report;
+
+/// The model and batch.
+#[derive(Args, Clone)]
+pub struct UnetArgs {
+    /// The UNet preset (`bench` is diffusers' UNet2DModel with block_out_channels (64,128,128)).
+    #[arg(long, default_value = "bench")]
+    preset: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+}
+
+/// The process's peak resident memory in bytes (VmHWM), where /proc has it.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Measures the peak, a sampling step and a training step.
+pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), String> {
+    if args.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let config = UNetConfig::preset(&args.preset).map_err(|e| e.to_string())?;
+    let peak_gflops = peak(threads, report);
+    let store = ParamStore::new();
+    let mut rng = Rng::new(0, 0);
+    let unet = UNet::new(config.clone(), &store, &mut rng);
+    let size = config.sample_size.unwrap_or(32);
+    let x = rng.normal(&[args.batch, config.in_channels, size, size]);
+    let target = rng.normal(&[args.batch, config.out_channels, size, size]);
+    let timesteps: Vec<f32> = rng
+        .below_many(args.batch, 1000)
+        .into_iter()
+        .map(|t| t as f32)
+        .collect();
+    let mut optimizer = Adam::new(store.params(), AdamConfig::adamw());
+
+    let forward =
+        || no_grad(|| unet.forward(&mut Ctx::eval(), &Var::constant(x.clone()), &timesteps));
+    flops::reset();
+    forward();
+    let forward_flops = flops::count() as f64;
+    let sample_seconds = median_seconds(|| {
+        forward();
+    });
+    let mut step = 0u64;
+    let train_seconds = median_seconds(|| {
+        let mut ctx = Ctx::train(Rng::new(1, step));
+        step += 1;
+        let output = unet.forward(&mut ctx, &Var::constant(x.clone()), &timesteps);
+        let loss = mse_loss(&output, &Var::constant(target.clone()));
+        store.zero_grad();
+        loss.backward();
+        optimizer.step(1e-4);
+    });
+    let rss = peak_resident_bytes();
+    for (what, seconds, work) in [
+        ("train_step", train_seconds, 3.0 * forward_flops),
+        ("sample_step", sample_seconds, forward_flops),
+    ] {
+        let gflops = work / seconds / 1e9;
+        let fraction = gflops / peak_gflops;
+        report.line(
+            &[
+                ("bench", "unet".into()),
+                ("step", what.into()),
+                ("preset", args.preset.clone().into()),
+                ("batch", args.batch.into()),
+                ("threads", threads.into()),
+                ("parameters", store.num_elements().into()),
+                ("ms", Value::from(seconds * 1e3)),
+                ("gflop", Value::from(work / 1e9)),
+                ("gflops", gflops.into()),
+                ("peak_gflops", peak_gflops.into()),
+                ("fraction_of_peak", fraction.into()),
+                ("peak_rss_bytes", rss.map_or(Value::Null, Value::from)),
+            ],
+            &format!(
+                "unet {what:<11} preset={} batch={} threads={threads}  {:>9.1} ms  {:>6.2} GFLOP  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak  peak RSS {}",
+                args.preset,
+                args.batch,
+                seconds * 1e3,
+                work / 1e9,
+                fraction * 100.0,
+                rss.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
+            ),
+        );
+    }
+    Ok(())
+}
