@@ -2,6 +2,8 @@
 //! lives in the `tensor`, `autograd` and `ddpm` crates.
 
 mod bench;
+mod classifier;
+mod eval;
 mod progress;
 mod run_config;
 mod sample;
@@ -26,6 +28,11 @@ enum Command {
     /// Measure the engine: the machine's FMA peak, GEMM, conv2d and element-wise kernels.
     /// Without a subcommand, runs the standard suite.
     Bench(bench::BenchArgs),
+    /// Measure a model: bits/dim on the test split, and FID / Inception Score analogue of its
+    /// samples in a classifier's feature space.
+    Eval(Box<eval::EvalArgs>),
+    /// Train the classifier whose features `ddpm eval` uses.
+    Classifier(classifier::ClassifierArgs),
 }
 
 /// Runs `f` on a pool of `threads` workers (every core when `None`).
@@ -55,6 +62,8 @@ fn main() {
         Command::Train(args) => with_threads(args.threads(), || train::run(*args)),
         Command::Sample(args) => with_threads(args.threads(), || sample::run(*args)),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => with_threads(args.threads(), || eval::run(*args)),
+        Command::Classifier(args) => with_threads(args.threads(), || classifier::run(args)),
     };
     if let Err(message) = result {
         eprintln!("error: {message}");

@@ -9,7 +9,8 @@
 //! | conv 3x3, 32, GroupNorm(8), SiLU | 32 x 32 x 32 |
 //! | conv 3x3 stride 2, 64, GroupNorm(8), SiLU | 64 x 16 x 16 |
 //! | conv 3x3 stride 2, 128, GroupNorm(8), SiLU | 128 x 8 x 8 |
-//! | global mean pool (the **features**) | 128 |
+//! | conv 3x3 stride 2, 128, GroupNorm(8), SiLU | 128 x 4 x 4 |
+//! | flatten, linear, SiLU (the **features**) | 128 |
 //! | linear | classes |
 //!
 //! Weights are saved as safetensors with metadata (architecture, classes, data set, test
@@ -29,7 +30,7 @@ use tensor::{Error, Result, Tensor};
 use crate::data::Dataset;
 
 /// The architecture's name, stored in the metadata and checked on load.
-pub const ARCHITECTURE: &str = "cnn-32-64-128-gap";
+pub const ARCHITECTURE: &str = "cnn-32-64-128-128-fc128";
 /// The side the classifier works at; smaller images are padded to it.
 pub const INPUT_SIZE: usize = 32;
 /// The width of [`Classifier::features`].
@@ -41,6 +42,7 @@ const CHUNK: usize = 256;
 pub struct Classifier {
     store: ParamStore,
     blocks: Vec<(Conv2d, GroupNorm)>,
+    fc: Linear,
     head: Linear,
     classes: usize,
     /// Metadata: `architecture`, `classes`, `data`, `test_accuracy`, and the training settings.
@@ -65,7 +67,7 @@ impl Classifier {
     pub fn new(classes: usize, seed: u64) -> Classifier {
         let store = ParamStore::new();
         let mut rng = Rng::new(seed, 0);
-        let plan = [(1, 32, 1), (32, 64, 2), (64, 128, 2)];
+        let plan = [(1, 32, 1), (32, 64, 2), (64, 128, 2), (128, 128, 2)];
         let blocks = plan
             .iter()
             .enumerate()
@@ -84,6 +86,7 @@ impl Classifier {
                 (conv, norm)
             })
             .collect();
+        let fc = Linear::new(&store.sub("fc"), &mut rng, 128 * 4 * 4, FEATURES, true);
         let head = Linear::new(&store.sub("head"), &mut rng, FEATURES, classes, true);
         let metadata = BTreeMap::from([
             ("architecture".to_string(), ARCHITECTURE.to_string()),
@@ -93,6 +96,7 @@ impl Classifier {
         Classifier {
             store,
             blocks,
+            fc,
             head,
             classes,
             metadata,
@@ -104,7 +108,7 @@ impl Classifier {
         self.classes
     }
 
-    /// The pooled features `[N, 128]` of a batch `[N, 1, H, W]` (a graph node).
+    /// The features `[N, 128]` of a batch `[N, 1, 32, 32]` (a graph node).
     fn feature_var(&self, ctx: &mut Ctx, x: &Var) -> Var {
         let mut h = x.clone();
         for (conv, norm) in &self.blocks {
@@ -112,7 +116,10 @@ impl Classifier {
             h = norm.forward(ctx, &h);
             h = Silu.forward(ctx, &h);
         }
-        h.mean(&[2, 3], false)
+        let n = h.shape()[0];
+        let flat = h.reshape(&[n, 128 * 4 * 4]);
+        let f = self.fc.forward(ctx, &flat);
+        Silu.forward(ctx, &f)
     }
 
     /// Runs `f` on chunks of `images` (padded to 32) without recording, and stacks the rows.
