@@ -437,7 +437,11 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
 /// The human-readable summary of the report.
 fn summary(r: &Value, path: &Path) -> String {
     let mut s = format!("model: {}\ndata: {}\n", r["checkpoint"], r["data"]);
-    let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
+    let num = |v: &Value| match v.as_f64() {
+        None => "-".to_string(),
+        Some(x) if x != 0.0 && x.abs() < 0.01 => format!("{x:.3e}"),
+        Some(x) => format!("{x:.4}"),
+    };
     if let Some(b) = r["bpd"].as_object() {
         s += &format!(
             "bits/dim: {} on {} test images ({} of {} steps evaluated)\n  prior L_T {}\n  sum of \
