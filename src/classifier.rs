@@ -36,7 +36,7 @@ struct TrainClassifierArgs {
     #[arg(long)]
     out: PathBuf,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 2000)]
     steps: usize,
     /// Images per step.
     #[arg(long, default_value_t = 64)]

@@ -399,6 +399,16 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         model.source,
         test.name()
     );
+    if let Some((path, c)) = &classifier {
+        let trained_on = c.metadata.get("data").map_or("?", String::as_str);
+        if trained_on != test.name() {
+            eprintln!(
+                "warning: the classifier {} was trained on {trained_on}, not {}",
+                path.display(),
+                test.name()
+            );
+        }
+    }
     let bpd = if args.n_bpd > 0 {
         Some(bpd_report(&args, &model, &test, &out)?)
     } else {
