@@ -51,7 +51,8 @@ pub struct EvalArgs {
     /// Classifier file (default: RUN/classifier.safetensors).
     #[arg(long)]
     classifier: Option<PathBuf>,
-    /// Samples for FID and the Inception Score analogue (0: skip them).
+    /// Samples for FID (against the first as many test images) and the Inception Score
+    /// analogue (0: skip them).
     #[arg(long, default_value_t = 1000)]
     n_samples: usize,
     /// `ddpm` (ancestral) or `ddim`.
