@@ -22,6 +22,10 @@ pub struct RunConfig {
     pub steps: u64,
     /// Steps between sample grids.
     pub sample_every: u64,
+    /// Images in each sample grid.
+    pub sample_count: usize,
+    /// DDIM steps of the sample grids.
+    pub sample_steps: usize,
     /// Steps between checkpoints.
     pub checkpoint_every: u64,
     /// The trainer's settings.
@@ -70,6 +74,8 @@ pub fn write_run_config(run: &Path, config: &RunConfig) -> Result<(), String> {
         "data_dir": config.data_dir,
         "steps": config.steps,
         "sample_every": config.sample_every,
+        "sample_count": config.sample_count,
+        "sample_steps": config.sample_steps,
         "checkpoint_every": config.checkpoint_every,
         "timesteps": t.timesteps,
         "schedule": schedule_name(t.schedule),
@@ -117,6 +123,8 @@ pub fn read_run_config(run: &Path) -> Result<RunConfig, String> {
         data_dir: v["data_dir"].as_str().map(PathBuf::from),
         steps: u64_of("steps")?,
         sample_every: u64_of("sample_every")?,
+        sample_count: u64_of("sample_count")? as usize,
+        sample_steps: u64_of("sample_steps")? as usize,
         checkpoint_every: u64_of("checkpoint_every")?,
         train: TrainConfig {
             model,

@@ -41,7 +41,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "shapes")]
     model: String,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1000)]
     steps: u64,
     /// Images per step.
     #[arg(long, default_value_t = 32)]
@@ -88,6 +88,12 @@ pub struct TrainArgs {
     /// Write a sample grid every this many steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     sample_every: u64,
+    /// Images in each sample grid.
+    #[arg(long, default_value_t = 64)]
+    sample_count: usize,
+    /// DDIM steps for the sample grids.
+    #[arg(long, default_value_t = 50)]
+    sample_steps: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: u64,
@@ -211,7 +217,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             && step % run_config.sample_every == 0
             && step < run_config.steps
         {
-            progress.suspend(|| write_samples(&trainer, &data, &out, step))?;
+            progress.suspend(|| write_samples(&trainer, &run_config, &data, &out, step))?;
         }
         if stop.load(Ordering::SeqCst) {
             progress.finish();
@@ -225,7 +231,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     }
     progress.finish();
     checkpoint(&trainer, &out)?;
-    write_samples(&trainer, &data, &out, trainer.step_count())?;
+    write_samples(&trainer, &run_config, &data, &out, trainer.step_count())?;
     plot_loss(&out)?;
     eprintln!(
         "done: {} steps in {:.1} s; run folder {}",
@@ -290,28 +296,39 @@ fn log_step(metrics: &mut File, stats: &StepStats, seconds: f64) -> Result<(), S
     writeln!(metrics, "{line}").map_err(|e| format!("metrics.jsonl: {e}"))
 }
 
-/// Draws 64 samples with DDIM (50 steps) from the EMA weights and writes an 8x8 grid.
-fn write_samples(trainer: &Trainer, data: &Dataset, out: &Path, step: u64) -> Result<(), String> {
+/// Draws `--sample-count` samples with DDIM (`--sample-steps` steps) from the EMA weights
+/// and writes them as a square grid.
+fn write_samples(
+    trainer: &Trainer,
+    run: &RunConfig,
+    data: &Dataset,
+    out: &Path,
+    step: u64,
+) -> Result<(), String> {
     let [c, h, w] = data.image_shape();
+    let steps = run.sample_steps.clamp(1, trainer.config.timesteps);
     let options = SampleOptions {
         sampler: Sampler::Ddim { eta: 0.0 },
-        steps: 50,
+        steps,
         spacing: Spacing::Leading,
         clip: true,
     };
     let mut model = |x: &tensor::Tensor, t: &[usize]| trainer.predict(x, t, true);
+    let n = run.sample_count.max(1);
+    let mut rng = Rng::new(trainer.config.seed, 7);
     let images = sample(
         &trainer.diffusion,
         &mut model,
-        &[64, c, h, w],
+        &[n, c, h, w],
         options,
-        &mut Rng::new(trainer.config.seed, 7),
+        &mut rng,
         &mut |_| {},
     );
     let dir = out.join("samples");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("step-{step:07}.png"));
-    save_grid_png(&path, &images, 8, 2).map_err(|e| e.to_string())
+    let columns = (n as f64).sqrt().ceil() as usize;
+    save_grid_png(&path, &images, columns, 2).map_err(|e| e.to_string())
 }
 
 /// Plots metrics.jsonl's loss (raw and smoothed) into loss.png.
@@ -327,7 +344,7 @@ fn plot_loss(out: &Path) -> Result<(), String> {
     let mut smooth = Vec::with_capacity(points.len());
     let mut avg = None;
     for &(x, y) in &points {
-        let a = avg.map_or(y, |a: f64| 0.98 * a + 0.02 * y);
+        let a = avg.map_or(y, |a: f64| 0.95 * a + 0.05 * y);
         avg = Some(a);
         smooth.push((x, a));
     }
@@ -362,6 +379,8 @@ impl RunConfig {
             data_dir: args.data_dir.clone(),
             steps: args.steps,
             sample_every: args.sample_every,
+            sample_count: args.sample_count,
+            sample_steps: args.sample_steps,
             checkpoint_every: args.checkpoint_every,
             train: ddpm::train::TrainConfig {
                 model,
