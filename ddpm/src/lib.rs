@@ -3,12 +3,12 @@
 //! the variational bound, the UNet, and the DDPM and DDIM samplers. Every formula is in
 //! `ddpm-math.md`, and each function names the equation it implements.
 
-pub mod schedule;
-pub mod unet;
-pub mod diffusion;
-pub mod sample;
-pub mod train;
-pub mod data;
-pub mod image;
 pub mod classifier;
+pub mod data;
+pub mod diffusion;
 pub mod fid;
+pub mod image;
+pub mod sample;
+pub mod schedule;
+pub mod train;
+pub mod unet;

@@ -1,21 +1,21 @@
 //! Tensor-level operations, one family per file. Each checks shapes (panicking with the op's
 //! name and the shapes on a mismatch) and calls into [`crate::kernels`] or SIMD loops.
 
+pub mod alloc;
+pub mod bandwidth;
 pub mod binary;
+mod broadcast;
 pub mod conv;
+pub mod flops;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
-pub mod reduce;
-pub mod softmax;
-pub mod unary;
-pub mod bandwidth;
 mod par;
-mod vmath;
-mod broadcast;
+pub mod reduce;
+mod reduce_kernel;
+mod simd;
+pub mod softmax;
 #[cfg(test)]
 mod testutil;
-pub mod alloc;
-mod simd;
-mod reduce_kernel;
-pub mod flops;
+pub mod unary;
+mod vmath;
