@@ -26,7 +26,7 @@ enum ClassifierCommand {
 /// `ddpm classifier train` options.
 #[derive(Args)]
 struct TrainClassifierArgs {
-    /// Data set: shapes, fashion-mnist[:DIR], idx:DIR (1-channel images up to 32x32).
+    /// Data set: `shapes`, `fashion-mnist` or `fashion-mnist:DIR`, `idx:DIR` (1-channel images up to 32x32).
     #[arg(long, default_value = "shapes")]
     data: String,
     /// Directory of the Fashion-MNIST files (overrides the default location).

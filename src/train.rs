@@ -79,7 +79,7 @@ pub struct TrainArgs {
     /// Do not flip training images horizontally.
     #[arg(long)]
     no_flip: bool,
-    /// The run folder (default: runs/<data>).
+    /// The run folder (default: `runs/DATA`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint.

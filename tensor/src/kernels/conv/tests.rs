@@ -2,8 +2,6 @@ use super::reference::{self, TestRng};
 use super::*;
 use crate::kernels::cpu::with_portable;
 
-/// Serialises the tests that switch the process-wide portable flag or compare bit patterns.
-
 #[allow(clippy::too_many_arguments)]
 fn params(
     batch: usize,
