@@ -11,6 +11,7 @@ use ddpm::diffusion::{Diffusion, Prediction, VarianceKind};
 use ddpm::image::{save_grid_png, save_strip_png};
 use ddpm::sample::{sample, SampleOptions, Sampler, Spacing};
 use ddpm::schedule::{BetaSchedule, Schedule};
+use ddpm::train::WEIGHTS;
 use ddpm::unet::{UNet, UNetConfig};
 use serde_json::Value;
 use tensor::rng::Rng;
@@ -102,19 +103,19 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
 
 /// Loads a run (latest checkpoint), a checkpoint folder, or a diffusers folder.
 pub fn load_model(path: &Path, use_ema: Option<bool>) -> Result<LoadedModel, String> {
-    if path.join("diffusion_pytorch_model.safetensors").is_file() {
-        return load_diffusers(path);
-    }
+    let is_checkpoint = |p: &Path| p.join("trainer.json").is_file();
     let (run, checkpoint) = if path.join("checkpoints").is_dir() {
         let latest = latest_checkpoint(path)
             .ok_or_else(|| format!("{}: the run has no checkpoints yet", path.display()))?;
         (path.to_path_buf(), latest)
-    } else if path.join("model.safetensors").is_file() {
+    } else if is_checkpoint(path) {
         let run = path
             .parent()
             .and_then(Path::parent)
             .ok_or_else(|| io(path, "cannot find the run folder above it"))?;
         (run.to_path_buf(), path.to_path_buf())
+    } else if path.join(WEIGHTS).is_file() {
+        return load_diffusers(path);
     } else {
         return Err(format!(
             "{}: expected a run folder, a checkpoint folder or a diffusers model folder",
@@ -125,7 +126,7 @@ pub fn load_model(path: &Path, use_ema: Option<bool>) -> Result<LoadedModel, Str
     let train = &run_config.train;
     let store = ParamStore::new();
     let unet = UNet::new(train.model.clone(), &store, &mut Rng::new(0, 0));
-    let has_ema = checkpoint.join("ema.safetensors").is_file();
+    let has_ema = checkpoint.join("ema").join(WEIGHTS).is_file();
     let ema = use_ema.unwrap_or(has_ema);
     if ema && !has_ema {
         return Err(format!(
@@ -133,11 +134,11 @@ pub fn load_model(path: &Path, use_ema: Option<bool>) -> Result<LoadedModel, Str
             checkpoint.display()
         ));
     }
-    let weights = checkpoint.join(if ema {
-        "ema.safetensors"
+    let weights = if ema {
+        checkpoint.join("ema").join(WEIGHTS)
     } else {
-        "model.safetensors"
-    });
+        checkpoint.join(WEIGHTS)
+    };
     store.load(&weights).map_err(|e| e.to_string())?;
     Ok(LoadedModel {
         unet,

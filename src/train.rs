@@ -3,7 +3,8 @@
 //! ```text
 //! RUN/config.json           the run's settings (read back by --resume, sample and eval)
 //! RUN/metrics.jsonl         one JSON object per step: step, loss, lr, grad_norm, seconds
-//! RUN/checkpoints/step-N/   model.safetensors, ema.safetensors, optimizer state, trainer.json
+//! RUN/checkpoints/step-N/   diffusion_pytorch_model.safetensors + config.json (diffusers),
+//!                           ema/ (the same for the EMA weights), optimizer state, trainer.json
 //! RUN/samples/step-N.png    sample grids from the EMA weights
 //! RUN/loss.png              the loss curve
 //! ```
@@ -261,9 +262,7 @@ pub fn fit_to_model(data: Dataset, run: &RunConfig) -> Result<Dataset, String> {
 
 fn checkpoint(trainer: &Trainer, out: &Path) -> Result<(), String> {
     let dir = checkpoint_dir(out, trainer.step_count());
-    trainer.save_checkpoint(&dir).map_err(|e| e.to_string())?;
-    let config = trainer.config.model.to_diffusers_json();
-    fs::write(dir.join("config.json"), config).map_err(|e| format!("{}: {e}", dir.display()))
+    trainer.save_checkpoint(&dir).map_err(|e| e.to_string())
 }
 
 /// Keeps the metrics of steps up to `step` (the checkpoint resumed from).

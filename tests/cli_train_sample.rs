@@ -97,7 +97,8 @@ fn train_writes_the_run_folder_and_resumes_bitwise_then_samples() {
     let grid = load_png(straight.join("samples/step-0000004.png")).unwrap();
     assert_eq!(grid.shape()[1], 1, "a grey grid");
     let checkpoint = straight.join("checkpoints/step-0000004");
-    let model = SafetensorsFile::open(checkpoint.join("model.safetensors")).unwrap();
+    let model =
+        SafetensorsFile::open(checkpoint.join("diffusion_pytorch_model.safetensors")).unwrap();
     assert!(
         model
             .names()
@@ -105,7 +106,11 @@ fn train_writes_the_run_folder_and_resumes_bitwise_then_samples() {
         "diffusers names"
     );
     assert!(
-        checkpoint.join("config.json").is_file() && checkpoint.join("ema.safetensors").is_file()
+        checkpoint.join("config.json").is_file()
+            && checkpoint
+                .join("ema/diffusion_pytorch_model.safetensors")
+                .is_file()
+            && checkpoint.join("ema/config.json").is_file()
     );
 
     // Stop after step 2 (by removing the later checkpoint), resume, and compare.
@@ -115,8 +120,8 @@ fn train_writes_the_run_folder_and_resumes_bitwise_then_samples() {
     let out = ok(&["train", "--resume", "--out", resumed.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("step 2"));
     for file in [
-        "model.safetensors",
-        "ema.safetensors",
+        "diffusion_pytorch_model.safetensors",
+        "ema/diffusion_pytorch_model.safetensors",
         "optimizer.safetensors",
     ] {
         let same = tensors(&checkpoint.join(file))

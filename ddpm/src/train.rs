@@ -21,6 +21,10 @@ use crate::diffusion::{hybrid_loss, l_simple, Diffusion, LossKind, Prediction, V
 use crate::schedule::{BetaSchedule, Schedule};
 use crate::unet::{UNet, UNetConfig};
 
+/// The weights' file name in a checkpoint folder (and its `ema/` sub-folder): diffusers' name,
+/// so that each folder loads with `UNet2DModel.from_pretrained`.
+pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
+
 /// The stream of step `k`'s randomness is `STEP_STREAM + k`.
 const STEP_STREAM: u64 = 1 << 32;
 /// The stream of step `k`'s dropout masks is `DROPOUT_STREAM + k`.
@@ -210,7 +214,8 @@ impl Trainer {
     }
 
     /// Writes a checkpoint folder `dir` atomically (built in a temporary sibling, then renamed):
-    /// `model.safetensors` and `ema.safetensors` (diffusers' names; each loads into diffusers'
+    /// `diffusion_pytorch_model.safetensors` with `config.json`, and the same pair under `ema/`
+    /// (diffusers' file and parameter names: each folder loads with diffusers'
     /// `UNet2DModel`), `optimizer.safetensors`, and `trainer.json` (the step and the config).
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         let parent = dir.parent().unwrap_or(Path::new("."));
@@ -231,12 +236,19 @@ impl Trainer {
             ("format".to_string(), "pt".to_string()),
             ("step".to_string(), self.step.to_string()),
         ]);
-        self.store.save(tmp.join("model.safetensors"), &meta)?;
+        let config = self.config.model.to_diffusers_json();
+        let write_config =
+            |dir: &Path| std::fs::write(dir.join("config.json"), &config).map_err(|e| io(e, dir));
+        self.store.save(tmp.join(WEIGHTS), &meta)?;
+        write_config(&tmp)?;
         if let Some(ema) = &self.ema {
             let shadows = ema.shadows();
             let named: Vec<(&str, &Tensor)> =
                 shadows.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            save(tmp.join("ema.safetensors"), &named, &meta)?;
+            let ema_dir = tmp.join("ema");
+            std::fs::create_dir_all(&ema_dir).map_err(|e| io(e, &ema_dir))?;
+            save(ema_dir.join(WEIGHTS), &named, &meta)?;
+            write_config(&ema_dir)?;
             let state = ema.state();
             let named: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
             save(tmp.join("ema_state.safetensors"), &named, &meta)?;
@@ -258,14 +270,14 @@ impl Trainer {
     /// [`Trainer::save_checkpoint`]; training then continues exactly where it stopped.
     pub fn resume(config: TrainConfig, dir: &Path) -> Result<Trainer> {
         let mut trainer = Trainer::new(config);
-        trainer.store.load(dir.join("model.safetensors"))?;
+        trainer.store.load(dir.join(WEIGHTS))?;
         trainer
             .optimizer
             .load_state_file(&dir.join("optimizer.safetensors"))?;
         if let Some(ema) = &mut trainer.ema {
             ema.load_state(&tensor::io::load_all(dir.join("ema_state.safetensors"))?)?;
         }
-        let file = SafetensorsFile::open(dir.join("model.safetensors"))?;
+        let file = SafetensorsFile::open(dir.join(WEIGHTS))?;
         let step = file
             .metadata()
             .get("step")
