@@ -42,7 +42,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "shapes")]
     model: String,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 800)]
     steps: u64,
     /// Images per step.
     #[arg(long, default_value_t = 32)]
@@ -87,7 +87,7 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Write a sample grid every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 400)]
     sample_every: u64,
     /// Images in each sample grid.
     #[arg(long, default_value_t = 64)]
@@ -96,7 +96,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 50)]
     sample_steps: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 400)]
     checkpoint_every: u64,
 }
 
