@@ -1,45 +1,13 @@
 //! End-to-end tests of `ddpm train` and `ddpm sample`: the run folder's files, bitwise resume
 //! through the command line, and clear errors for bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use ddpm::image::load_png;
 use tensor::io::SafetensorsFile;
 
-fn ddpm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .args(["--threads", "2"])
-        .output()
-        .expect("the ddpm binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = ddpm(args);
-    assert!(
-        out.status.success(),
-        "ddpm {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn fails(args: &[&str], message: &str) {
-    let out = ddpm(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "ddpm {args:?} should fail");
-    assert!(
-        stderr.contains(message),
-        "ddpm {args:?}: expected `{message}` in:\n{stderr}"
-    );
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+mod common;
+use common::{fails, ok, temp};
 
 fn train(out: &Path, steps: &str) {
     let out = out.to_str().unwrap();

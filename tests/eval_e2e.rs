@@ -3,44 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use autograd::nn::ParamStore;
 use ddpm::unet::{UNet, UNetConfig};
 use serde_json::Value;
 use tensor::rng::Rng;
 
-fn ddpm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .args(["--threads", "2"])
-        .output()
-        .expect("the ddpm binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = ddpm(args);
-    assert!(
-        out.status.success(),
-        "ddpm {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn fails(args: &[&str], message: &str) {
-    let out = ddpm(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "ddpm {args:?} should fail");
-    assert!(
-        stderr.contains(message),
-        "ddpm {args:?}: expected `{message}` in:\n{stderr}"
-    );
-}
+mod common;
+use common::{fails, ok};
 
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-eval-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::temp(&format!("eval-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
