@@ -5,8 +5,8 @@
 //! reported figures: 64 MiB per operand, far beyond the caches) and returns one [`Case`] per
 //! operation, each with the bytes it must move per run (bytes read plus bytes written, counting
 //! every input and output once). Throughput is `bytes / seconds per run`. The `copy` case is
-//! the baseline: `copy_from_slice` into an existing buffer, the memory system's plain
-//! read-and-write speed; `clone` also allocates its destination, as every op that returns a new
+//! the baseline: `copy_from_slice` into an existing buffer, split into the same fixed chunks
+//! and threads as the ops, the memory system's plain read-and-write speed; `clone` also allocates its destination, as every op that returns a new
 //! tensor does (the first touch of fresh pages costs the kernel time too). Ops are judged by
 //! their ratio to these.
 //!
@@ -22,6 +22,9 @@
 
 use std::hint::black_box;
 
+use rayon::prelude::*;
+
+use super::par::CHUNK;
 use crate::Tensor;
 
 /// Elements per operand in the reported benchmark (16M f32 = 64 MiB).
@@ -73,10 +76,13 @@ pub fn elementwise_cases(n: usize) -> Vec<Case> {
     let mut dst = vec![0.0f32; n];
     case(
         "copy",
-        "dst.copy_from_slice(src), dst allocated once",
+        "dst.copy_from_slice(src) in parallel 64K-element chunks (as the ops are split), dst allocated once",
         2 * f * n,
         Box::new(move || {
-            dst.copy_from_slice(black_box(&src));
+            let src = black_box(&src);
+            dst.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(|(d, s)| d.copy_from_slice(s));
             black_box(&mut dst);
         }),
     );
