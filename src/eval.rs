@@ -14,14 +14,15 @@ use ddpm::data::{Dataset, Split};
 use ddpm::diffusion::{BoundTerms, Decoder};
 use ddpm::fid::{frechet_distance_of, inception_score, predicted_histogram};
 use ddpm::image::{save_grid_png, save_line_plot_png};
-use ddpm::sample::{sample, SampleOptions, Sampler, Spacing};
+use ddpm::sample::{sample, Sampler};
 use ddpm::unet::UNetConfig;
 use serde_json::{json, Value};
 use tensor::rng::Rng;
 use tensor::Tensor;
 
 use crate::run_config::read_run_config;
-use crate::sample::{load_model, sample_shape, LoadedModel, SamplerName};
+use crate::sample::{load_model, sample_shape, LoadedModel};
+use crate::sampling_args::SamplingArgs;
 use crate::train::load_data;
 
 /// Test images per call of the bound.
@@ -55,27 +56,11 @@ pub struct EvalArgs {
     /// analogue (0: skip them).
     #[arg(long, default_value_t = 1000)]
     n_samples: usize,
-    /// `ddpm` (ancestral) or `ddim`.
-    #[arg(long, value_enum, default_value_t = SamplerName::Ddim)]
-    sampler: SamplerName,
-    /// Sampling steps (default: 50 for DDIM, every training step for DDPM).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// DDIM's eta (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f64,
-    /// Where the sampling steps go: leading, linspace, trailing.
-    #[arg(long, default_value = "leading")]
-    spacing: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Seed of the noise (bound and samples).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Use the EMA weights (the default when the checkpoint has them).
-    #[arg(long, overrides_with = "no_ema")]
-    ema: bool,
-    /// Use the raw weights instead of the EMA.
-    #[arg(long)]
-    no_ema: bool,
     /// Folder for eval.json, eval-bpd.png and eval-samples.png (default: the run folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -261,32 +246,9 @@ fn sample_report(
             test.len()
         ));
     }
-    let total = model.diffusion.schedule.len();
-    let ddim = args.sampler == SamplerName::Ddim;
-    let steps = args
-        .steps
-        .unwrap_or(if ddim { 50.min(total) } else { total });
-    if steps == 0 || steps > total {
-        return Err(format!(
-            "--steps must be between 1 and the model's {total} training steps, got {steps}"
-        ));
-    }
-    let spacing = Spacing::from_name(&args.spacing).ok_or_else(|| {
-        format!(
-            "--spacing: expected leading, linspace or trailing, found `{}`",
-            args.spacing
-        )
-    })?;
-    let options = SampleOptions {
-        sampler: if ddim {
-            Sampler::Ddim { eta: args.eta }
-        } else {
-            Sampler::Ddpm
-        },
-        steps,
-        spacing,
-        clip: model.clip,
-    };
+    let options = args
+        .sampling
+        .options(model.diffusion.schedule.len(), model.clip)?;
     let mut f = |x: &Tensor, t: &[usize]| model.predict(x, t);
     let mut chunks: Vec<f32> = Vec::new();
     let rng = Rng::new(args.seed, 2);
@@ -331,9 +293,9 @@ fn sample_report(
     let k = classifier.classes();
     Ok(json!({
         "n": n,
-        "sampler": if ddim { "ddim" } else { "ddpm" },
-        "steps": steps,
-        "eta": args.eta,
+        "sampler": if matches!(options.sampler, Sampler::Ddim { .. }) { "ddim" } else { "ddpm" },
+        "steps": options.steps,
+        "eta": args.sampling.eta,
         "fid": fid,
         "inception_score": inception_score(&fake_probs),
         "inception_score_test": inception_score(&real_probs),
@@ -350,11 +312,7 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
     if args.n_bpd == 0 && args.n_samples == 0 {
         return Err("nothing to do: --n-bpd and --n-samples are both 0".into());
     }
-    let use_ema = match (args.ema, args.no_ema) {
-        (_, true) => Some(false),
-        (true, _) => Some(true),
-        _ => None,
-    };
+    let use_ema = args.sampling.use_ema();
     let run = run_folder(&args.checkpoint);
     let run_config = match &run {
         Some(r) => Some(read_run_config(r)?),

@@ -7,6 +7,7 @@ mod eval;
 mod progress;
 mod run_config;
 mod sample;
+mod sampling_args;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use autograd::nn::{Ctx, ParamStore};
 use autograd::{no_grad, Var};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use ddpm::diffusion::{Diffusion, Prediction, VarianceKind};
 use ddpm::image::{save_grid_png, save_strip_png};
-use ddpm::sample::{sample, SampleOptions, Sampler, Spacing};
+use ddpm::sample::sample;
 use ddpm::schedule::{BetaSchedule, Schedule};
 use ddpm::train::WEIGHTS;
 use ddpm::unet::{UNet, UNetConfig};
@@ -18,14 +18,8 @@ use tensor::rng::Rng;
 use tensor::Tensor;
 
 use crate::run_config::read_run_config;
+use crate::sampling_args::SamplingArgs;
 use crate::train::latest_checkpoint;
-
-/// The sampler to run.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SamplerName {
-    Ddpm,
-    Ddim,
-}
 
 /// `ddpm sample` options.
 #[derive(Args)]
@@ -37,27 +31,11 @@ pub struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// `ddpm` (ancestral) or `ddim`.
-    #[arg(long, value_enum, default_value_t = SamplerName::Ddim)]
-    sampler: SamplerName,
-    /// Sampling steps (default: 50 for DDIM, every training step for DDPM).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// DDIM's eta (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f64,
-    /// Where the steps go when fewer than the training steps: leading, linspace, trailing.
-    #[arg(long, default_value = "leading")]
-    spacing: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Use the EMA weights (the default when the checkpoint has them).
-    #[arg(long, overrides_with = "no_ema")]
-    ema: bool,
-    /// Use the raw weights instead of the EMA.
-    #[arg(long)]
-    no_ema: bool,
     /// Output file for the grid (the samples also go next to it as .safetensors).
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
@@ -241,41 +219,11 @@ pub fn run(args: SampleArgs) -> Result<(), String> {
     if args.n == 0 {
         return Err("--n must be at least 1".into());
     }
-    let use_ema = if args.no_ema {
-        Some(false)
-    } else if args.ema {
-        Some(true)
-    } else {
-        None
-    };
-    let model = load_model(&args.checkpoint, use_ema)?;
-    let total = model.diffusion.schedule.len();
-    let sampler = match args.sampler {
-        SamplerName::Ddpm => Sampler::Ddpm,
-        SamplerName::Ddim => Sampler::Ddim { eta: args.eta },
-    };
-    let steps = args.steps.unwrap_or(if args.sampler == SamplerName::Ddim {
-        50.min(total)
-    } else {
-        total
-    });
-    if steps == 0 || steps > total {
-        return Err(format!(
-            "--steps must be between 1 and the model's {total} training steps, got {steps}"
-        ));
-    }
-    let spacing = Spacing::from_name(&args.spacing).ok_or_else(|| {
-        format!(
-            "--spacing: expected leading, linspace or trailing, found `{}`",
-            args.spacing
-        )
-    })?;
-    let options = SampleOptions {
-        sampler,
-        steps,
-        spacing,
-        clip: model.clip,
-    };
+    let model = load_model(&args.checkpoint, args.sampling.use_ema())?;
+    let options = args
+        .sampling
+        .options(model.diffusion.schedule.len(), model.clip)?;
+    let steps = options.steps;
     let shape = sample_shape(&model.unet.config, args.n);
     eprintln!(
         "sampling {} images of {:?} from {} with {steps} steps",
