@@ -171,3 +171,66 @@ fn bad_input_gets_a_clear_error() {
     fails(&["bench", "gemm", "--m", "0"], "positive");
     assert!(!out.exists(), "failed runs leave nothing behind");
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    let out = temp("interrupt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args([
+            "train",
+            "--model",
+            "tiny",
+            "--steps",
+            "1000000",
+            "--batch",
+            "2",
+            "--sample-every",
+            "0",
+        ])
+        .args([
+            "--checkpoint-every",
+            "0",
+            "--sample-count",
+            "1",
+            "--sample-steps",
+            "1",
+            "--threads",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ddpm binary starts");
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit status {:?}:\n{stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("interrupted: checkpoint written at step"),
+        "{stderr}"
+    );
+    let steps = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let checkpoint = out.join(format!("checkpoints/step-{steps:07}"));
+    assert!(
+        checkpoint
+            .join("diffusion_pytorch_model.safetensors")
+            .is_file(),
+        "no checkpoint at step {steps}"
+    );
+    std::fs::remove_dir_all(out).unwrap();
+}
