@@ -175,7 +175,7 @@ fn bad_input_gets_a_clear_error() {
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     let out = temp("interrupt");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"))
         .args([
             "train",
             "--model",
