@@ -98,6 +98,9 @@ fn train_writes_the_run_folder_and_resumes_bitwise_then_samples() {
             same,
             "{file} differs between the straight and the resumed run"
         );
+        let bytes = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
+        let identical = bytes(&checkpoint) == bytes(&resumed.join("checkpoints/step-0000004"));
+        assert!(identical, "{file}: the files' bytes differ");
     }
     let metrics_resumed = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
     assert_eq!(

@@ -232,10 +232,9 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).map_err(|e| io(e, &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| io(e, &tmp))?;
-        let meta = BTreeMap::from([
-            ("format".to_string(), "pt".to_string()),
-            ("step".to_string(), self.step.to_string()),
-        ]);
+        // One metadata entry: the safetensors crate keeps metadata in a HashMap, so with several
+        // entries their order in the header (and the file's bytes) would vary between runs.
+        let meta = BTreeMap::from([("step".to_string(), self.step.to_string())]);
         let config = self.config.model.to_diffusers_json();
         let write_config =
             |dir: &Path| std::fs::write(dir.join("config.json"), &config).map_err(|e| io(e, dir));

@@ -54,7 +54,9 @@ const MAX_HEADER: u64 = 100_000_000;
 /// holds either its old contents or the complete new file, never a partial one.
 ///
 /// Names must be distinct and not `__metadata__`. Tensors are laid out by name (the crate's
-/// order), so a file's bytes depend only on its contents.
+/// order), so a file's bytes depend only on its contents, except that the `safetensors` crate
+/// keeps metadata in a `HashMap`: with more than one metadata entry their order in the header
+/// may differ between processes.
 pub fn save(
     path: impl AsRef<Path>,
     tensors: &[(&str, &Tensor)],
