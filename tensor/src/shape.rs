@@ -57,6 +57,24 @@ pub fn normalize_axis(op: &str, axis: isize, ndim: usize) -> usize {
     resolved as usize
 }
 
+/// The `start..end` ranges of consecutive pieces of `sizes` along an axis of length `len`,
+/// panicking (as `split`, with the shape) unless the sizes add up to the length.
+pub fn split_ranges(sizes: &[usize], axis: usize, shape: &[usize]) -> Vec<(usize, usize)> {
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        shape[axis],
+        "split: sizes {sizes:?} do not add up to axis {axis} of shape {shape:?}"
+    );
+    let mut start = 0;
+    sizes
+        .iter()
+        .map(|&s| {
+            start += s;
+            (start - s, start)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,7 @@ impl Backward for BinaryRule {
                     _ => 0.0,
                 };
                 let shape = g.shape();
-                let (a, b) = (a.add(&Tensor::zeros(shape)), b.add(&Tensor::zeros(shape)));
+                let (a, b) = (a.broadcast_to(shape), b.broadcast_to(shape));
                 let share = |x: &Tensor, other: &Tensor| {
                     let data = x
                         .data()

@@ -123,19 +123,10 @@ impl Var {
     /// Consecutive pieces of the given sizes along `axis` (each a [`Var::slice`]).
     pub fn split(&self, sizes: &[usize], axis: isize) -> Vec<Var> {
         let ax = normalize_axis("split", axis, self.shape().len());
-        assert_eq!(
-            sizes.iter().sum::<usize>(),
-            self.shape()[ax],
-            "split: sizes {sizes:?} do not add up to axis {ax} of shape {:?}",
-            self.shape()
-        );
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&s| {
-                start += s;
-                self.slice(axis, start - s, start)
-            })
+        let ranges = tensor::shape::split_ranges(sizes, ax, self.shape());
+        ranges
+            .into_iter()
+            .map(|(start, end)| self.slice(axis, start, end))
             .collect()
     }
 

@@ -166,20 +166,10 @@ impl Tensor {
     /// to the axis's length.
     pub fn split(&self, sizes: &[usize], axis: isize) -> Vec<Tensor> {
         let ax = normalize_axis("split", axis, self.ndim());
-        let total: usize = sizes.iter().sum();
-        assert_eq!(
-            total,
-            self.shape()[ax],
-            "split: sizes {sizes:?} do not add up to axis {ax} of shape {:?}",
-            self.shape()
-        );
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&s| {
-                start += s;
-                self.slice(axis, start - s, start)
-            })
+        let ranges = crate::shape::split_ranges(sizes, ax, self.shape());
+        ranges
+            .into_iter()
+            .map(|(start, end)| self.slice(axis, start, end))
             .collect()
     }
 
