@@ -116,7 +116,7 @@ impl Diffusion {
         let log_var: Vec<f64> = s.abar.iter().map(|a| (1.0 - a).ln()).collect();
         Gaussian {
             mean: x0.mul(&self.c(&s.sqrt_abar, t, x0)),
-            log_var: Tensor::zeros(x0.shape()).add(&self.c(&log_var, t, x0)),
+            log_var: self.c(&log_var, t, x0).broadcast_to(x0.shape()),
         }
     }
 
@@ -127,8 +127,9 @@ impl Diffusion {
         let mean = x0
             .mul(&self.c(&s.posterior_mean_coef1, t, x0))
             .add(&xt.mul(&self.c(&s.posterior_mean_coef2, t, xt)));
-        let log_var =
-            Tensor::zeros(x0.shape()).add(&self.c(&s.posterior_log_variance_clipped, t, x0));
+        let log_var = self
+            .c(&s.posterior_log_variance_clipped, t, x0)
+            .broadcast_to(x0.shape());
         Gaussian { mean, log_var }
     }
 
@@ -220,12 +221,12 @@ impl Diffusion {
             (output.clone(), None)
         };
         let log_var = match self.variance {
-            VarianceKind::FixedSmall => {
-                Tensor::zeros(xt.shape()).add(&self.c(&s.posterior_log_variance_clipped, t, xt))
-            }
+            VarianceKind::FixedSmall => self
+                .c(&s.posterior_log_variance_clipped, t, xt)
+                .broadcast_to(xt.shape()),
             VarianceKind::FixedLarge => {
                 let log_beta: Vec<f64> = s.betas.iter().map(|b| b.ln()).collect();
-                Tensor::zeros(xt.shape()).add(&self.c(&log_beta, t, xt))
+                self.c(&log_beta, t, xt).broadcast_to(xt.shape())
             }
             VarianceKind::LearnedRange => {
                 let log_beta: Vec<f64> = s.betas.iter().map(|b| b.ln()).collect();
