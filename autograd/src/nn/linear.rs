@@ -4,7 +4,7 @@ use tensor::rng::Rng;
 
 use super::init::uniform_fan_in;
 use super::{Ctx, Module, ParamStore};
-use crate::ops::matmul::scaled_dot_product_attention;
+use crate::ops::attention::scaled_dot_product_attention;
 use crate::{Param, Var};
 
 /// `y = x W^T + b` over the last axis of `x`, with `W` `[out, in]` (PyTorch's `nn.Linear`).

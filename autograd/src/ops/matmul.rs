@@ -1,4 +1,4 @@
-//! Matrix products (2-D and batched, with transpose flags) and scaled dot-product attention.
+//! Matrix products (2-D and batched, with transpose flags).
 
 use tensor::Tensor;
 
@@ -67,23 +67,8 @@ impl Var {
     }
 }
 
-/// Scaled dot-product attention (Vaswani et al., 2017):
-/// `softmax(Q K^T / sqrt(d)) V` for `q` `[.., L_q, d]`, `k` `[.., L_k, d]`, `v` `[.., L_k, d_v]`.
-/// Composed from [`Var::matmul_t`] and [`Var::softmax`], so its gradient is theirs.
-pub fn scaled_dot_product_attention(q: &Var, k: &Var, v: &Var) -> Var {
-    let d = *q
-        .shape()
-        .last()
-        .expect("scaled_dot_product_attention: q needs dimensions");
-    let scores = q
-        .matmul_t(k, false, true)
-        .mul_scalar(1.0 / (d as f32).sqrt());
-    scores.softmax().matmul(v)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::gradcheck::{gradcheck, Tolerance};
     use crate::test_util::randn;
 
@@ -107,19 +92,5 @@ mod tests {
             gradcheck(|v| v[0].matmul_t(&v[1], ta, tb), &[a3.clone(), b2], tol).unwrap();
             gradcheck(|v| v[0].matmul_t(&v[1], ta, tb), &[a3, b3], tol).unwrap();
         }
-    }
-
-    /// Smooth; scores of order 1: default tolerances.
-    #[test]
-    fn attention_passes_gradcheck() {
-        let q = randn(&[2, 3, 4], 1);
-        let k = randn(&[2, 5, 4], 2);
-        let v = randn(&[2, 5, 6], 3);
-        gradcheck(
-            |x| scaled_dot_product_attention(&x[0], &x[1], &x[2]),
-            &[q, k, v],
-            Tolerance::default(),
-        )
-        .unwrap();
     }
 }

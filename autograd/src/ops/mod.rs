@@ -3,6 +3,7 @@
 //! the same file.
 
 pub mod arith;
+pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod layout;

@@ -2,6 +2,7 @@
 //! name and the shapes on a mismatch) and calls into [`crate::kernels`] or SIMD loops.
 
 pub mod alloc;
+pub mod attention;
 pub mod bandwidth;
 pub mod binary;
 mod broadcast;
