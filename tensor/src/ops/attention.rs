@@ -56,11 +56,6 @@ struct Dims {
 }
 
 impl Dims {
-    /// `lk` rounded up to whole 8-lane vectors.
-    fn lk_padded(self) -> usize {
-        self.lk.div_ceil(8) * 8
-    }
-
     /// Query-row blocks per head: 1 unless there are few heads (depends on the shape only).
     fn blocks(self) -> usize {
         if self.n >= MIN_HEADS_UNSPLIT {
@@ -106,11 +101,19 @@ fn dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Dims {
     }
 }
 
-/// `x [rows, cols]` transposed into `out [cols, stride]` (columns past `rows` stay as they are).
-fn transpose_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32], stride: usize) {
-    for (r, row) in x.chunks_exact(cols).take(rows).enumerate() {
-        for (c, &val) in row.iter().enumerate() {
-            out[c * stride + r] = val;
+/// Query rows handled together: each load of a key or value vector feeds this many FMAs.
+const ROWS: usize = 4;
+
+/// `x [rows, cols]` copied into `out [rows, stride]` (`transpose` false) or transposed into
+/// `out [cols, stride]` (`transpose` true); entries past `cols` (or `rows`) stay as they are.
+fn layout_into(x: &[f32], cols: usize, out: &mut [f32], stride: usize, transpose: bool) {
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        if transpose {
+            for (c, &val) in row.iter().enumerate() {
+                out[c * stride + r] = val;
+            }
+        } else {
+            out[r * stride..r * stride + cols].copy_from_slice(row);
         }
     }
 }
@@ -121,61 +124,70 @@ fn hsum<V: V8>(v: V) -> f32 {
     ((buf[0] + buf[4]) + (buf[1] + buf[5])) + ((buf[2] + buf[6]) + (buf[3] + buf[7]))
 }
 
-/// `y += a x` over whole vectors.
+/// `out_r = a_r M` for `R` rows at once: `a_r` has `C` coefficients, `M` is `[C, stride]`
+/// (stride a multiple of 8) and each `out_r` has `stride` values. The register tile is
+/// `R` rows by 16 columns, so each vector of `M` is loaded once for `R` FMAs.
 #[inline(always)]
-fn axpy<V: V8>(a: f32, x: &[f32], y: &mut [f32]) {
-    let av = V::splat(a);
-    for (xc, yc) in x.chunks_exact(8).zip(y.chunks_exact_mut(8)) {
-        av.mul_add(V::load(xc), V::load(yc)).store(yc);
+fn rows_times<V: V8, const R: usize>(
+    a: [&[f32]; R],
+    m: &[f32],
+    stride: usize,
+    out: &mut [Vec<f32>; R],
+) {
+    let c_len = a[0].len();
+    let mut x = 0;
+    while x + 16 <= stride {
+        let mut acc = [[V::splat(0.0); 2]; R];
+        for c in 0..c_len {
+            let row = &m[c * stride + x..];
+            let (m0, m1) = (V::load(row), V::load(&row[8..]));
+            for r in 0..R {
+                let ar = V::splat(a[r][c]);
+                acc[r][0] = ar.mul_add(m0, acc[r][0]);
+                acc[r][1] = ar.mul_add(m1, acc[r][1]);
+            }
+        }
+        for r in 0..R {
+            acc[r][0].store(&mut out[r][x..]);
+            acc[r][1].store(&mut out[r][x + 8..]);
+        }
+        x += 16;
+    }
+    if x < stride {
+        let mut acc = [V::splat(0.0); R];
+        for c in 0..c_len {
+            let m0 = V::load(&m[c * stride + x..]);
+            for r in 0..R {
+                acc[r] = V::splat(a[r][c]).mul_add(m0, acc[r]);
+            }
+        }
+        for r in 0..R {
+            acc[r].store(&mut out[r][x..]);
+        }
     }
 }
 
-/// `x . y` over whole vectors.
+/// `M += sum_r a_r b_r^T` for `R` rows at once: `a_r` has `C` values, each `b_r` and each row
+/// of `M` (`[C, stride]`) has `stride` values (a multiple of 8).
 #[inline(always)]
-fn dot<V: V8>(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [V::splat(0.0); 2];
-    let (x2, y2) = (x.chunks_exact(16), y.chunks_exact(16));
-    let (xr, yr) = (x2.remainder(), y2.remainder());
-    for (xc, yc) in x2.zip(y2) {
-        acc[0] = V::load(xc).mul_add(V::load(yc), acc[0]);
-        acc[1] = V::load(&xc[8..]).mul_add(V::load(&yc[8..]), acc[1]);
-    }
-    if !xr.is_empty() {
-        acc[0] = V::load(xr).mul_add(V::load(yr), acc[0]);
-    }
-    hsum(acc[0] + acc[1])
-}
-
-/// One head's keys and values transposed to `[channel, key]` rows of `lk_padded` values
-/// (zero past `lk`).
-struct HeadKv {
-    kt: Vec<f32>,
-    vt: Vec<f32>,
-}
-
-impl HeadKv {
-    fn new(dm: Dims, k: &[f32], v: &[f32]) -> HeadKv {
-        let lp = dm.lk_padded();
-        let mut kt = vec![0.0; dm.d * lp];
-        let mut vt = vec![0.0; dm.dv * lp];
-        transpose_into(k, dm.lk, dm.d, &mut kt, lp);
-        transpose_into(v, dm.lk, dm.dv, &mut vt, lp);
-        HeadKv { kt, vt }
+fn add_outer<V: V8, const R: usize>(a: [&[f32]; R], b: [&[f32]; R], m: &mut [f32], stride: usize) {
+    for (c, row) in m.chunks_exact_mut(stride).enumerate().take(a[0].len()) {
+        // Loops, not closures: a closure would not inherit the caller's target features.
+        let mut ac = [V::splat(0.0); R];
+        for r in 0..R {
+            ac[r] = V::splat(a[r][c]);
+        }
+        for x in (0..stride).step_by(8) {
+            let mut acc = V::load(&row[x..]);
+            for r in 0..R {
+                acc = ac[r].mul_add(V::load(&b[r][x..]), acc);
+            }
+            acc.store(&mut row[x..]);
+        }
     }
 }
 
-/// `s_j = scale q . k_j` for the first `lk` keys, and -inf in the padding lanes past them.
-#[inline(always)]
-fn scores<V: V8>(q: &[f32], scale: f32, kt: &[f32], lk: usize, s: &mut [f32]) {
-    let lp = s.len();
-    s.fill(0.0);
-    for (&qd, kd) in q.iter().zip(kt.chunks_exact(lp)) {
-        axpy::<V>(scale * qd, kd, s);
-    }
-    s[lk..].fill(f32::NEG_INFINITY);
-}
-
-/// `p_j = e^(s_j - m)` in place (exactly 0 in the -inf padding lanes); returns the sum.
+/// `p = e^(s - m)` in place (exactly 0 in the -inf padding lanes); returns the sum.
 #[inline(always)]
 fn exp_shifted<V: V8>(s: &mut [f32], m: f32) -> f32 {
     let mv = V::splat(m);
@@ -186,6 +198,125 @@ fn exp_shifted<V: V8>(s: &mut [f32], m: f32) -> f32 {
         acc = acc + e;
     }
     hsum(acc)
+}
+
+/// One head's keys and values, laid out for the row kernels: `kt [d, lkp]` and
+/// `vt [dv, lkp]` (transposed), `kp [lk, dp]` and `vp [lk, dvp]` (rows padded to whole
+/// vectors); every padding entry is 0.
+struct HeadKv {
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    kp: Vec<f32>,
+    vp: Vec<f32>,
+}
+
+/// `n` rounded up to whole 8-lane vectors.
+fn padded(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+impl HeadKv {
+    fn new(dm: Dims, k: &[f32], v: &[f32]) -> HeadKv {
+        let (lp, dp, dvp) = (padded(dm.lk), padded(dm.d), padded(dm.dv));
+        let mut kv = HeadKv {
+            kt: vec![0.0; dm.d * lp],
+            vt: vec![0.0; dm.dv * lp],
+            kp: vec![0.0; dm.lk * dp],
+            vp: vec![0.0; dm.lk * dvp],
+        };
+        layout_into(k, dm.d, &mut kv.kt, lp, true);
+        layout_into(v, dm.dv, &mut kv.vt, lp, true);
+        layout_into(k, dm.d, &mut kv.kp, dp, false);
+        layout_into(v, dm.dv, &mut kv.vp, dvp, false);
+        kv
+    }
+}
+
+/// Scratch rows for `R` query rows: scores or probabilities, and a second row of the same
+/// length, both `lkp` long.
+struct Scratch<const R: usize> {
+    p: [Vec<f32>; R],
+    t: [Vec<f32>; R],
+    small: [Vec<f32>; R],
+}
+
+impl<const R: usize> Scratch<R> {
+    fn new(dm: Dims) -> Scratch<R> {
+        let (lp, wide) = (padded(dm.lk), padded(dm.d.max(dm.dv)));
+        Scratch {
+            p: std::array::from_fn(|_| vec![0.0; lp]),
+            t: std::array::from_fn(|_| vec![0.0; lp]),
+            small: std::array::from_fn(|_| vec![0.0; wide]),
+        }
+    }
+}
+
+/// Probabilities of query rows `i0..i0 + R` into `sc.p`: the scaled scores, then
+/// `e^(s - shift_r)` with `shift_r` the row maximum (`shift` `None`, forward; the sums are
+/// returned) or the saved log-sum-exp (backward).
+#[inline(always)]
+fn probabilities<V: V8, const R: usize>(
+    dm: Dims,
+    i0: usize,
+    q: &[f32],
+    kv: &HeadKv,
+    scale: f32,
+    shift: Option<&[f32]>,
+    sc: &mut Scratch<R>,
+) -> [(f32, f32); R] {
+    let lp = padded(dm.lk);
+    let qs: [Vec<f32>; R] = std::array::from_fn(|r| {
+        q[(i0 + r) * dm.d..(i0 + r + 1) * dm.d]
+            .iter()
+            .map(|&x| x * scale)
+            .collect()
+    });
+    rows_times::<V, R>(std::array::from_fn(|r| &qs[r][..]), &kv.kt, lp, &mut sc.p);
+    let mut out = [(0.0, 0.0); R];
+    for (r, (s, res)) in sc.p.iter_mut().zip(out.iter_mut()).enumerate() {
+        s[dm.lk..].fill(f32::NEG_INFINITY);
+        let m = match shift {
+            Some(lse) => lse[i0 + r],
+            None => s[..dm.lk].iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        };
+        *res = (m, exp_shifted::<V>(s, m));
+    }
+    out
+}
+
+/// Forward over query rows `i0..i0 + R` of one head, writing rows `r0..r0 + R` of the block's
+/// `o [rows, dv]` and `lse`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn forward_group<V: V8, const R: usize>(
+    dm: Dims,
+    i0: usize,
+    r0: usize,
+    q: &[f32],
+    kv: &HeadKv,
+    scale: f32,
+    o: &mut [f32],
+    lse: &mut [f32],
+    sc: &mut Scratch<R>,
+) {
+    let ml = probabilities::<V, R>(dm, i0, q, kv, scale, None, sc);
+    let dvp = padded(dm.dv);
+    rows_times::<V, R>(
+        std::array::from_fn(|r| &sc.p[r][..dm.lk]),
+        &kv.vp,
+        dvp,
+        &mut sc.small,
+    );
+    for (r, &(m, l)) in ml.iter().enumerate() {
+        let inv = 1.0 / l;
+        for (oe, &x) in o[(r0 + r) * dm.dv..(r0 + r + 1) * dm.dv]
+            .iter_mut()
+            .zip(&sc.small[r])
+        {
+            *oe = x * inv;
+        }
+        lse[r0 + r] = m + l.ln();
+    }
 }
 
 /// Forward rows `rows` of one head: writes `o` (those rows, `[rows, dv]`) and `lse`.
@@ -199,28 +330,92 @@ fn forward_rows<V: V8>(
     o: &mut [f32],
     lse: &mut [f32],
 ) {
-    let lp = dm.lk_padded();
-    let mut s = vec![0.0f32; lp];
-    for (r, i) in rows.enumerate() {
-        scores::<V>(&q[i * dm.d..(i + 1) * dm.d], scale, &kv.kt, dm.lk, &mut s);
-        let m = s[..dm.lk].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let l = exp_shifted::<V>(&mut s, m);
-        let inv = 1.0 / l;
-        for (oe, ve) in o[r * dm.dv..(r + 1) * dm.dv]
-            .iter_mut()
-            .zip(kv.vt.chunks_exact(lp))
-        {
-            *oe = dot::<V>(&s, ve) * inv;
+    let mut wide = Scratch::<ROWS>::new(dm);
+    let mut one = Scratch::<1>::new(dm);
+    let mut r0 = 0;
+    while r0 < rows.len() {
+        if r0 + ROWS <= rows.len() {
+            forward_group::<V, ROWS>(dm, rows.start + r0, r0, q, kv, scale, o, lse, &mut wide);
+            r0 += ROWS;
+        } else {
+            forward_group::<V, 1>(dm, rows.start + r0, r0, q, kv, scale, o, lse, &mut one);
+            r0 += 1;
         }
-        lse[r] = m + l.ln();
     }
 }
 
 /// One block of query rows' contributions to the key and value gradients, transposed
-/// (`[d, lk_padded]` and `[dv, lk_padded]`).
+/// (`[d, lkp]` and `[dv, lkp]`).
 struct BlockGrads {
     dkt: Vec<f32>,
     dvt: Vec<f32>,
+}
+
+/// Backward over query rows `i0..i0 + R` of one head: writes their `dq` (rows `r0..` of the
+/// block's `dq`) and adds their key and value gradients into `grads`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_group<V: V8, const R: usize>(
+    dm: Dims,
+    i0: usize,
+    r0: usize,
+    q: &[f32],
+    kv: &HeadKv,
+    o: &[f32],
+    lse: &[f32],
+    g: &[f32],
+    scale: f32,
+    dq: &mut [f32],
+    grads: &mut BlockGrads,
+    sc: &mut Scratch<R>,
+) {
+    let lp = padded(dm.lk);
+    probabilities::<V, R>(dm, i0, q, kv, scale, Some(lse), sc);
+    let gs: [&[f32]; R] = std::array::from_fn(|r| &g[(i0 + r) * dm.dv..(i0 + r + 1) * dm.dv]);
+    // dp_j = g_i . v_j, then ds_j = p_j (dp_j - D_i) with D_i = g_i . o_i.
+    rows_times::<V, R>(gs, &kv.vt, lp, &mut sc.t);
+    for r in 0..R {
+        let oi = &o[(i0 + r) * dm.dv..(i0 + r + 1) * dm.dv];
+        let di = V::splat(gs[r].iter().zip(oi).map(|(a, b)| a * b).sum::<f32>());
+        for (dc, pc) in sc.t[r].chunks_exact_mut(8).zip(sc.p[r].chunks_exact(8)) {
+            (V::load(pc) * (V::load(dc) - di)).store(dc);
+        }
+    }
+    // dq_i = scale sum_j ds_j k_j.
+    let dp = padded(dm.d);
+    rows_times::<V, R>(
+        std::array::from_fn(|r| &sc.t[r][..dm.lk]),
+        &kv.kp,
+        dp,
+        &mut sc.small,
+    );
+    for r in 0..R {
+        for (x, &y) in dq[(r0 + r) * dm.d..(r0 + r + 1) * dm.d]
+            .iter_mut()
+            .zip(&sc.small[r])
+        {
+            *x = scale * y;
+        }
+    }
+    // dk_j += scale ds_j q_i and dv_j += p_j g_i, as [channel, key] outer products.
+    let qs: [Vec<f32>; R] = std::array::from_fn(|r| {
+        q[(i0 + r) * dm.d..(i0 + r + 1) * dm.d]
+            .iter()
+            .map(|&x| x * scale)
+            .collect()
+    });
+    add_outer::<V, R>(
+        std::array::from_fn(|r| &qs[r][..]),
+        std::array::from_fn(|r| &sc.t[r][..]),
+        &mut grads.dkt,
+        lp,
+    );
+    add_outer::<V, R>(
+        gs,
+        std::array::from_fn(|r| &sc.p[r][..]),
+        &mut grads.dvt,
+        lp,
+    );
 }
 
 /// Backward over rows `rows` of one head: writes `dq` for those rows and returns the block's
@@ -238,39 +433,26 @@ fn backward_rows<V: V8>(
     scale: f32,
     dq: &mut [f32],
 ) -> BlockGrads {
-    let lp = dm.lk_padded();
+    let lp = padded(dm.lk);
     let mut grads = BlockGrads {
         dkt: vec![0.0; dm.d * lp],
         dvt: vec![0.0; dm.dv * lp],
     };
-    let (mut p, mut ds) = (vec![0.0f32; lp], vec![0.0f32; lp]);
-    for (r, i) in rows.enumerate() {
-        let qi = &q[i * dm.d..(i + 1) * dm.d];
-        let gi = &g[i * dm.dv..(i + 1) * dm.dv];
-        let oi = &o[i * dm.dv..(i + 1) * dm.dv];
-        scores::<V>(qi, scale, &kv.kt, dm.lk, &mut p);
-        exp_shifted::<V>(&mut p, lse[i]);
-        // dp_j = g_i . v_j, then ds_j = p_j (dp_j - D_i).
-        ds.fill(0.0);
-        for (&ge, ve) in gi.iter().zip(kv.vt.chunks_exact(lp)) {
-            axpy::<V>(ge, ve, &mut ds);
-        }
-        let di: f32 = gi.iter().zip(oi).map(|(a, b)| a * b).sum();
-        let dv = V::splat(di);
-        for (dc, pc) in ds.chunks_exact_mut(8).zip(p.chunks_exact(8)) {
-            (V::load(pc) * (V::load(dc) - dv)).store(dc);
-        }
-        for (dqd, kd) in dq[r * dm.d..(r + 1) * dm.d]
-            .iter_mut()
-            .zip(kv.kt.chunks_exact(lp))
-        {
-            *dqd = scale * dot::<V>(&ds, kd);
-        }
-        for (&qd, dkd) in qi.iter().zip(grads.dkt.chunks_exact_mut(lp)) {
-            axpy::<V>(scale * qd, &ds, dkd);
-        }
-        for (&ge, dvd) in gi.iter().zip(grads.dvt.chunks_exact_mut(lp)) {
-            axpy::<V>(ge, &p, dvd);
+    let mut wide = Scratch::<ROWS>::new(dm);
+    let mut one = Scratch::<1>::new(dm);
+    let mut r0 = 0;
+    while r0 < rows.len() {
+        let i0 = rows.start + r0;
+        if r0 + ROWS <= rows.len() {
+            backward_group::<V, ROWS>(
+                dm, i0, r0, q, kv, o, lse, g, scale, dq, &mut grads, &mut wide,
+            );
+            r0 += ROWS;
+        } else {
+            backward_group::<V, 1>(
+                dm, i0, r0, q, kv, o, lse, g, scale, dq, &mut grads, &mut one,
+            );
+            r0 += 1;
         }
     }
     grads
@@ -461,7 +643,7 @@ fn attention_backward_with(
     if dm.lq > 0 {
         let (qd, kd, vd, od, ld, gd) =
             (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
-        let lp = dm.lk_padded();
+        let lp = padded(dm.lk);
         dq.par_chunks_mut(dm.lq * dm.d)
             .zip(dk.par_chunks_mut(dm.lk * dm.d))
             .zip(dv.par_chunks_mut(dm.lk * dm.dv))
