@@ -4,6 +4,7 @@
 mod conv;
 mod elementwise;
 mod gemm;
+mod profile;
 mod report;
 mod timing;
 mod unet;

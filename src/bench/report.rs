@@ -13,6 +13,13 @@ impl Report {
         Report { json }
     }
 
+    /// Prints `text` in the human format only (headings).
+    pub fn heading(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
     /// Prints one result: `fields` as a JSON object, or `human` as text.
     pub fn line(&self, fields: &[(&str, Value)], human: &str) {
         if self.json {

@@ -28,6 +28,9 @@ pub struct UnetArgs {
     /// Images per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Also print where a step's time goes, by op and by op and shape.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// The process's peak resident memory in bytes (VmHWM), where /proc has it.
@@ -67,7 +70,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         forward();
     });
     let mut step = 0u64;
-    let train_seconds = median_seconds(|| {
+    let mut train_step = || {
         let mut ctx = Ctx::train(Rng::new(1, step));
         step += 1;
         let output = unet.forward(&mut ctx, &Var::constant(x.clone()), &timesteps);
@@ -75,7 +78,8 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         store.zero_grad();
         loss.backward();
         optimizer.step(1e-4);
-    });
+    };
+    let train_seconds = median_seconds(&mut train_step);
     let rss = peak_resident_bytes();
     for (what, seconds, work) in [
         ("train_step", train_seconds, 3.0 * forward_flops),
@@ -108,6 +112,12 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 rss.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
             ),
         );
+    }
+    if args.profile {
+        super::profile::report_step("train_step", threads, report, &mut train_step);
+        super::profile::report_step("sample_step", threads, report, || {
+            forward();
+        });
     }
     Ok(())
 }

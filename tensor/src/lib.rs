@@ -13,6 +13,7 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod ops;
+pub mod profile;
 pub mod rng;
 pub mod shape;
 mod tensor;

@@ -82,6 +82,8 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step(&mut self, lr: f32) {
+        let _prof =
+            tensor::profile::scope("adam_step", || format!("{} tensors", self.params.len()));
         self.t += 1;
         let c = self.config;
         let c1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);

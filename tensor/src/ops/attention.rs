@@ -541,6 +541,9 @@ fn backward_rows_best(
 /// head, to the FLOP counter. Panics if the shapes disagree.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> (Tensor, Tensor) {
     let dm = dims("attention", q, k, v);
+    let _prof = crate::profile::scope("attention", || {
+        format!("q {:?} k {:?} v {:?}", q.shape(), k.shape(), v.shape())
+    });
     attention_with(dm, q, k, v, scale, simd::use_avx2())
 }
 
@@ -609,6 +612,9 @@ pub fn attention_backward(
     g: &Tensor,
     scale: f32,
 ) -> (Tensor, Tensor, Tensor) {
+    let _prof = crate::profile::scope("attention_backward", || {
+        format!("q {:?} k {:?} v {:?}", q.shape(), k.shape(), v.shape())
+    });
     attention_backward_with(q, k, v, o, lse, g, scale, simd::use_avx2())
 }
 

@@ -45,20 +45,22 @@ fn pow_lanes(a: f32x8, b: f32x8) -> f32x8 {
     f32x8::new(std::array::from_fn(|i| a[i].powf(b[i])))
 }
 
-fn binary<F>(op: &str, a: &Tensor, b: &Tensor, f: F) -> Tensor
+fn binary<F>(op: &'static str, a: &Tensor, b: &Tensor, f: F) -> Tensor
 where
     F: Fn(f32x8, f32x8) -> f32x8 + Sync + Send,
 {
+    let _prof = crate::profile::scope(op, || format!("{:?}, {:?}", a.shape(), b.shape()));
     let shape = broadcast_shapes(op, a.shape(), b.shape());
     let plan = Plan::new(a.shape(), b.shape(), &shape);
     let out = plan.run(a.data(), b.data(), numel(&shape), f);
     Tensor::from_vec(out, &shape)
 }
 
-fn binary_inplace<F>(op: &str, a: &mut Tensor, b: &Tensor, f: F)
+fn binary_inplace<F>(op: &'static str, a: &mut Tensor, b: &Tensor, f: F)
 where
     F: Fn(f32x8, f32x8) -> f32x8 + Sync + Send,
 {
+    let _prof = crate::profile::scope(op, || format!("{:?}, {:?}", a.shape(), b.shape()));
     let shape = broadcast_shapes(op, a.shape(), b.shape());
     assert!(
         shape == a.shape(),
@@ -170,6 +172,9 @@ impl Tensor {
     /// the same as `Tensor::zeros(shape).add(self)` without reading the zeros. Panics unless
     /// `self`'s shape broadcasts to exactly `shape`.
     pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
+        let _prof = crate::profile::scope("broadcast_to", || {
+            format!("{:?} to {shape:?}", self.shape())
+        });
         let fits = try_broadcast_shapes(self.shape(), shape).is_some_and(|s| s == shape);
         assert!(
             fits,

@@ -65,6 +65,14 @@ pub fn conv2d(
     padding: usize,
 ) -> Tensor {
     const OP: &str = "conv2d";
+    let _prof = crate::profile::scope(OP, || {
+        let s = crate::profile::shape;
+        format!(
+            "{} * {} s{stride} p{padding}",
+            s(input.shape()),
+            s(weight.shape())
+        )
+    });
     let p = params_of(
         OP,
         dims4(OP, "input", input),
@@ -107,6 +115,14 @@ pub fn conv2d_backward_data(
     padding: usize,
 ) -> Tensor {
     const OP: &str = "conv2d_backward_data";
+    let _prof = crate::profile::scope(OP, || {
+        let s = crate::profile::shape;
+        format!(
+            "{} * {} s{stride} p{padding}",
+            s(input_shape),
+            s(weight.shape())
+        )
+    });
     let input_shape: [usize; 4] = input_shape.try_into().unwrap_or_else(|_| {
         panic!("{OP}: input shape must have 4 dimensions, got {input_shape:?}")
     });
@@ -137,6 +153,14 @@ pub fn conv2d_backward_weight(
     with_bias: bool,
 ) -> (Tensor, Option<Tensor>) {
     const OP: &str = "conv2d_backward_weight";
+    let _prof = crate::profile::scope(OP, || {
+        let s = crate::profile::shape;
+        format!(
+            "{} * {} s{stride} p{padding}",
+            s(input.shape()),
+            s(weight_shape)
+        )
+    });
     let weight_shape: [usize; 4] = weight_shape.try_into().unwrap_or_else(|_| {
         panic!("{OP}: weight shape must have 4 dimensions, got {weight_shape:?}")
     });

@@ -79,6 +79,7 @@ fn check_axes_perm(x: &Tensor, dims: &[usize]) {
 impl Tensor {
     /// The axes reordered: `out.shape[i] = self.shape[dims[i]]` (see the module docs).
     pub fn permute(&self, dims: &[usize]) -> Tensor {
+        let _prof = crate::profile::scope("permute", || format!("{:?} to {dims:?}", self.shape()));
         check_axes_perm(self, dims);
         let shape = self.shape();
         let out_shape: Vec<usize> = dims.iter().map(|&d| shape[d]).collect();
@@ -126,6 +127,12 @@ impl Tensor {
 
     /// The tensors joined along `axis`; all must have the same shape except along `axis`.
     pub fn concat(tensors: &[&Tensor], axis: isize) -> Tensor {
+        let _prof = crate::profile::scope("concat", || {
+            format!(
+                "{:?} axis {axis}",
+                tensors.iter().map(|t| t.shape()).collect::<Vec<_>>()
+            )
+        });
         assert!(!tensors.is_empty(), "concat: no tensors given");
         let first = tensors[0].shape();
         let ax = normalize_axis("concat", axis, first.len());
@@ -165,6 +172,9 @@ impl Tensor {
     /// Cuts `self` along `axis` into consecutive pieces of the given sizes, which must add up
     /// to the axis's length.
     pub fn split(&self, sizes: &[usize], axis: isize) -> Vec<Tensor> {
+        let _prof = crate::profile::scope("split", || {
+            format!("{:?} into {sizes:?} axis {axis}", self.shape())
+        });
         let ax = normalize_axis("split", axis, self.ndim());
         let ranges = crate::shape::split_ranges(sizes, ax, self.shape());
         ranges
@@ -181,6 +191,7 @@ impl Tensor {
     /// The elements with index `start, start + step, ...` below `end` along `axis`
     /// (`step >= 1`). Panics if the range does not fit the axis.
     pub fn slice_step(&self, axis: isize, start: usize, end: usize, step: usize) -> Tensor {
+        let _prof = crate::profile::scope("slice", || format!("{:?} axis {axis}", self.shape()));
         let ax = normalize_axis("slice", axis, self.ndim());
         let len = self.shape()[ax];
         assert!(
@@ -217,6 +228,8 @@ impl Tensor {
     /// Nearest-neighbour 2x upsampling of an NCHW tensor: `[N, C, H, W] -> [N, C, 2H, 2W]` with
     /// `out[n, c, y, x] = self[n, c, y / 2, x / 2]`.
     pub fn upsample_nearest2x(&self) -> Tensor {
+        let _prof =
+            crate::profile::scope("upsample_nearest2x", || crate::profile::shape(self.shape()));
         assert_eq!(
             self.ndim(),
             4,
@@ -256,6 +269,7 @@ impl Tensor {
     /// The adjoint of [`Tensor::upsample_nearest2x`]: `[N, C, 2H, 2W] -> [N, C, H, W]` with each
     /// output the sum of its 2x2 block. Panics unless the input is NCHW with even H and W.
     pub fn sum_pool2x(&self) -> Tensor {
+        let _prof = crate::profile::scope("sum_pool2x", || crate::profile::shape(self.shape()));
         let s = self.shape();
         assert!(
             s.len() == 4 && (s[2] | s[3]) & 1 == 0,

@@ -52,6 +52,10 @@ impl Tensor {
     /// `op(self) @ op(other)` where `op` transposes the last two axes when its flag is set.
     pub fn matmul_t(&self, other: &Tensor, transa: bool, transb: bool) -> Tensor {
         let (sa, sb) = (self.shape(), other.shape());
+        let _prof = crate::profile::scope("matmul", || {
+            let t = |f: bool| if f { "^T" } else { "" };
+            format!("{sa:?}{} @ {sb:?}{}", t(transa), t(transb))
+        });
         assert!(
             sa.len() >= 2 && sb.len() >= 2,
             "matmul: operands need at least 2 dimensions, got shapes {sa:?} and {sb:?}"

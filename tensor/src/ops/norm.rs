@@ -48,6 +48,7 @@ pub fn group_norm(
     eps: f32,
 ) -> (Tensor, Tensor, Tensor) {
     const OP: &str = "group_norm";
+    let _prof = crate::profile::scope(OP, || format!("{:?} groups {groups}", x.shape()));
     let (n, c, hw) = split(OP, x, groups);
     check_channel_vector(OP, "gamma", gamma, x);
     check_channel_vector(OP, "beta", beta, x);
@@ -82,6 +83,7 @@ pub fn group_norm_backward(
     gamma: Option<&Tensor>,
 ) -> (Tensor, Tensor, Tensor) {
     const OP: &str = "group_norm_backward";
+    let _prof = crate::profile::scope(OP, || format!("{:?} groups {groups}", x.shape()));
     let (n, c, hw) = split(OP, x, groups);
     assert_eq!(
         grad_out.shape(),

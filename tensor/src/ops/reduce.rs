@@ -133,6 +133,7 @@ fn extreme(op: &str, kind: Kind, x: &Tensor, axes: &[isize], keepdim: bool) -> T
 impl Tensor {
     /// The sum over `axes` (see the module docs for `axes` and `keepdim`).
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Tensor {
+        let _prof = crate::profile::scope("sum", || format!("{:?} axes {axes:?}", self.shape()));
         let red = Reduction::new("sum", self, axes);
         red.finish(red.run(Kind::Sum, &[]), keepdim)
     }
@@ -144,6 +145,7 @@ impl Tensor {
 
     /// The mean over `axes`: the sum divided by the number of elements reduced (NaN if none).
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Tensor {
+        let _prof = crate::profile::scope("mean", || format!("{:?} axes {axes:?}", self.shape()));
         let red = Reduction::new("mean", self, axes);
         let n = red.r as f32;
         let data = red.run(Kind::Sum, &[]).into_iter().map(|s| s / n).collect();
@@ -157,6 +159,7 @@ impl Tensor {
 
     /// The maximum over `axes`; NaN if any reduced element is NaN. Panics on an empty axis.
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Tensor {
+        let _prof = crate::profile::scope("max", || format!("{:?} axes {axes:?}", self.shape()));
         extreme("max", Kind::Max, self, axes, keepdim)
     }
 
@@ -167,6 +170,7 @@ impl Tensor {
 
     /// The minimum over `axes`; NaN if any reduced element is NaN. Panics on an empty axis.
     pub fn min(&self, axes: &[isize], keepdim: bool) -> Tensor {
+        let _prof = crate::profile::scope("min", || format!("{:?} axes {axes:?}", self.shape()));
         extreme("min", Kind::Min, self, axes, keepdim)
     }
 
@@ -179,6 +183,7 @@ impl Tensor {
     /// elements reduced (`correction` 0: population, 1: unbiased). Infinite or NaN when
     /// `n <= correction`, as in PyTorch.
     pub fn var(&self, axes: &[isize], correction: usize, keepdim: bool) -> Tensor {
+        let _prof = crate::profile::scope("var", || format!("{:?} axes {axes:?}", self.shape()));
         let red = Reduction::new("var", self, axes);
         let n = red.r as f32;
         let mean: Vec<f32> = red.run(Kind::Sum, &[]).into_iter().map(|s| s / n).collect();
@@ -200,6 +205,7 @@ impl Tensor {
     /// broadcasting (the gradient of a broadcast operand). Leading axes missing from `shape`
     /// and axes where `shape` has 1 are summed.
     pub fn sum_to(&self, shape: &[usize]) -> Tensor {
+        let _prof = crate::profile::scope("sum_to", || format!("{:?} to {shape:?}", self.shape()));
         let nd = self.ndim();
         let fits = shape.len() <= nd
             && shape.iter().enumerate().all(|(i, &d)| {

@@ -253,6 +253,8 @@ mod avx2 {
 
 /// An element-wise function written once for any [`V8`].
 pub(crate) trait Lanes: Sync + Send {
+    /// The op's name (for the profiler).
+    const NAME: &'static str;
     fn apply<V: V8>(&self, x: V) -> V;
 }
 

@@ -192,6 +192,8 @@ fn softmax_long_row(x: &[f32], out: &mut [f32], log: bool) {
 }
 
 fn softmax_impl(x: &Tensor, log: bool) -> Tensor {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let _prof = crate::profile::scope(op, || crate::profile::shape(x.shape()));
     let l = *x.shape().last().unwrap_or(&1);
     let src = x.data();
     if l == 0 || src.is_empty() {

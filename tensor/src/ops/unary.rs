@@ -31,6 +31,7 @@ pub(crate) fn map_lanes<F>(x: &Tensor, f: F) -> Tensor
 where
     F: Fn(f32x8) -> f32x8 + Sync + Send,
 {
+    let _prof = crate::profile::scope("elementwise", || crate::profile::shape(x.shape()));
     let src = x.data();
     // SAFETY: unary_slice writes every element of each piece.
     let out = unsafe {
@@ -44,6 +45,7 @@ where
 /// A new tensor with the [`Lanes`] op applied on the best 8-lane implementation for the CPU
 /// (the driver of the compute-bound ops).
 fn map_op<L: Lanes>(x: &Tensor, op: L) -> Tensor {
+    let _prof = crate::profile::scope(L::NAME, || crate::profile::shape(x.shape()));
     let src = x.data();
     let avx2 = simd::use_avx2();
     // SAFETY: simd::unary writes every element of each piece.
@@ -57,9 +59,10 @@ fn map_op<L: Lanes>(x: &Tensor, op: L) -> Tensor {
 
 /// Declares a unit struct implementing [`Lanes`] with the given body.
 macro_rules! lanes {
-    ($name:ident, |$x:ident| $body:expr) => {
+    ($name:ident, $op:literal, |$x:ident| $body:expr) => {
         struct $name;
         impl Lanes for $name {
+            const NAME: &'static str = $op;
             #[inline(always)]
             fn apply<V: V8>(&self, $x: V) -> V {
                 $body
@@ -68,17 +71,18 @@ macro_rules! lanes {
     };
 }
 
-lanes!(Exp, |x| vmath::exp(x));
-lanes!(Log, |x| vmath::ln(x));
-lanes!(Tanh, |x| vmath::tanh(x));
-lanes!(Sigmoid, |x| vmath::sigmoid(x));
-lanes!(Silu, |x| x / (V::splat(1.0) + vmath::exp(-x)));
+lanes!(Exp, "exp", |x| vmath::exp(x));
+lanes!(Log, "log", |x| vmath::ln(x));
+lanes!(Tanh, "tanh", |x| vmath::tanh(x));
+lanes!(Sigmoid, "sigmoid", |x| vmath::sigmoid(x));
+lanes!(Silu, "silu", |x| x / (V::splat(1.0) + vmath::exp(-x)));
 
 /// Applies `f` in place, 8 lanes at a time.
 pub(crate) fn map_lanes_inplace<F>(x: &mut Tensor, f: F)
 where
     F: Fn(f32x8) -> f32x8 + Sync + Send,
 {
+    let _prof = crate::profile::scope("elementwise_inplace", || crate::profile::shape(x.shape()));
     par::for_chunks_mut(x.data_mut(), |_, dst| par::unary_inplace(dst, &f));
 }
 
