@@ -36,7 +36,6 @@ use rayon::prelude::*;
 use wide::f32x8;
 
 use super::simd::{self, V8};
-use super::vmath;
 use crate::Tensor;
 
 /// Query rows per task when a head is split (few heads).
@@ -154,15 +153,27 @@ fn rows_times<V: V8, const R: usize>(
         x += 16;
     }
     if x < stride {
-        let mut acc = [V::splat(0.0); R];
-        for c in 0..c_len {
+        // One vector of columns: two accumulators per row over alternate coefficients, so
+        // that 2R FMA chains are in flight (a long sum over keys would otherwise wait on
+        // the FMA latency).
+        let mut acc = [[V::splat(0.0); 2]; R];
+        let pairs = c_len / 2 * 2;
+        for c in (0..pairs).step_by(2) {
             let m0 = V::load(&m[c * stride + x..]);
+            let m1 = V::load(&m[(c + 1) * stride + x..]);
             for r in 0..R {
-                acc[r] = V::splat(a[r][c]).mul_add(m0, acc[r]);
+                acc[r][0] = V::splat(a[r][c]).mul_add(m0, acc[r][0]);
+                acc[r][1] = V::splat(a[r][c + 1]).mul_add(m1, acc[r][1]);
+            }
+        }
+        if pairs < c_len {
+            let m0 = V::load(&m[pairs * stride + x..]);
+            for r in 0..R {
+                acc[r][0] = V::splat(a[r][pairs]).mul_add(m0, acc[r][0]);
             }
         }
         for r in 0..R {
-            acc[r].store(&mut out[r][x..]);
+            (acc[r][0] + acc[r][1]).store(&mut out[r][x..]);
         }
     }
 }
@@ -187,17 +198,56 @@ fn add_outer<V: V8, const R: usize>(a: [&[f32]; R], b: [&[f32]; R], m: &mut [f32
     }
 }
 
+/// `e^x` for the shifted scores `x <= 0` of a softmax: the range reduction and degree-7
+/// polynomial of [`vmath::exp`] with one power-of-two scaling, since `x` never overflows, and
+/// 0 below -87 (where `e^x` is below the smallest normal f32; the general version returns
+/// subnormals there). Relative error within 2 ulp; NaN stays NaN; `-inf` gives 0.
+#[inline(always)]
+fn exp_nonpositive<V: V8>(x: V) -> V {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
+    let xc = V::splat(-87.0).max_(x);
+    let n = (xc * V::splat(std::f32::consts::LOG2_E)).round_();
+    let r = n.mul_add(V::splat(-LN2_HI), xc);
+    let r = n.mul_add(V::splat(-LN2_LO), r);
+    let mut p = V::splat(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
+        p = p.mul_add(r, V::splat(c));
+    }
+    let y = (p.mul_add(r * r, r) + V::splat(1.0)) * n.pow2i();
+    V::select(x.lt(V::splat(-87.0)), V::splat(0.0), y)
+}
+
 /// `p = e^(s - m)` in place (exactly 0 in the -inf padding lanes); returns the sum.
 #[inline(always)]
 fn exp_shifted<V: V8>(s: &mut [f32], m: f32) -> f32 {
     let mv = V::splat(m);
     let mut acc = V::splat(0.0);
     for c in s.chunks_exact_mut(8) {
-        let e = vmath::exp(V::load(c) - mv);
+        let e = exp_nonpositive(V::load(c) - mv);
         e.store(c);
         acc = acc + e;
     }
     hsum(acc)
+}
+
+/// The maximum of `s` (a whole number of vectors).
+#[inline(always)]
+fn vmax<V: V8>(s: &[f32]) -> f32 {
+    let mut acc = [V::splat(f32::NEG_INFINITY); 2];
+    let pairs = s.chunks_exact(16);
+    let rest = pairs.remainder();
+    for c in pairs {
+        acc[0] = acc[0].max_(V::load(c));
+        acc[1] = acc[1].max_(V::load(&c[8..]));
+    }
+    if !rest.is_empty() {
+        acc[0] = acc[0].max_(V::load(rest));
+    }
+    let mut buf = [0.0f32; 8];
+    acc[0].max_(acc[1]).store(&mut buf);
+    buf.into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// One head's keys and values, laid out for the row kernels: `kt [d, lkp]` and
@@ -232,9 +282,10 @@ impl HeadKv {
     }
 }
 
-/// Scratch rows for `R` query rows: scores or probabilities, and a second row of the same
-/// length, both `lkp` long.
+/// Scratch rows for `R` query rows: the scaled queries, scores or probabilities and a second
+/// row of the same length (`lkp` long), and a row of up to `max(d, dv)` channels.
 struct Scratch<const R: usize> {
+    qs: [Vec<f32>; R],
     p: [Vec<f32>; R],
     t: [Vec<f32>; R],
     small: [Vec<f32>; R],
@@ -244,6 +295,7 @@ impl<const R: usize> Scratch<R> {
     fn new(dm: Dims) -> Scratch<R> {
         let (lp, wide) = (padded(dm.lk), padded(dm.d.max(dm.dv)));
         Scratch {
+            qs: std::array::from_fn(|_| vec![0.0; dm.d]),
             p: std::array::from_fn(|_| vec![0.0; lp]),
             t: std::array::from_fn(|_| vec![0.0; lp]),
             small: std::array::from_fn(|_| vec![0.0; wide]),
@@ -265,19 +317,23 @@ fn probabilities<V: V8, const R: usize>(
     sc: &mut Scratch<R>,
 ) -> [(f32, f32); R] {
     let lp = padded(dm.lk);
-    let qs: [Vec<f32>; R] = std::array::from_fn(|r| {
-        q[(i0 + r) * dm.d..(i0 + r + 1) * dm.d]
-            .iter()
-            .map(|&x| x * scale)
-            .collect()
-    });
-    rows_times::<V, R>(std::array::from_fn(|r| &qs[r][..]), &kv.kt, lp, &mut sc.p);
+    for (r, qs) in sc.qs.iter_mut().enumerate() {
+        for (x, &y) in qs.iter_mut().zip(&q[(i0 + r) * dm.d..(i0 + r + 1) * dm.d]) {
+            *x = y * scale;
+        }
+    }
+    rows_times::<V, R>(
+        std::array::from_fn(|r| &sc.qs[r][..]),
+        &kv.kt,
+        lp,
+        &mut sc.p,
+    );
     let mut out = [(0.0, 0.0); R];
     for (r, (s, res)) in sc.p.iter_mut().zip(out.iter_mut()).enumerate() {
         s[dm.lk..].fill(f32::NEG_INFINITY);
         let m = match shift {
             Some(lse) => lse[i0 + r],
-            None => s[..dm.lk].iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            None => vmax::<V>(s),
         };
         *res = (m, exp_shifted::<V>(s, m));
     }
@@ -398,14 +454,9 @@ fn backward_group<V: V8, const R: usize>(
         }
     }
     // dk_j += scale ds_j q_i and dv_j += p_j g_i, as [channel, key] outer products.
-    let qs: [Vec<f32>; R] = std::array::from_fn(|r| {
-        q[(i0 + r) * dm.d..(i0 + r + 1) * dm.d]
-            .iter()
-            .map(|&x| x * scale)
-            .collect()
-    });
+    // sc.qs still holds scale * q_i from `probabilities`.
     add_outer::<V, R>(
-        std::array::from_fn(|r| &qs[r][..]),
+        std::array::from_fn(|r| &sc.qs[r][..]),
         std::array::from_fn(|r| &sc.t[r][..]),
         &mut grads.dkt,
         lp,
@@ -853,6 +904,52 @@ mod tests {
         }
         // Many heads (one task each) with two leading axes.
         check(&[3, 4], 20, 20, 8, 8, simd::use_avx2(), 99);
+    }
+
+    #[test]
+    fn exp_nonpositive_matches_f64_and_flushes_below_minus_87() {
+        let _guard = super::super::testutil::isa_lock();
+        let xs: Vec<f32> = (0..=20_000)
+            .map(|i| -90.0 * i as f32 / 20_000.0)
+            .chain([-0.0, -1e-30, -86.99, -87.0, -87.01, f32::NEG_INFINITY])
+            .collect();
+        let run = |avx2: bool| -> Vec<f32> {
+            let mut out = vec![0.0f32; xs.len().div_ceil(8) * 8];
+            out[..xs.len()].copy_from_slice(&xs);
+            #[target_feature(enable = "avx2,fma")]
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn on_avx2(v: &mut [f32]) {
+                for c in v.chunks_exact_mut(8) {
+                    exp_nonpositive(simd::Avx2::load(c)).store(c);
+                }
+            }
+            if avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: only called when the CPU has AVX2 and FMA.
+                unsafe {
+                    on_avx2(&mut out)
+                };
+            } else {
+                for c in out.chunks_exact_mut(8) {
+                    exp_nonpositive(f32x8::load(c)).store(c);
+                }
+            }
+            out.truncate(xs.len());
+            out
+        };
+        for avx2 in [simd::use_avx2(), false] {
+            for (&x, y) in xs.iter().zip(run(avx2)) {
+                if x < -87.0 {
+                    assert_eq!(y, 0.0, "e^{x}");
+                } else {
+                    let want = (x as f64).exp();
+                    assert!(
+                        ((y as f64) - want).abs() <= 2.5e-7 * want,
+                        "e^{x}: {y} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
