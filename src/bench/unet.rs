@@ -41,6 +41,24 @@ fn peak_resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The process's minor page faults so far (field 10 of /proc/self/stat), where /proc has it.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// Minor page faults per call of `f` over `reps` calls (a steady-state step that reuses
+/// memory makes almost none; fresh pages from the kernel each cost one).
+fn faults_per_call(reps: u64, mut f: impl FnMut()) -> Option<f64> {
+    let before = minor_faults()?;
+    for _ in 0..reps {
+        f();
+    }
+    Some((minor_faults()? - before) as f64 / reps as f64)
+}
+
 /// Measures the peak, a sampling step and a training step.
 pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), String> {
     if args.batch == 0 {
@@ -80,10 +98,19 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         optimizer.step(1e-4);
     };
     let train_seconds = median_seconds(&mut train_step);
+    let train_faults = faults_per_call(3, &mut train_step);
+    let sample_faults = faults_per_call(3, || {
+        forward();
+    });
     let rss = peak_resident_bytes();
-    for (what, seconds, work) in [
-        ("train_step", train_seconds, 3.0 * forward_flops),
-        ("sample_step", sample_seconds, forward_flops),
+    for (what, seconds, work, faults) in [
+        (
+            "train_step",
+            train_seconds,
+            3.0 * forward_flops,
+            train_faults,
+        ),
+        ("sample_step", sample_seconds, forward_flops, sample_faults),
     ] {
         let gflops = work / seconds / 1e9;
         let fraction = gflops / peak_gflops;
@@ -101,15 +128,17 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("peak_gflops", peak_gflops.into()),
                 ("fraction_of_peak", fraction.into()),
                 ("peak_rss_bytes", rss.map_or(Value::Null, Value::from)),
+                ("page_faults_per_step", faults.map_or(Value::Null, Value::from)),
             ],
             &format!(
-                "unet {what:<11} preset={} batch={} threads={threads}  {:>9.1} ms  {:>6.2} GFLOP  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak  peak RSS {}",
+                "unet {what:<11} preset={} batch={} threads={threads}  {:>9.1} ms  {:>6.2} GFLOP  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak  peak RSS {}  {} page faults/step",
                 args.preset,
                 args.batch,
                 seconds * 1e3,
                 work / 1e9,
                 fraction * 100.0,
                 rss.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
+                faults.map_or("n/a".to_string(), |f| format!("{f:.0}")),
             ),
         );
     }
