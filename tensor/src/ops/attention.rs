@@ -35,7 +35,8 @@
 use rayon::prelude::*;
 use wide::f32x8;
 
-use super::simd::{self, V8};
+use super::simd::{self, SimdF32};
+use crate::kernels::cpu::{isa, Isa};
 use crate::Tensor;
 
 /// Query rows per task when a head is split (few heads).
@@ -52,9 +53,16 @@ struct Dims {
     lk: usize,
     d: usize,
     dv: usize,
+    /// Lanes of the vectors the kernels run on (8 or 16): rows are padded to whole vectors.
+    lanes: usize,
 }
 
 impl Dims {
+    /// `n` rounded up to whole vectors.
+    fn pad(self, n: usize) -> usize {
+        n.div_ceil(self.lanes) * self.lanes
+    }
+
     /// Query-row blocks per head: 1 unless there are few heads (depends on the shape only).
     fn blocks(self) -> usize {
         if self.n >= MIN_HEADS_UNSPLIT {
@@ -97,6 +105,7 @@ fn dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Dims {
         lk: ks[r - 2],
         d: qs[r - 1],
         dv: vs[r - 1],
+        lanes: 8,
     }
 }
 
@@ -117,17 +126,25 @@ fn layout_into(x: &[f32], cols: usize, out: &mut [f32], stride: usize, transpose
     }
 }
 
-fn hsum<V: V8>(v: V) -> f32 {
-    let mut buf = [0.0f32; 8];
+/// The sum of the lanes, added pairwise in a fixed tree.
+fn hsum<V: SimdF32>(v: V) -> f32 {
+    let mut buf = [0.0f32; 16];
     v.store(&mut buf);
-    ((buf[0] + buf[4]) + (buf[1] + buf[5])) + ((buf[2] + buf[6]) + (buf[3] + buf[7]))
+    let mut n = V::LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            buf[i] += buf[i + n];
+        }
+    }
+    buf[0]
 }
 
 /// `out_r = a_r M` for `R` rows at once: `a_r` has `C` coefficients, `M` is `[C, stride]`
-/// (stride a multiple of 8) and each `out_r` has `stride` values. The register tile is
-/// `R` rows by 16 columns, so each vector of `M` is loaded once for `R` FMAs.
+/// (stride a whole number of vectors) and each `out_r` has `stride` values. The register tile
+/// is `R` rows by two vectors, so each vector of `M` is loaded once for `R` FMAs.
 #[inline(always)]
-fn rows_times<V: V8, const R: usize>(
+fn rows_times<V: SimdF32, const R: usize>(
     a: [&[f32]; R],
     m: &[f32],
     stride: usize,
@@ -135,11 +152,12 @@ fn rows_times<V: V8, const R: usize>(
 ) {
     let c_len = a[0].len();
     let mut x = 0;
-    while x + 16 <= stride {
+    let l = V::LANES;
+    while x + 2 * l <= stride {
         let mut acc = [[V::splat(0.0); 2]; R];
         for c in 0..c_len {
             let row = &m[c * stride + x..];
-            let (m0, m1) = (V::load(row), V::load(&row[8..]));
+            let (m0, m1) = (V::load(row), V::load(&row[l..]));
             for r in 0..R {
                 let ar = V::splat(a[r][c]);
                 acc[r][0] = ar.mul_add(m0, acc[r][0]);
@@ -148,9 +166,9 @@ fn rows_times<V: V8, const R: usize>(
         }
         for r in 0..R {
             acc[r][0].store(&mut out[r][x..]);
-            acc[r][1].store(&mut out[r][x + 8..]);
+            acc[r][1].store(&mut out[r][x + l..]);
         }
-        x += 16;
+        x += 2 * l;
     }
     if x < stride {
         // One vector of columns: two accumulators per row over alternate coefficients, so
@@ -179,16 +197,21 @@ fn rows_times<V: V8, const R: usize>(
 }
 
 /// `M += sum_r a_r b_r^T` for `R` rows at once: `a_r` has `C` values, each `b_r` and each row
-/// of `M` (`[C, stride]`) has `stride` values (a multiple of 8).
+/// of `M` (`[C, stride]`) has `stride` values (a whole number of vectors).
 #[inline(always)]
-fn add_outer<V: V8, const R: usize>(a: [&[f32]; R], b: [&[f32]; R], m: &mut [f32], stride: usize) {
+fn add_outer<V: SimdF32, const R: usize>(
+    a: [&[f32]; R],
+    b: [&[f32]; R],
+    m: &mut [f32],
+    stride: usize,
+) {
     for (c, row) in m.chunks_exact_mut(stride).enumerate().take(a[0].len()) {
         // Loops, not closures: a closure would not inherit the caller's target features.
         let mut ac = [V::splat(0.0); R];
         for r in 0..R {
             ac[r] = V::splat(a[r][c]);
         }
-        for x in (0..stride).step_by(8) {
+        for x in (0..stride).step_by(V::LANES) {
             let mut acc = V::load(&row[x..]);
             for r in 0..R {
                 acc = ac[r].mul_add(V::load(&b[r][x..]), acc);
@@ -203,7 +226,7 @@ fn add_outer<V: V8, const R: usize>(a: [&[f32]; R], b: [&[f32]; R], m: &mut [f32
 /// 0 below -87 (where `e^x` is below the smallest normal f32; the general version returns
 /// subnormals there). Relative error within 2 ulp; NaN stays NaN; `-inf` gives 0.
 #[inline(always)]
-fn exp_nonpositive<V: V8>(x: V) -> V {
+fn exp_nonpositive<V: SimdF32>(x: V) -> V {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
@@ -221,10 +244,10 @@ fn exp_nonpositive<V: V8>(x: V) -> V {
 
 /// `p = e^(s - m)` in place (exactly 0 in the -inf padding lanes); returns the sum.
 #[inline(always)]
-fn exp_shifted<V: V8>(s: &mut [f32], m: f32) -> f32 {
+fn exp_shifted<V: SimdF32>(s: &mut [f32], m: f32) -> f32 {
     let mv = V::splat(m);
     let mut acc = V::splat(0.0);
-    for c in s.chunks_exact_mut(8) {
+    for c in s.chunks_exact_mut(V::LANES) {
         let e = exp_nonpositive(V::load(c) - mv);
         e.store(c);
         acc = acc + e;
@@ -234,18 +257,19 @@ fn exp_shifted<V: V8>(s: &mut [f32], m: f32) -> f32 {
 
 /// The maximum of `s` (a whole number of vectors).
 #[inline(always)]
-fn vmax<V: V8>(s: &[f32]) -> f32 {
+fn vmax<V: SimdF32>(s: &[f32]) -> f32 {
     let mut acc = [V::splat(f32::NEG_INFINITY); 2];
-    let pairs = s.chunks_exact(16);
+    let l = V::LANES;
+    let pairs = s.chunks_exact(2 * l);
     let rest = pairs.remainder();
     for c in pairs {
         acc[0] = acc[0].max_(V::load(c));
-        acc[1] = acc[1].max_(V::load(&c[8..]));
+        acc[1] = acc[1].max_(V::load(&c[l..]));
     }
     if !rest.is_empty() {
         acc[0] = acc[0].max_(V::load(rest));
     }
-    let mut buf = [0.0f32; 8];
+    let mut buf = [f32::NEG_INFINITY; 16];
     acc[0].max_(acc[1]).store(&mut buf);
     buf.into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
@@ -260,14 +284,9 @@ struct HeadKv {
     vp: Vec<f32>,
 }
 
-/// `n` rounded up to whole 8-lane vectors.
-fn padded(n: usize) -> usize {
-    n.div_ceil(8) * 8
-}
-
 impl HeadKv {
     fn new(dm: Dims, k: &[f32], v: &[f32]) -> HeadKv {
-        let (lp, dp, dvp) = (padded(dm.lk), padded(dm.d), padded(dm.dv));
+        let (lp, dp, dvp) = (dm.pad(dm.lk), dm.pad(dm.d), dm.pad(dm.dv));
         let mut kv = HeadKv {
             kt: vec![0.0; dm.d * lp],
             vt: vec![0.0; dm.dv * lp],
@@ -293,7 +312,7 @@ struct Scratch<const R: usize> {
 
 impl<const R: usize> Scratch<R> {
     fn new(dm: Dims) -> Scratch<R> {
-        let (lp, wide) = (padded(dm.lk), padded(dm.d.max(dm.dv)));
+        let (lp, wide) = (dm.pad(dm.lk), dm.pad(dm.d.max(dm.dv)));
         Scratch {
             qs: std::array::from_fn(|_| vec![0.0; dm.d]),
             p: std::array::from_fn(|_| vec![0.0; lp]),
@@ -307,7 +326,7 @@ impl<const R: usize> Scratch<R> {
 /// `e^(s - shift_r)` with `shift_r` the row maximum (`shift` `None`, forward; the sums are
 /// returned) or the saved log-sum-exp (backward).
 #[inline(always)]
-fn probabilities<V: V8, const R: usize>(
+fn probabilities<V: SimdF32, const R: usize>(
     dm: Dims,
     i0: usize,
     q: &[f32],
@@ -316,7 +335,7 @@ fn probabilities<V: V8, const R: usize>(
     shift: Option<&[f32]>,
     sc: &mut Scratch<R>,
 ) -> [(f32, f32); R] {
-    let lp = padded(dm.lk);
+    let lp = dm.pad(dm.lk);
     for (r, qs) in sc.qs.iter_mut().enumerate() {
         for (x, &y) in qs.iter_mut().zip(&q[(i0 + r) * dm.d..(i0 + r + 1) * dm.d]) {
             *x = y * scale;
@@ -344,7 +363,7 @@ fn probabilities<V: V8, const R: usize>(
 /// `o [rows, dv]` and `lse`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn forward_group<V: V8, const R: usize>(
+fn forward_group<V: SimdF32, const R: usize>(
     dm: Dims,
     i0: usize,
     r0: usize,
@@ -356,7 +375,7 @@ fn forward_group<V: V8, const R: usize>(
     sc: &mut Scratch<R>,
 ) {
     let ml = probabilities::<V, R>(dm, i0, q, kv, scale, None, sc);
-    let dvp = padded(dm.dv);
+    let dvp = dm.pad(dm.dv);
     rows_times::<V, R>(
         std::array::from_fn(|r| &sc.p[r][..dm.lk]),
         &kv.vp,
@@ -377,7 +396,7 @@ fn forward_group<V: V8, const R: usize>(
 
 /// Forward rows `rows` of one head: writes `o` (those rows, `[rows, dv]`) and `lse`.
 #[inline(always)]
-fn forward_rows<V: V8>(
+fn forward_rows<V: SimdF32>(
     dm: Dims,
     rows: std::ops::Range<usize>,
     q: &[f32],
@@ -411,7 +430,7 @@ struct BlockGrads {
 /// block's `dq`) and adds their key and value gradients into `grads`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn backward_group<V: V8, const R: usize>(
+fn backward_group<V: SimdF32, const R: usize>(
     dm: Dims,
     i0: usize,
     r0: usize,
@@ -425,7 +444,7 @@ fn backward_group<V: V8, const R: usize>(
     grads: &mut BlockGrads,
     sc: &mut Scratch<R>,
 ) {
-    let lp = padded(dm.lk);
+    let lp = dm.pad(dm.lk);
     probabilities::<V, R>(dm, i0, q, kv, scale, Some(lse), sc);
     let gs: [&[f32]; R] = std::array::from_fn(|r| &g[(i0 + r) * dm.dv..(i0 + r + 1) * dm.dv]);
     // dp_j = g_i . v_j, then ds_j = p_j (dp_j - D_i) with D_i = g_i . o_i.
@@ -433,12 +452,13 @@ fn backward_group<V: V8, const R: usize>(
     for r in 0..R {
         let oi = &o[(i0 + r) * dm.dv..(i0 + r + 1) * dm.dv];
         let di = V::splat(gs[r].iter().zip(oi).map(|(a, b)| a * b).sum::<f32>());
-        for (dc, pc) in sc.t[r].chunks_exact_mut(8).zip(sc.p[r].chunks_exact(8)) {
+        let l = V::LANES;
+        for (dc, pc) in sc.t[r].chunks_exact_mut(l).zip(sc.p[r].chunks_exact(l)) {
             (V::load(pc) * (V::load(dc) - di)).store(dc);
         }
     }
     // dq_i = scale sum_j ds_j k_j.
-    let dp = padded(dm.d);
+    let dp = dm.pad(dm.d);
     rows_times::<V, R>(
         std::array::from_fn(|r| &sc.t[r][..dm.lk]),
         &kv.kp,
@@ -473,7 +493,7 @@ fn backward_group<V: V8, const R: usize>(
 /// contributions to the key and value gradients.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn backward_rows<V: V8>(
+fn backward_rows<V: SimdF32>(
     dm: Dims,
     rows: std::ops::Range<usize>,
     q: &[f32],
@@ -484,7 +504,7 @@ fn backward_rows<V: V8>(
     scale: f32,
     dq: &mut [f32],
 ) -> BlockGrads {
-    let lp = padded(dm.lk);
+    let lp = dm.pad(dm.lk);
     let mut grads = BlockGrads {
         dkt: vec![0.0; dm.d * lp],
         dvt: vec![0.0; dm.dv * lp],
@@ -509,80 +529,96 @@ fn backward_rows<V: V8>(
     grads
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_rows_avx2(
-    dm: Dims,
-    rows: std::ops::Range<usize>,
-    q: &[f32],
-    kv: &HeadKv,
-    scale: f32,
-    o: &mut [f32],
-    lse: &mut [f32],
-) {
-    forward_rows::<simd::Avx2>(dm, rows, q, kv, scale, o, lse);
+/// Declares `$name`, which runs `$generic::<$v>` compiled with `$features`.
+macro_rules! with_features {
+    ($name:ident, $features:literal, $v:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            dm: Dims,
+            rows: std::ops::Range<usize>,
+            q: &[f32],
+            kv: &HeadKv,
+            scale: f32,
+            pass: Pass<'_>,
+        ) -> Option<BlockGrads> {
+            run_pass::<$v>(dm, rows, q, kv, scale, pass)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn backward_rows_avx2(
-    dm: Dims,
-    rows: std::ops::Range<usize>,
-    q: &[f32],
-    kv: &HeadKv,
-    o: &[f32],
-    lse: &[f32],
-    g: &[f32],
-    scale: f32,
-    dq: &mut [f32],
-) -> BlockGrads {
-    backward_rows::<simd::Avx2>(dm, rows, q, kv, o, lse, g, scale, dq)
+/// The pass to run over a block of query rows, with its own inputs and outputs.
+enum Pass<'a> {
+    /// Writes the block's rows of `o` and `lse`.
+    Forward {
+        o: &'a mut [f32],
+        lse: &'a mut [f32],
+    },
+    /// Writes the block's rows of `dq` (and returns the key and value gradients), given the
+    /// head's `o`, `lse` and output gradient `g`.
+    Backward {
+        o: &'a [f32],
+        lse: &'a [f32],
+        g: &'a [f32],
+        dq: &'a mut [f32],
+    },
 }
 
-/// [`forward_rows`] on the best implementation for this CPU.
-#[allow(clippy::too_many_arguments)]
-fn forward_rows_best(
+#[inline(always)]
+fn run_pass<V: SimdF32>(
     dm: Dims,
     rows: std::ops::Range<usize>,
     q: &[f32],
     kv: &HeadKv,
     scale: f32,
-    o: &mut [f32],
-    lse: &mut [f32],
-    avx2: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` comes from `simd::use_avx2`.
-        unsafe { forward_rows_avx2(dm, rows, q, kv, scale, o, lse) };
-        return;
+    pass: Pass<'_>,
+) -> Option<BlockGrads> {
+    debug_assert_eq!(V::LANES, dm.lanes);
+    match pass {
+        Pass::Forward { o, lse } => {
+            forward_rows::<V>(dm, rows, q, kv, scale, o, lse);
+            None
+        }
+        Pass::Backward { o, lse, g, dq } => {
+            Some(backward_rows::<V>(dm, rows, q, kv, o, lse, g, scale, dq))
+        }
     }
-    let _ = avx2;
-    forward_rows::<f32x8>(dm, rows, q, kv, scale, o, lse);
 }
 
-/// [`backward_rows`] on the best implementation for this CPU.
-#[allow(clippy::too_many_arguments)]
-fn backward_rows_best(
+#[cfg(target_arch = "x86_64")]
+with_features!(run_pass_avx512, "avx512f,avx2,fma", simd::Avx512);
+#[cfg(target_arch = "x86_64")]
+with_features!(run_pass_avx2, "avx2,fma", simd::Avx2);
+
+/// [`run_pass`] on the implementation for `isa` (which the CPU must have).
+fn run_pass_on(
+    isa: Isa,
     dm: Dims,
     rows: std::ops::Range<usize>,
     q: &[f32],
     kv: &HeadKv,
-    o: &[f32],
-    lse: &[f32],
-    g: &[f32],
     scale: f32,
-    dq: &mut [f32],
-    avx2: bool,
-) -> BlockGrads {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` comes from `simd::use_avx2`.
-        return unsafe { backward_rows_avx2(dm, rows, q, kv, o, lse, g, scale, dq) };
+    pass: Pass<'_>,
+) -> Option<BlockGrads> {
+    match isa {
+        // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_pass_avx512(dm, rows, q, kv, scale, pass) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { run_pass_avx2(dm, rows, q, kv, scale, pass) },
+        _ => run_pass::<f32x8>(dm, rows, q, kv, scale, pass),
     }
-    let _ = avx2;
-    backward_rows::<f32x8>(dm, rows, q, kv, o, lse, g, scale, dq)
+}
+
+/// Vector lanes of the implementation for `isa`.
+fn lanes_of(isa: Isa) -> usize {
+    if cfg!(target_arch = "x86_64") && isa == Isa::Avx512 {
+        16
+    } else {
+        8
+    }
 }
 
 /// Attention over the last two axes of `q [.., Lq, d]`, `k [.., Lk, d]`, `v [.., Lk, dv]`
@@ -595,7 +631,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> (Tensor, Ten
     let _prof = crate::profile::scope("attention", || {
         format!("q {:?} k {:?} v {:?}", q.shape(), k.shape(), v.shape())
     });
-    attention_with(dm, q, k, v, scale, simd::use_avx2())
+    attention_with(dm, q, k, v, scale, isa())
 }
 
 fn attention_with(
@@ -604,8 +640,12 @@ fn attention_with(
     k: &Tensor,
     v: &Tensor,
     scale: f32,
-    avx2: bool,
+    isa: Isa,
 ) -> (Tensor, Tensor) {
+    let dm = Dims {
+        lanes: lanes_of(isa),
+        ..dm
+    };
     let lead = &q.shape()[..q.shape().len() - 2];
     let mut o_shape = lead.to_vec();
     o_shape.extend([dm.lq, dm.dv]);
@@ -642,7 +682,8 @@ fn attention_with(
                     .zip(o_parts)
                     .zip(l_parts)
                     .for_each(|((rows, ob), lb)| {
-                        forward_rows_best(dm, rows, qh, &kv, scale, ob, lb, avx2);
+                        let pass = Pass::Forward { o: ob, lse: lb };
+                        run_pass_on(isa, dm, rows, qh, &kv, scale, pass);
                     });
             });
     }
@@ -666,7 +707,7 @@ pub fn attention_backward(
     let _prof = crate::profile::scope("attention_backward", || {
         format!("q {:?} k {:?} v {:?}", q.shape(), k.shape(), v.shape())
     });
-    attention_backward_with(q, k, v, o, lse, g, scale, simd::use_avx2())
+    attention_backward_with(q, k, v, o, lse, g, scale, isa())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -678,9 +719,12 @@ fn attention_backward_with(
     lse: &Tensor,
     g: &Tensor,
     scale: f32,
-    avx2: bool,
+    isa: Isa,
 ) -> (Tensor, Tensor, Tensor) {
-    let dm = dims("attention_backward", q, k, v);
+    let dm = Dims {
+        lanes: lanes_of(isa),
+        ..dims("attention_backward", q, k, v)
+    };
     let lead = &q.shape()[..q.shape().len() - 2];
     let mut o_shape = lead.to_vec();
     o_shape.extend([dm.lq, dm.dv]);
@@ -700,7 +744,7 @@ fn attention_backward_with(
     if dm.lq > 0 {
         let (qd, kd, vd, od, ld, gd) =
             (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
-        let lp = padded(dm.lk);
+        let lp = dm.pad(dm.lk);
         dq.par_chunks_mut(dm.lq * dm.d)
             .zip(dk.par_chunks_mut(dm.lk * dm.d))
             .zip(dv.par_chunks_mut(dm.lk * dm.dv))
@@ -727,7 +771,14 @@ fn attention_backward_with(
                     .into_par_iter()
                     .zip(dq_parts)
                     .map(|(rows, dqb)| {
-                        backward_rows_best(dm, rows, qh, &kv, oh, lh, gh, scale, dqb, avx2)
+                        let pass = Pass::Backward {
+                            o: oh,
+                            lse: lh,
+                            g: gh,
+                            dq: dqb,
+                        };
+                        run_pass_on(isa, dm, rows, qh, &kv, scale, pass)
+                            .expect("the backward pass returns gradients")
                     })
                     .collect();
                 // Block partials added in block order: independent of the thread count.
@@ -821,7 +872,15 @@ mod tests {
         (o, lse, dq, dk, dv)
     }
 
-    fn check(lead: &[usize], lq: usize, lk: usize, d: usize, dv: usize, avx2: bool, seed: u64) {
+    /// The CPU's instruction set and every lesser one it can run.
+    fn isas() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2Fma, Isa::Portable]
+            .into_iter()
+            .filter(|&i| i <= isa())
+            .collect()
+    }
+
+    fn check(lead: &[usize], lq: usize, lk: usize, d: usize, dv: usize, isa: Isa, seed: u64) {
         let mut rng = Lcg::new(seed);
         let shape = |a: usize, b: usize| {
             let mut s = lead.to_vec();
@@ -836,9 +895,9 @@ mod tests {
         let g = rng.tensor(&shape(lq, dv));
         let scale = 1.0 / (d as f32).sqrt();
         let dm = dims("test", &q, &k, &v);
-        let (o, lse) = attention_with(dm, &q, &k, &v, scale, avx2);
-        let (dq, dk, dvv) = attention_backward_with(&q, &k, &v, &o, &lse, &g, scale, avx2);
-        let what = format!("lead {lead:?} lq {lq} lk {lk} d {d} dv {dv} avx2 {avx2}");
+        let (o, lse) = attention_with(dm, &q, &k, &v, scale, isa);
+        let (dq, dk, dvv) = attention_backward_with(&q, &k, &v, &o, &lse, &g, scale, isa);
+        let what = format!("lead {lead:?} lq {lq} lk {lk} d {d} dv {dv} {isa:?}");
         let mut want = [vec![], vec![], vec![], vec![], vec![]];
         for h in 0..dm.n {
             let r = reference(
@@ -894,16 +953,16 @@ mod tests {
     fn matches_f64_reference_on_awkward_sizes_on_both_paths() {
         let _guard = super::super::testutil::isa_lock();
         let mut seed = 0;
-        for avx2 in [simd::use_avx2(), false] {
+        for isa in isas() {
             for &(lq, lk) in &[(1, 1), (3, 7), (17, 129), (129, 17), (70, 9)] {
                 for &(d, dv) in &[(1, 1), (3, 5), (8, 8), (33, 17)] {
                     seed += 1;
-                    check(&[2], lq, lk, d, dv, avx2, seed);
+                    check(&[2], lq, lk, d, dv, isa, seed);
                 }
             }
         }
         // Many heads (one task each) with two leading axes.
-        check(&[3, 4], 20, 20, 8, 8, simd::use_avx2(), 99);
+        check(&[3, 4], 20, 20, 8, 8, isa(), 99);
     }
 
     #[test]
@@ -913,32 +972,38 @@ mod tests {
             .map(|i| -90.0 * i as f32 / 20_000.0)
             .chain([-0.0, -1e-30, -86.99, -87.0, -87.01, f32::NEG_INFINITY])
             .collect();
-        let run = |avx2: bool| -> Vec<f32> {
-            let mut out = vec![0.0f32; xs.len().div_ceil(8) * 8];
-            out[..xs.len()].copy_from_slice(&xs);
-            #[target_feature(enable = "avx2,fma")]
-            #[cfg(target_arch = "x86_64")]
-            unsafe fn on_avx2(v: &mut [f32]) {
-                for c in v.chunks_exact_mut(8) {
-                    exp_nonpositive(simd::Avx2::load(c)).store(c);
-                }
+        fn apply<V: SimdF32>(v: &mut [f32]) {
+            for c in v.chunks_exact_mut(V::LANES) {
+                exp_nonpositive(V::load(c)).store(c);
             }
-            if avx2 {
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn on_avx512(v: &mut [f32]) {
+            apply::<simd::Avx512>(v);
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn on_avx2(v: &mut [f32]) {
+            apply::<simd::Avx2>(v);
+        }
+        let run = |isa: Isa| -> Vec<f32> {
+            let mut out = vec![0.0f32; xs.len().div_ceil(16) * 16];
+            out[..xs.len()].copy_from_slice(&xs);
+            match isa {
+                // SAFETY: `isas()` lists only instruction sets this CPU has.
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: only called when the CPU has AVX2 and FMA.
-                unsafe {
-                    on_avx2(&mut out)
-                };
-            } else {
-                for c in out.chunks_exact_mut(8) {
-                    exp_nonpositive(f32x8::load(c)).store(c);
-                }
+                Isa::Avx512 => unsafe { on_avx512(&mut out) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => unsafe { on_avx2(&mut out) },
+                _ => apply::<f32x8>(&mut out),
             }
             out.truncate(xs.len());
             out
         };
-        for avx2 in [simd::use_avx2(), false] {
-            for (&x, y) in xs.iter().zip(run(avx2)) {
+        for isa in isas() {
+            for (&x, y) in xs.iter().zip(run(isa)) {
                 if x < -87.0 {
                     assert_eq!(y, 0.0, "e^{x}");
                 } else {

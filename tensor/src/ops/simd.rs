@@ -1,7 +1,8 @@
-//! An 8-lane f32 vector interface, [`V8`], with two implementations: `wide::f32x8` (portable;
-//! SSE2 on the x86-64 baseline, NEON on aarch64) and [`Avx2`] (one 256-bit register, with FMA),
-//! chosen at run time by [`crate::kernels::cpu::isa`]. The transcendental functions in
-//! `vmath.rs` are written once against [`V8`]; an op is a [`Lanes`] value, and [`unary`] runs
+//! An f32 vector interface, [`SimdF32`], with three implementations: `wide::f32x8` (portable;
+//! SSE2 on the x86-64 baseline, NEON on aarch64), [`Avx2`] (one 256-bit register, with FMA)
+//! and [`Avx512`] (one 512-bit register, 16 lanes), chosen at run time by
+//! [`crate::kernels::cpu::isa`]. The transcendental functions in
+//! `vmath.rs` are written once against [`SimdF32`]; an op is a [`Lanes`] value, and [`unary`] runs
 //! it over a slice with the best implementation the CPU has.
 
 use std::mem::MaybeUninit;
@@ -9,8 +10,10 @@ use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
 
 use wide::{f32x8, i32x8, CmpGt, CmpLt};
 
-/// Eight f32 lanes. Comparisons return masks (all bits set where true) as vectors.
-pub(crate) trait V8:
+/// `LANES` f32 lanes (8 or 16). Comparisons return masks (all bits set where true) as
+/// vectors. Most ops use only the 8-lane implementations; code that also runs on [`Avx512`]
+/// steps by `LANES`.
+pub(crate) trait SimdF32:
     Copy
     + Add<Output = Self>
     + Sub<Output = Self>
@@ -19,12 +22,14 @@ pub(crate) trait V8:
     + Neg<Output = Self>
     + BitOr<Output = Self>
 {
+    /// Lanes per vector.
+    const LANES: usize;
     fn splat(v: f32) -> Self;
-    /// The first 8 values of `s`.
+    /// The first `LANES` values of `s`.
     fn load(s: &[f32]) -> Self;
-    /// Writes the lanes to the first 8 values of `d`.
+    /// Writes the lanes to the first `LANES` values of `d`.
     fn store(self, d: &mut [f32]);
-    /// Writes the lanes to the first 8 slots of `d`, which may be uninitialised.
+    /// Writes the lanes to the first `LANES` slots of `d`, which may be uninitialised.
     fn store_u(self, d: &mut [MaybeUninit<f32>]);
     /// `self * m + a` (fused where the instruction set has FMA).
     fn mul_add(self, m: Self, a: Self) -> Self;
@@ -47,7 +52,8 @@ pub(crate) trait V8:
     fn copysign_(self, s: Self) -> Self;
 }
 
-impl V8 for f32x8 {
+impl SimdF32 for f32x8 {
+    const LANES: usize = 8;
     #[inline(always)]
     fn splat(v: f32) -> Self {
         f32x8::splat(v)
@@ -124,14 +130,14 @@ pub(crate) use avx2::Avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! [`V8`] on one AVX2 register. Every method is `#[inline(always)]` and must only run
+    //! [`SimdF32`] on one AVX2 register. Every method is `#[inline(always)]` and must only run
     //! inside a function compiled with `#[target_feature(enable = "avx2,fma")]` on a CPU that
     //! has both (which [`super::unary`] checks through `cpu::isa`).
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
     use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
 
-    use super::V8;
+    use super::SimdF32;
 
     #[derive(Clone, Copy)]
     pub(crate) struct Avx2(__m256);
@@ -165,7 +171,8 @@ mod avx2 {
 
     // SAFETY (every method below): only reached on AVX2+FMA CPUs (see the module docs); the
     // loads and stores check their slice lengths first.
-    impl V8 for Avx2 {
+    impl SimdF32 for Avx2 {
+        const LANES: usize = 8;
         #[inline(always)]
         fn splat(v: f32) -> Self {
             Avx2(unsafe { _mm256_set1_ps(v) })
@@ -251,17 +258,181 @@ mod avx2 {
     }
 }
 
-/// An element-wise function written once for any [`V8`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! [`SimdF32`] on one AVX-512 register (16 lanes), using AVX-512F instructions only.
+    //! Every method is `#[inline(always)]` and must only run inside a function compiled with
+    //! `#[target_feature(enable = "avx512f,avx2,fma")]` on a CPU that has AVX-512F (see
+    //! [`super::use_avx512`]). Masks are kept as vectors (all bits set where true), as the
+    //! trait wants, and turned into mask registers where an instruction needs one.
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+    use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
+
+    use super::SimdF32;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512(__m512);
+
+    macro_rules! binop {
+        ($tr:ident, $m:ident, $intr:ident) => {
+            impl $tr for Avx512 {
+                type Output = Avx512;
+                #[inline(always)]
+                fn $m(self, o: Avx512) -> Avx512 {
+                    // SAFETY: only reached on AVX-512F CPUs (see the module docs).
+                    Avx512(unsafe { $intr(self.0, o.0) })
+                }
+            }
+        };
+    }
+    binop!(Add, add, _mm512_add_ps);
+    binop!(Sub, sub, _mm512_sub_ps);
+    binop!(Mul, mul, _mm512_mul_ps);
+    binop!(Div, div, _mm512_div_ps);
+
+    /// The bits of `x` as integers (AVX-512F has bitwise ops on integers only).
+    #[inline(always)]
+    unsafe fn bits(x: __m512) -> __m512i {
+        _mm512_castps_si512(x)
+    }
+
+    /// A vector mask (all bits set where `k` is set).
+    #[inline(always)]
+    unsafe fn from_mask(k: __mmask16) -> Avx512 {
+        Avx512(_mm512_castsi512_ps(_mm512_maskz_set1_epi32(k, -1)))
+    }
+
+    impl BitOr for Avx512 {
+        type Output = Avx512;
+        #[inline(always)]
+        fn bitor(self, o: Avx512) -> Avx512 {
+            // SAFETY: as above.
+            Avx512(unsafe { _mm512_castsi512_ps(_mm512_or_si512(bits(self.0), bits(o.0))) })
+        }
+    }
+
+    impl Neg for Avx512 {
+        type Output = Avx512;
+        #[inline(always)]
+        fn neg(self) -> Avx512 {
+            // SAFETY: as above.
+            Avx512(unsafe {
+                let sign = _mm512_set1_epi32(i32::MIN);
+                _mm512_castsi512_ps(_mm512_xor_si512(bits(self.0), sign))
+            })
+        }
+    }
+
+    // SAFETY (every method below): only reached on AVX-512F CPUs (see the module docs); the
+    // loads and stores check their slice lengths first.
+    impl SimdF32 for Avx512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            Avx512(unsafe { _mm512_set1_ps(v) })
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 16);
+            Avx512(unsafe { _mm512_loadu_ps(s.as_ptr()) })
+        }
+        #[inline(always)]
+        fn store(self, d: &mut [f32]) {
+            assert!(d.len() >= 16);
+            unsafe { _mm512_storeu_ps(d.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn store_u(self, d: &mut [MaybeUninit<f32>]) {
+            assert!(d.len() >= 16);
+            unsafe { _mm512_storeu_ps(d.as_mut_ptr() as *mut f32, self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(self, m: Self, a: Self) -> Self {
+            Avx512(unsafe { _mm512_fmadd_ps(self.0, m.0, a.0) })
+        }
+        #[inline(always)]
+        fn max_(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn min_(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_min_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn round_(self) -> Self {
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            Avx512(unsafe { _mm512_roundscale_ps::<NEAREST>(self.0) })
+        }
+        #[inline(always)]
+        fn pow2i(self) -> Self {
+            unsafe {
+                let n = _mm512_add_epi32(_mm512_cvtps_epi32(self.0), _mm512_set1_epi32(127));
+                Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(n)))
+            }
+        }
+        #[inline(always)]
+        fn exponent_mantissa(self) -> (Self, Self) {
+            unsafe {
+                let b = bits(self.0);
+                let e = _mm512_sub_epi32(_mm512_srli_epi32::<23>(b), _mm512_set1_epi32(127));
+                let m = _mm512_and_si512(b, _mm512_set1_epi32(0x007f_ffff));
+                let m = _mm512_or_si512(m, _mm512_set1_epi32(0x3f80_0000));
+                (
+                    Avx512(_mm512_cvtepi32_ps(e)),
+                    Avx512(_mm512_castsi512_ps(m)),
+                )
+            }
+        }
+        #[inline(always)]
+        fn lt(self, o: Self) -> Self {
+            unsafe { from_mask(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn gt(self, o: Self) -> Self {
+            unsafe { from_mask(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn is_nan_(self) -> Self {
+            unsafe { from_mask(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0)) }
+        }
+        #[inline(always)]
+        fn select(mask: Self, t: Self, f: Self) -> Self {
+            unsafe {
+                let k = _mm512_test_epi32_mask(bits(mask.0), bits(mask.0));
+                Avx512(_mm512_mask_blend_ps(k, f.0, t.0))
+            }
+        }
+        #[inline(always)]
+        fn abs_(self) -> Self {
+            Avx512(unsafe { _mm512_abs_ps(self.0) })
+        }
+        #[inline(always)]
+        fn copysign_(self, s: Self) -> Self {
+            unsafe {
+                let sign = _mm512_set1_epi32(i32::MIN);
+                let mag = _mm512_andnot_si512(sign, bits(self.0));
+                let sgn = _mm512_and_si512(sign, bits(s.0));
+                Avx512(_mm512_castsi512_ps(_mm512_or_si512(mag, sgn)))
+            }
+        }
+    }
+}
+
+/// An element-wise function written once for any [`SimdF32`].
 pub(crate) trait Lanes: Sync + Send {
     /// The op's name (for the profiler).
     const NAME: &'static str;
-    fn apply<V: V8>(&self, x: V) -> V;
+    fn apply<V: SimdF32>(&self, x: V) -> V;
 }
 
 /// `dst[i] = op(src[i])` (initialising all of `dst`) with the implementation `V`; a tail shorter than 8 goes through a
 /// padded buffer, so every element sees the same arithmetic.
 #[inline(always)]
-fn unary_with<V: V8, L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L) {
+fn unary_with<V: SimdF32, L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L) {
     let n = dst.len();
     let main = n - n % 8;
     for (s, d) in src[..main]

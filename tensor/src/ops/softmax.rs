@@ -23,13 +23,13 @@ use wide::f32x8;
 
 use super::alloc;
 use super::par::{self, CHUNK};
-use super::simd::{self, V8};
+use super::simd::{self, SimdF32};
 use super::vmath;
 use crate::Tensor;
 
 /// The lanes of `x[i..]` (up to 8 values), padded with `fill`.
 #[inline(always)]
-fn load_at<V: V8>(x: &[f32], i: usize, fill: f32) -> V {
+fn load_at<V: SimdF32>(x: &[f32], i: usize, fill: f32) -> V {
     if i + 8 <= x.len() {
         V::load(&x[i..])
     } else {
@@ -41,7 +41,7 @@ fn load_at<V: V8>(x: &[f32], i: usize, fill: f32) -> V {
 
 /// Stores `v` to `out[i..]` (up to 8 values).
 #[inline(always)]
-fn store_at<V: V8>(v: V, out: &mut [f32], i: usize) {
+fn store_at<V: SimdF32>(v: V, out: &mut [f32], i: usize) {
     if i + 8 <= out.len() {
         v.store(&mut out[i..]);
     } else {
@@ -52,7 +52,7 @@ fn store_at<V: V8>(v: V, out: &mut [f32], i: usize) {
     }
 }
 
-fn horizontal(v: impl V8) -> [f32; 8] {
+fn horizontal(v: impl SimdF32) -> [f32; 8] {
     let mut buf = [0.0f32; 8];
     v.store(&mut buf);
     buf
@@ -60,7 +60,7 @@ fn horizontal(v: impl V8) -> [f32; 8] {
 
 /// The maximum of a run (NaN-unaware; a NaN shows up later through `x - m`).
 #[inline(always)]
-fn run_max<V: V8>(x: &[f32]) -> f32 {
+fn run_max<V: SimdF32>(x: &[f32]) -> f32 {
     // Four independent accumulators, so the loads are not serialised behind one max chain.
     let quad = x.len() / 32 * 32;
     let mut accs = [V::splat(f32::NEG_INFINITY); 4];
@@ -85,7 +85,7 @@ fn run_max<V: V8>(x: &[f32]) -> f32 {
 /// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when `WRITE`. Padding lanes hold
 /// -inf, whose exponential is exactly 0 (unless m is -inf or NaN, when the row is NaN anyway).
 #[inline(always)]
-fn run_exp_sum<V: V8, const WRITE: bool>(x: &[f32], m: f32, out: &mut [f32]) -> f64 {
+fn run_exp_sum<V: SimdF32, const WRITE: bool>(x: &[f32], m: f32, out: &mut [f32]) -> f64 {
     let mv = V::splat(m);
     let mut total = 0.0f64;
     for r in (0..x.len()).step_by(1024) {
@@ -115,7 +115,7 @@ fn run_exp_sum<V: V8, const WRITE: bool>(x: &[f32], m: f32, out: &mut [f32]) -> 
 /// exponentials) or `out = (x - m) - lns` (log-softmax; subtracting `m` first keeps the
 /// result exact to f32 rounding when `m` is large).
 #[inline(always)]
-fn finish<V: V8>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, lns: f32) {
+fn finish<V: SimdF32>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, lns: f32) {
     let step = |v: V| {
         if log {
             (v - V::splat(m)) - V::splat(lns)
@@ -137,7 +137,7 @@ fn finish<V: V8>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, lns: f
 
 /// Softmax of whole rows of length `l` with the implementation `V`.
 #[inline(always)]
-fn softmax_rows<V: V8>(x: &[f32], out: &mut [f32], l: usize, log: bool) {
+fn softmax_rows<V: SimdF32>(x: &[f32], out: &mut [f32], l: usize, log: bool) {
     for (row, o) in x.chunks(l).zip(out.chunks_mut(l)) {
         let m = run_max::<V>(row);
         let s = if log {

@@ -21,7 +21,7 @@ use wide::f32x8;
 
 use super::alloc;
 use super::par::{self, PAR_MIN};
-use super::simd::{self, Lanes, V8};
+use super::simd::{self, Lanes, SimdF32};
 use super::vmath;
 use crate::Tensor;
 
@@ -64,7 +64,7 @@ macro_rules! lanes {
         impl Lanes for $name {
             const NAME: &'static str = $op;
             #[inline(always)]
-            fn apply<V: V8>(&self, $x: V) -> V {
+            fn apply<V: SimdF32>(&self, $x: V) -> V {
                 $body
             }
         }

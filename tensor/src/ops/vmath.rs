@@ -1,15 +1,15 @@
-//! Transcendental functions on 8 lanes, written once against [`V8`] (so the portable and the
+//! Transcendental functions on 8 lanes, written once against [`SimdF32`] (so the portable and the
 //! AVX2 paths run the same algorithm). Measured against f64 (tests in `unary.rs`) each stays
 //! within about 3e-7 relative error, a few ulp.
 
-use super::simd::V8;
+use super::simd::SimdF32;
 
 /// e^x. Range reduction x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts so that
 /// n*ln2_hi is exact), e^r - 1 by its Taylor series to degree 7 (truncation below 1e-8), and
 /// 2^n applied as two factors 2^h 2^(n-h) so that results reach down into the subnormal range
 /// and up to f32::MAX. Above 88.72 the result is +inf; NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp<V: V8>(x: V) -> V {
+pub(crate) fn exp<V: SimdF32>(x: V) -> V {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.max_(V::splat(-104.0)).min_(V::splat(89.0));
@@ -32,7 +32,7 @@ pub(crate) fn exp<V: V8>(x: V) -> V {
 /// s = (m - 1) / (m + 1), |s| <= 0.172, by its odd series to s^13 (truncation below 1e-10);
 /// e ln2 is added in two parts. ln 0 (and of subnormals) is -inf, of negatives NaN, of +inf +inf.
 #[inline(always)]
-pub(crate) fn ln<V: V8>(x: V) -> V {
+pub(crate) fn ln<V: SimdF32>(x: V) -> V {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let (e, m) = x.exponent_mantissa();
@@ -61,14 +61,14 @@ pub(crate) fn ln<V: V8>(x: V) -> V {
 
 /// 1 / (1 + e^-x).
 #[inline(always)]
-pub(crate) fn sigmoid<V: V8>(x: V) -> V {
+pub(crate) fn sigmoid<V: SimdF32>(x: V) -> V {
     V::splat(1.0) / (V::splat(1.0) + exp(-x))
 }
 
 /// tanh x. For |x| < 0.4 its odd Taylor series to x^13 (truncation below 1e-8 relative);
 /// above, sign(x) (1 - e) / (1 + e) with e = e^(-2|x|), where 1 - e no longer cancels.
 #[inline(always)]
-pub(crate) fn tanh<V: V8>(x: V) -> V {
+pub(crate) fn tanh<V: SimdF32>(x: V) -> V {
     let a = x.abs_();
     let e = exp(a * V::splat(-2.0));
     let big = ((V::splat(1.0) - e) / (V::splat(1.0) + e)).copysign_(x);
