@@ -14,7 +14,7 @@ pub mod norm;
 mod par;
 pub mod reduce;
 mod reduce_kernel;
-mod simd;
+pub(crate) mod simd;
 pub mod softmax;
 #[cfg(test)]
 mod testutil;

@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::forward::forward_images;
 use super::im2col::{col2im_rows, Geometry};
+use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
 
@@ -44,6 +45,17 @@ pub fn conv2d_backward_data(
     }
     if p.stride == 1 && p.padding < p.kh && p.padding < p.kw && !p.is_pointwise() {
         let flipped = flip_kernel(p, weight);
+        // 3x3, padding 1: the transposed convolution is again 3x3 with padding 1.
+        let tp = Conv2dParams {
+            c_in: p.c_out,
+            c_out: p.c_in,
+            ..*p
+        };
+        if winograd::applies(&tp) {
+            let u = winograd::transform_weights(p.c_in, p.c_out, &flipped);
+            winograd::forward(&tp, grad_output, &u, None, grad_input);
+            return;
+        }
         let tg = Geometry {
             c: p.c_out,
             h: g.oh,

@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::im2col::{im2col_rows, Geometry};
+use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
 
@@ -36,6 +37,11 @@ pub fn conv2d_forward(
             p.c_out,
             p.weight_shape()
         );
+    }
+    if winograd::applies(p) {
+        let u = winograd::transform_weights(p.c_out, p.c_in, weight);
+        winograd::forward(p, input, &u, bias, output);
+        return;
     }
     forward_images(&Geometry::of(p), p.c_out, input, weight, bias, output);
 }

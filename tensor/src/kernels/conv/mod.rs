@@ -37,6 +37,7 @@ mod forward;
 mod hwc;
 mod im2col;
 mod params;
+mod winograd;
 
 #[cfg(test)]
 mod reference;
