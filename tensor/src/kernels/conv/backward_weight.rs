@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::direct;
 use super::hwc::{im2row_rows, pad_channels_last, permute_to_oihw};
 use super::im2col::Geometry;
+use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
 
@@ -56,6 +57,10 @@ pub fn conv2d_backward_weight(
     }
     if p.batch == 0 || out_len == 0 {
         grad_weight.fill(0.0);
+        return;
+    }
+    if winograd::applies(p) {
+        winograd::backward_weight(p, input, grad_output, grad_weight);
         return;
     }
     let per_chunk = p.batch.div_ceil(MAX_CHUNKS);

@@ -205,6 +205,110 @@ fn output_row_of_tiles<V: SimdF32>(
     }
 }
 
+/// `A dY A^T` for one tile's 2x2 output gradient `y[a][b]` (the adjoint of
+/// [`output_tile`]), as 16 values in row-major order. With `A^T` as in the module docs, each
+/// pair `(y0, y1)` maps to `(y0, y0 + y1, y0 - y1, -y1)`, along rows and then along columns.
+#[inline(always)]
+fn grad_output_tile<T>(y: [[T; 2]; 2]) -> [T; 16]
+where
+    T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T> + std::ops::Neg<Output = T>,
+{
+    let spread = |a: T, b: T| [a, a + b, a - b, -b];
+    let q = [spread(y[0][0], y[0][1]), spread(y[1][0], y[1][1])]; // q[a][j]
+    let cols: [[T; 4]; 4] = std::array::from_fn(|j| spread(q[0][j], q[1][j])); // cols[j][i]
+    std::array::from_fn(|xi| cols[xi % 4][xi / 4])
+}
+
+/// One row of tiles of the output-gradient transform: `e[a]`, `o[a]` are the even and odd
+/// columns of output-gradient row `a` of the tiles (`tw` values each), and `out[xi]` receives
+/// `(A dY A^T)[xi]` for tiles `0..tw`.
+#[inline(always)]
+fn grad_row_of_tiles<V: SimdF32>(
+    e: [&[f32]; 2],
+    o: [&[f32]; 2],
+    out: &mut [&mut [f32]; 16],
+    tw: usize,
+) {
+    let l = V::LANES;
+    let full = tw / l * l;
+    let mut t = 0;
+    while t < full {
+        let y = [
+            [V::load(&e[0][t..]), V::load(&o[0][t..])],
+            [V::load(&e[1][t..]), V::load(&o[1][t..])],
+        ];
+        let m = grad_output_tile(y);
+        for xi in 0..16 {
+            m[xi].store(&mut out[xi][t..]);
+        }
+        t += l;
+    }
+    for t in t..tw {
+        let m = grad_output_tile([[e[0][t], o[0][t]], [e[1][t], o[1][t]]]);
+        for xi in 0..16 {
+            out[xi][t] = m[xi];
+        }
+    }
+}
+
+/// The 16 rows `v[xi * plane + base ..][..len]` as separate mutable slices.
+fn sixteen_rows(v: &mut [f32], plane: usize, base: usize, len: usize) -> [&mut [f32]; 16] {
+    let mut rest = v;
+    let mut start = 0;
+    let mut rows: Vec<&mut [f32]> = Vec::with_capacity(16);
+    for xi in 0..16 {
+        let at = xi * plane + base;
+        let (_, tail) = rest.split_at_mut(at - start);
+        let (row, tail) = tail.split_at_mut(len);
+        rows.push(row);
+        rest = tail;
+        start = at + len;
+    }
+    rows.try_into().unwrap_or_else(|_| unreachable!("16 rows"))
+}
+
+/// `dM[xi][co][t0 + tile] = (A dY A^T)[xi]` for every channel and tile of one image's output
+/// gradient `dy` (`[c_out, h, w]`); `m` has `16 * c_out` rows of `stride` values.
+#[inline(always)]
+fn transform_grad_output<V: SimdF32>(
+    p: &Conv2dParams,
+    dy: &[f32],
+    m: &mut [f32],
+    stride: usize,
+    t0: usize,
+) {
+    let (th, tw) = tiles(p);
+    let (h, w) = (p.h, p.w);
+    let plane = p.c_out * stride;
+    let mut even = [vec![0.0f32; tw], vec![0.0f32; tw]];
+    let mut odd = [vec![0.0f32; tw], vec![0.0f32; tw]];
+    for co in 0..p.c_out {
+        let img = &dy[co * h * w..(co + 1) * h * w];
+        for ty in 0..th {
+            for a in 0..2 {
+                let y = 2 * ty + a;
+                let (e, o) = (&mut even[a], &mut odd[a]);
+                if y >= h {
+                    e.fill(0.0);
+                    o.fill(0.0);
+                    continue;
+                }
+                let row = &img[y * w..(y + 1) * w];
+                for (t, pair) in row.chunks_exact(2).enumerate() {
+                    e[t] = pair[0];
+                    o[t] = pair[1];
+                }
+                if w % 2 == 1 {
+                    e[w / 2] = row[w - 1];
+                    o[w / 2] = 0.0;
+                }
+            }
+            let mut outs = sixteen_rows(m, plane, co * stride + t0 + ty * tw, tw);
+            grad_row_of_tiles::<V>([&even[0], &even[1]], [&odd[0], &odd[1]], &mut outs, tw);
+        }
+    }
+}
+
 /// `V[xi][ci][t0 + tile] = (B^T d B)[xi]` for every channel and tile of one image `x`
 /// (`[c_in, h, w]`); `v` has `16 * c_in` rows of `stride` values.
 #[inline(always)]
@@ -243,19 +347,7 @@ fn transform_input<V: SimdF32>(
             let at = |r: usize| (2 * ty + r) * (tw + 1)..(2 * ty + r + 1) * (tw + 1);
             let ev = [&even[at(0)], &even[at(1)], &even[at(2)], &even[at(3)]];
             let od = [&odd[at(0)], &odd[at(1)], &odd[at(2)], &odd[at(3)]];
-            let base = ci * stride + t0 + ty * tw;
-            let mut rest = &mut v[..];
-            let mut outs: Vec<&mut [f32]> = Vec::with_capacity(16);
-            let mut start = 0;
-            for xi in 0..16 {
-                let at = xi * plane + base;
-                let (_, tail) = rest.split_at_mut(at - start);
-                let (row, tail) = tail.split_at_mut(tw);
-                outs.push(row);
-                rest = tail;
-                start = at + tw;
-            }
-            let mut outs: [&mut [f32]; 16] = outs.try_into().unwrap_or_else(|_| unreachable!());
+            let mut outs = sixteen_rows(v, plane, ci * stride + t0 + ty * tw, tw);
             input_row_of_tiles::<V>(ev, od, &mut outs, tw);
         }
     }
@@ -307,7 +399,13 @@ fn transform_output<V: SimdF32>(
 /// Declares `$input` and `$output`: [`transform_input`] and [`transform_output`] compiled
 /// with `$features`, so that their tile loops are vectorised for that instruction set.
 macro_rules! transforms_with {
-    ($input:ident, $output:ident, $features:literal, $v:ty) => {
+    ($input:ident, $output:ident, $grad:ident, $features:literal, $v:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $grad(p: &Conv2dParams, dy: &[f32], m: &mut [f32], stride: usize, t0: usize) {
+            transform_grad_output::<$v>(p, dy, m, stride, t0);
+        }
+
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $input(p: &Conv2dParams, x: &[f32], v: &mut [f32], stride: usize, t0: usize) {
@@ -332,10 +430,31 @@ macro_rules! transforms_with {
 transforms_with!(
     input_avx512,
     output_avx512,
+    grad_avx512,
     "avx512f,avx2,fma",
     simd::Avx512
 );
-transforms_with!(input_avx2, output_avx2, "avx2,fma", simd::Avx2);
+transforms_with!(input_avx2, output_avx2, grad_avx2, "avx2,fma", simd::Avx2);
+
+/// [`transform_grad_output`] vectorised for `isa` (which the CPU must have).
+fn transform_grad_output_on(
+    isa: Isa,
+    p: &Conv2dParams,
+    dy: &[f32],
+    m: &mut [f32],
+    stride: usize,
+    t0: usize,
+) {
+    match isa {
+        // SAFETY: `isa` is the CPU's (cpu::isa).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { grad_avx512(p, dy, m, stride, t0) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { grad_avx2(p, dy, m, stride, t0) },
+        _ => transform_grad_output::<f32x8>(p, dy, m, stride, t0),
+    }
+}
 
 /// [`transform_input`] vectorised for `isa` (which the CPU must have).
 fn transform_input_on(
@@ -458,4 +577,83 @@ pub(crate) fn forward(
                 }
             });
         });
+}
+
+/// The weight gradient `dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] X[n, ci, i + a - 1, j + b - 1]`
+/// through the same tiles (the adjoint of [`forward`]): per chunk of images,
+/// `dU[xi] (C_out x C_in) = dM[xi] V[xi]^T` with `dM = A dY A^T` and `V = B^T d B`, the
+/// chunks' partials added in chunk order, then `dWt = G^T dU G` for every filter. `grad_weight`
+/// is `[c_out, c_in, 3, 3]`, overwritten. Requires [`applies`].
+pub(crate) fn backward_weight(
+    p: &Conv2dParams,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) {
+    debug_assert!(applies(p));
+    let (th, tw) = tiles(p);
+    let per_image = th * tw;
+    let chunk = images_per_chunk(p);
+    let isa = transform_isa(cpu::isa(), tw);
+    let (in_len, out_len) = (p.c_in * p.h * p.w, p.c_out * p.h * p.w);
+    let uk = p.c_out * p.c_in;
+    let mut partials = vec![0.0f32; p.batch.div_ceil(chunk) * 16 * uk];
+    partials
+        .par_chunks_mut(16 * uk)
+        .zip(input.par_chunks(chunk * in_len))
+        .zip(grad_output.par_chunks(chunk * out_len))
+        .for_each(|((du, inp), dyc)| {
+            let images = inp.len() / in_len;
+            let cols = images * per_image;
+            with_buffers(16 * p.c_in * cols, 16 * p.c_out * cols, |v, m| {
+                for (i, (x, dy)) in inp
+                    .chunks_exact(in_len)
+                    .zip(dyc.chunks_exact(out_len))
+                    .enumerate()
+                {
+                    transform_input_on(isa, p, x, v, cols, i * per_image);
+                    transform_grad_output_on(isa, p, dy, m, cols, i * per_image);
+                }
+                let (vk, mk) = (p.c_in * cols, p.c_out * cols);
+                for xi in 0..16 {
+                    sgemm(
+                        Trans::No,
+                        Trans::Yes,
+                        p.c_out,
+                        p.c_in,
+                        cols,
+                        1.0,
+                        &m[xi * mk..(xi + 1) * mk],
+                        cols,
+                        &v[xi * vk..(xi + 1) * vk],
+                        cols,
+                        0.0,
+                        &mut du[xi * uk..(xi + 1) * uk],
+                        p.c_in,
+                    );
+                }
+            });
+        });
+    let (total, rest) = partials.split_at_mut(16 * uk);
+    for part in rest.chunks_exact(16 * uk) {
+        for (t, &x) in total.iter_mut().zip(part) {
+            *t += x;
+        }
+    }
+    // dWt = G^T dU G: each pair of G^T rows maps (u0, u1, u2, u3) to
+    // (u0 + (u1 + u2) / 2, (u1 - u2) / 2, u3 + (u1 + u2) / 2).
+    let fold = |u: [f32; 4]| {
+        let half = 0.5 * (u[1] + u[2]);
+        [u[0] + half, 0.5 * (u[1] - u[2]), u[3] + half]
+    };
+    for (f, g) in grad_weight.chunks_exact_mut(9).enumerate() {
+        let du: [f32; 16] = std::array::from_fn(|xi| total[xi * uk + f]);
+        // Over rows i for each column j, then over columns.
+        let cols: [[f32; 3]; 4] =
+            std::array::from_fn(|j| fold([du[j], du[4 + j], du[8 + j], du[12 + j]]));
+        for a in 0..3 {
+            let row = fold([cols[0][a], cols[1][a], cols[2][a], cols[3][a]]);
+            g[a * 3..a * 3 + 3].copy_from_slice(&row);
+        }
+    }
 }
