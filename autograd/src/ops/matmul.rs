@@ -37,6 +37,9 @@ impl Backward for MatmulRule {
             unbroadcast(d, a.shape())
         });
         let db = needs[1].then(|| {
+            if let Some(d) = shared_right_gradient(a, b, g, ta, tb) {
+                return d;
+            }
             let d = if tb {
                 g.matmul_t(a, true, ta)
             } else {
@@ -46,6 +49,26 @@ impl Backward for MatmulRule {
         });
         vec![da, db]
     }
+}
+
+/// The gradient of a 2-D right operand shared by a batch of left operands (a linear layer on
+/// `[.., L, K]` inputs): the batch axes are folded into the rows, so `dB` is one matrix product
+/// with a long reduction, `A'^T G'` (or `G'^T A'` when B was used transposed) with
+/// `A' = A [rows, K]` and `G' = G [rows, N]`, instead of a product per batch entry followed by
+/// a sum over the batch. `None` when the shapes are not of that kind.
+fn shared_right_gradient(a: &Tensor, b: &Tensor, g: &Tensor, ta: bool, tb: bool) -> Option<Tensor> {
+    if ta || b.ndim() != 2 || a.ndim() <= 2 || g.ndim() != a.ndim() {
+        return None;
+    }
+    let k = a.shape()[a.ndim() - 1];
+    let n = g.shape()[g.ndim() - 1];
+    let a2 = a.reshape(&[a.numel() / k.max(1), k]);
+    let g2 = g.reshape(&[g.numel() / n.max(1), n]);
+    Some(if tb {
+        g2.matmul_t(&a2, true, false)
+    } else {
+        a2.matmul_t(&g2, true, false)
+    })
 }
 
 impl Var {
