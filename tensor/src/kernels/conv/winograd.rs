@@ -35,7 +35,7 @@ use crate::ops::simd::{self, SimdF32};
 
 /// Tiles per chunk of images: large enough for efficient matrix products, small enough that
 /// a chunk's transformed inputs and outputs stay in the outer caches.
-const TILES_PER_CHUNK: usize = 1024;
+const TILES_PER_CHUNK: usize = 512;
 
 /// True if `p` is a convolution this module computes: 3x3, stride 1, padding 1, with enough
 /// channels for the matrix products to pay for the transforms, on images at least 16 pixels
