@@ -10,6 +10,8 @@ use std::ops::{Add, BitOr, Div, Mul, Neg, Sub};
 
 use wide::{f32x8, i32x8, CmpGt, CmpLt};
 
+use crate::kernels::cpu::Isa;
+
 /// `LANES` f32 lanes (8 or 16). Comparisons return masks (all bits set where true) as
 /// vectors. Most ops use only the 8-lane implementations; code that also runs on [`Avx512`]
 /// steps by `LANES`.
@@ -429,27 +431,35 @@ pub(crate) trait Lanes: Sync + Send {
     fn apply<V: SimdF32>(&self, x: V) -> V;
 }
 
-/// `dst[i] = op(src[i])` (initialising all of `dst`) with the implementation `V`; a tail shorter than 8 goes through a
-/// padded buffer, so every element sees the same arithmetic.
+/// `dst[i] = op(src[i])` (initialising all of `dst`) with the implementation `V`; a tail
+/// shorter than a vector goes through a padded buffer, so every element sees the same
+/// arithmetic.
 #[inline(always)]
 fn unary_with<V: SimdF32, L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L) {
     let n = dst.len();
-    let main = n - n % 8;
+    let l = V::LANES;
+    let main = n - n % l;
     for (s, d) in src[..main]
-        .chunks_exact(8)
-        .zip(dst[..main].chunks_exact_mut(8))
+        .chunks_exact(l)
+        .zip(dst[..main].chunks_exact_mut(l))
     {
         op.apply(V::load(s)).store_u(d);
     }
     if main < n {
-        let mut buf = [1.0f32; 8];
+        let mut buf = [1.0f32; 16];
         buf[..n - main].copy_from_slice(&src[main..n]);
-        let mut out = [0.0f32; 8];
+        let mut out = [0.0f32; 16];
         op.apply(V::load(&buf)).store(&mut out);
         for (d, &v) in dst[main..].iter_mut().zip(&out) {
             d.write(v);
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn unary_avx512<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L) {
+    unary_with::<Avx512, L>(src, dst, op);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -465,16 +475,17 @@ pub(crate) fn use_avx2() -> bool {
     cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2Fma
 }
 
-/// `dst[i] = op(src[i])` with the best implementation for this CPU (`avx2` from
-/// [`use_avx2`], computed once per op by the caller).
+/// `dst[i] = op(src[i])` with the implementation for `isa` (the CPU's, from
+/// [`crate::kernels::cpu::isa`], read once per op by the caller).
 #[inline]
-pub(crate) fn unary<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L, avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` comes from `use_avx2`, so the CPU has AVX2 and FMA.
-        unsafe { unary_avx2(src, dst, op) };
-        return;
+pub(crate) fn unary<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L, isa: Isa) {
+    match isa {
+        // SAFETY: `isa` is the CPU's, so it has AVX-512F (and AVX2, FMA).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { unary_avx512(src, dst, op) },
+        // SAFETY: as above, with AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { unary_avx2(src, dst, op) },
+        _ => unary_with::<f32x8, L>(src, dst, op),
     }
-    let _ = avx2;
-    unary_with::<f32x8, L>(src, dst, op);
 }

@@ -47,11 +47,11 @@ where
 fn map_op<L: Lanes>(x: &Tensor, op: L) -> Tensor {
     let _prof = crate::profile::scope(L::NAME, || crate::profile::shape(x.shape()));
     let src = x.data();
-    let avx2 = simd::use_avx2();
+    let isa = crate::kernels::cpu::isa();
     // SAFETY: simd::unary writes every element of each piece.
     let out = unsafe {
         alloc::output_uninit(src.len(), |start, dst| {
-            simd::unary(&src[start..start + dst.len()], dst, &op, avx2);
+            simd::unary(&src[start..start + dst.len()], dst, &op, isa);
         })
     };
     Tensor::from_vec(out, x.shape())
@@ -273,6 +273,38 @@ mod tests {
         assert_eq!(s.exp().shape(), &[] as &[usize]);
         assert!((s.exp().item() - std::f32::consts::E).abs() < 1e-6);
         assert_eq!(e.map(|v| v * 2.0).shape(), &[0, 3]);
+    }
+
+    #[test]
+    fn every_instruction_set_matches_f64() {
+        use super::super::simd;
+        use super::{Exp, Silu};
+        use crate::kernels::cpu::{isa, Isa};
+        use std::mem::MaybeUninit;
+        let mut rng = Lcg::new(5);
+        let data = rng.uniform_vec(1003, -20.0, 20.0);
+        let want_exp: Vec<f64> = data.iter().map(|&v| (v as f64).exp()).collect();
+        let want_silu: Vec<f64> = data
+            .iter()
+            .map(|&v| v as f64 / (1.0 + (-(v as f64)).exp()))
+            .collect();
+        for which in [Isa::Avx512, Isa::Avx2Fma, Isa::Portable] {
+            if which > isa() {
+                continue;
+            }
+            let run = |op: &dyn Fn(&[f32], &mut [MaybeUninit<f32>])| {
+                let mut out = vec![MaybeUninit::<f32>::uninit(); data.len()];
+                op(&data, &mut out);
+                // SAFETY: simd::unary initialised every element.
+                out.into_iter()
+                    .map(|v| unsafe { v.assume_init() })
+                    .collect::<Vec<f32>>()
+            };
+            let exp = run(&|s, d| simd::unary(s, d, &Exp, which));
+            let silu = run(&|s, d| simd::unary(s, d, &Silu, which));
+            assert_close(&format!("exp {which:?}"), &exp, &want_exp, 4e-7, 0.0);
+            assert_close(&format!("silu {which:?}"), &silu, &want_silu, 4e-7, 1e-30);
+        }
     }
 
     #[test]
