@@ -292,16 +292,16 @@ mod tests {
             if which > isa() {
                 continue;
             }
-            let run = |op: &dyn Fn(&[f32], &mut [MaybeUninit<f32>])| {
+            fn run<L: simd::Lanes>(data: &[f32], op: &L, which: Isa) -> Vec<f32> {
                 let mut out = vec![MaybeUninit::<f32>::uninit(); data.len()];
-                op(&data, &mut out);
+                simd::unary(data, &mut out, op, which);
                 // SAFETY: simd::unary initialised every element.
                 out.into_iter()
                     .map(|v| unsafe { v.assume_init() })
-                    .collect::<Vec<f32>>()
-            };
-            let exp = run(&|s, d| simd::unary(s, d, &Exp, which));
-            let silu = run(&|s, d| simd::unary(s, d, &Silu, which));
+                    .collect()
+            }
+            let exp = run(&data, &Exp, which);
+            let silu = run(&data, &Silu, which);
             assert_close(&format!("exp {which:?}"), &exp, &want_exp, 4e-7, 0.0);
             assert_close(&format!("silu {which:?}"), &silu, &want_silu, 4e-7, 1e-30);
         }
