@@ -98,6 +98,14 @@ impl Module for GroupNorm {
     }
 }
 
+impl GroupNorm {
+    /// `silu(self.forward(x))` as one fused op ([`crate::ops::norm::group_norm_silu`]).
+    pub fn forward_silu(&self, ctx: &mut Ctx, x: &Var) -> Var {
+        let (w, b) = (ctx.param(&self.weight), ctx.param(&self.bias));
+        crate::ops::norm::group_norm_silu(x, self.groups, Some(&w), Some(&b), self.eps)
+    }
+}
+
 /// Layer normalisation over the last axis with affine parameters (PyTorch's `nn.LayerNorm`
 /// for one normalised dimension): `y = (x - mean) / sqrt(var + eps) * weight + bias`, the
 /// biased variance over the last axis.

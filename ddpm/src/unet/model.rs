@@ -213,7 +213,7 @@ impl UNet {
             h = block.forward(ctx, &h, &temb_act, &mut skips);
         }
         debug_assert!(skips.is_empty(), "every skip connection is used once");
-        let h = self.conv_norm_out.forward(ctx, &h).silu();
+        let h = self.conv_norm_out.forward_silu(ctx, &h);
         self.conv_out.forward(ctx, &h)
     }
 

@@ -89,12 +89,12 @@ impl ResnetBlock {
 
     /// The block on `x` `[N, c_in, H, W]` given `temb_act = silu(emb)` `[N, temb_channels]`.
     pub fn forward(&self, ctx: &mut Ctx, x: &Var, temb_act: &Var) -> Var {
-        let h = self.norm1.forward(ctx, x).silu();
+        let h = self.norm1.forward_silu(ctx, x);
         let h = self.conv1.forward(ctx, &h);
         let shift = self.time_emb_proj.forward(ctx, temb_act);
         let (n, c) = (shift.shape()[0], shift.shape()[1]);
         let h = h.add(&shift.reshape(&[n, c, 1, 1]));
-        let h = self.norm2.forward(ctx, &h).silu();
+        let h = self.norm2.forward_silu(ctx, &h);
         let h = self.dropout.forward(ctx, &h);
         let h = self.conv2.forward(ctx, &h);
         let skip = match &self.conv_shortcut {

@@ -73,16 +73,74 @@ pub fn group_norm_forward(
     mean_out: &mut [f32],
     rstd_out: &mut [f32],
 ) {
-    const OP: &str = "group_norm_forward";
-    check_sizes(OP, x.len(), n, c, hw, groups);
-    check_len(OP, "out", out.len(), x.len());
-    check_len(OP, "mean_out", mean_out.len(), n * groups);
-    check_len(OP, "rstd_out", rstd_out.len(), n * groups);
+    forward_impl(
+        "group_norm_forward",
+        x,
+        (n, c, hw, groups),
+        eps,
+        gamma,
+        beta,
+        out,
+        mean_out,
+        rstd_out,
+        false,
+    );
+}
+
+/// [`group_norm_forward`] followed by SiLU, `out = silu(z)` with `z` the group norm's output,
+/// in the same pass over each block (while it is in cache). The statistics saved are those
+/// of the normalisation.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_forward(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    out: &mut [f32],
+    mean_out: &mut [f32],
+    rstd_out: &mut [f32],
+) {
+    forward_impl(
+        "group_norm_silu_forward",
+        x,
+        (n, c, hw, groups),
+        eps,
+        gamma,
+        beta,
+        out,
+        mean_out,
+        rstd_out,
+        true,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_impl(
+    op: &str,
+    x: &[f32],
+    (n, c, hw, groups): (usize, usize, usize, usize),
+    eps: f32,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    out: &mut [f32],
+    mean_out: &mut [f32],
+    rstd_out: &mut [f32],
+    silu: bool,
+) {
+    let isa = crate::kernels::cpu::isa();
+    check_sizes(op, x.len(), n, c, hw, groups);
+    check_len(op, "out", out.len(), x.len());
+    check_len(op, "mean_out", mean_out.len(), n * groups);
+    check_len(op, "rstd_out", rstd_out.len(), n * groups);
     if let Some(g) = gamma {
-        check_len(OP, "gamma", g.len(), c);
+        check_len(op, "gamma", g.len(), c);
     }
     if let Some(b) = beta {
-        check_len(OP, "beta", b.len(), c);
+        check_len(op, "beta", b.len(), c);
     }
     let cpg = c / groups;
     let block = cpg * hw;
@@ -113,6 +171,9 @@ pub fn group_norm_forward(
                         *y = (v - mean) * scale + bt;
                     }
                 });
+                if silu {
+                    crate::ops::simd::silu_inplace(yr, isa);
+                }
             }
         });
 }
@@ -195,14 +256,77 @@ pub fn group_norm_backward(
     grad_gamma: Option<&mut [f32]>,
     grad_beta: Option<&mut [f32]>,
 ) {
-    const OP: &str = "group_norm_backward";
-    check_sizes(OP, x.len(), n, c, hw, groups);
-    check_len(OP, "grad_out", grad_out.len(), x.len());
-    check_len(OP, "grad_x", grad_x.len(), x.len());
-    check_len(OP, "mean", mean.len(), n * groups);
-    check_len(OP, "rstd", rstd.len(), n * groups);
+    backward_impl(
+        "group_norm_backward",
+        x,
+        grad_out,
+        (n, c, hw, groups),
+        (mean, rstd),
+        gamma,
+        None,
+        grad_x,
+        grad_gamma,
+        grad_beta,
+    );
+}
+
+/// The backward pass of [`group_norm_silu_forward`]: `grad_out` is the gradient of the SiLU's
+/// output; the normalised values `z` are recomputed from `x`, the saved statistics, `gamma`
+/// and `beta`, turned into `dz = grad_out * silu'(z)` one block at a time, and passed through
+/// the group norm's backward pass as in [`group_norm_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward(
+    x: &[f32],
+    grad_out: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    grad_x: &mut [f32],
+    grad_gamma: Option<&mut [f32]>,
+    grad_beta: Option<&mut [f32]>,
+) {
+    backward_impl(
+        "group_norm_silu_backward",
+        x,
+        grad_out,
+        (n, c, hw, groups),
+        (mean, rstd),
+        gamma,
+        Some(beta),
+        grad_x,
+        grad_gamma,
+        grad_beta,
+    );
+}
+
+/// The group norm's backward pass; with `silu_beta` `Some(beta)`, `grad_out` is first mapped
+/// through the SiLU's derivative at the recomputed normalised values.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    op: &str,
+    x: &[f32],
+    grad_out: &[f32],
+    (n, c, hw, groups): (usize, usize, usize, usize),
+    (mean, rstd): (&[f32], &[f32]),
+    gamma: Option<&[f32]>,
+    silu_beta: Option<Option<&[f32]>>,
+    grad_x: &mut [f32],
+    grad_gamma: Option<&mut [f32]>,
+    grad_beta: Option<&mut [f32]>,
+) {
+    let isa = crate::kernels::cpu::isa();
+    check_sizes(op, x.len(), n, c, hw, groups);
+    check_len(op, "grad_out", grad_out.len(), x.len());
+    check_len(op, "grad_x", grad_x.len(), x.len());
+    check_len(op, "mean", mean.len(), n * groups);
+    check_len(op, "rstd", rstd.len(), n * groups);
     if let Some(g) = gamma {
-        check_len(OP, "gamma", g.len(), c);
+        check_len(op, "gamma", g.len(), c);
     }
     let cpg = c / groups;
     let block = cpg * hw;
@@ -226,6 +350,30 @@ pub fn group_norm_backward(
                 let mu = mean[idx] as f64;
                 let rs = rstd[idx] as f64;
                 let g0 = (idx % groups) * cpg;
+                // With SiLU after the norm: dz = dy * silu'(z) for this block, z rounded as
+                // the forward pass rounds it.
+                let dz;
+                let dyb = match silu_beta {
+                    None => dyb,
+                    Some(beta) => {
+                        let mut d = vec![0.0f32; dyb.len()];
+                        for ch in 0..cpg {
+                            let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
+                            let bt = beta.map_or(0.0, |b| b[g0 + ch]);
+                            let affine = (mu as f32, (gm * rs) as f32, bt);
+                            let r = ch * hw..(ch + 1) * hw;
+                            crate::ops::simd::silu_grad_affine(
+                                &dyb[r.clone()],
+                                &xb[r.clone()],
+                                affine,
+                                &mut d[r],
+                                isa,
+                            );
+                        }
+                        dz = d;
+                        &dz[..]
+                    }
+                };
                 // Pass 1: per-channel sums, and the two group means of the formula.
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
                 for ch in 0..cpg {
@@ -261,7 +409,7 @@ pub fn group_norm_backward(
             });
     }
     let reduce = |partials: &[f64], dst: &mut [f32], what: &str| {
-        check_len(OP, what, dst.len(), c);
+        check_len(op, what, dst.len(), c);
         for (ch, d) in dst.iter_mut().enumerate() {
             let mut sum = 0.0f64;
             for img in 0..n {

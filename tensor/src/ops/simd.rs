@@ -489,3 +489,126 @@ pub(crate) fn unary<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L,
         _ => unary_with::<f32x8, L>(src, dst, op),
     }
 }
+
+/// `silu(v) = v / (1 + e^-v)` (functions, not closures: a closure would not inherit the
+/// caller's target features).
+#[inline(always)]
+fn silu_v<V: SimdF32>(v: V) -> V {
+    v / (V::splat(1.0) + super::vmath::exp(-v))
+}
+
+/// `d * silu'(z)` with `z = (v - mean) * scale + shift`, `a = (mean, scale, shift)`.
+#[inline(always)]
+fn silu_grad_v<V: SimdF32>(d: V, v: V, a: (V, V, V)) -> V {
+    let one = V::splat(1.0);
+    let z = (v - a.0) * a.1 + a.2;
+    let s = one / (one + super::vmath::exp(-z));
+    d * (s * (one + z * (one - s)))
+}
+
+/// `x = silu(x) = x / (1 + e^-x)` in place, a vector at a time (the tail through a padded
+/// buffer, so every element sees the same arithmetic).
+#[inline(always)]
+fn silu_inplace_with<V: SimdF32>(x: &mut [f32]) {
+    let l = V::LANES;
+    let main = x.len() - x.len() % l;
+    let (body, tail) = x.split_at_mut(main);
+    for c in body.chunks_exact_mut(l) {
+        silu_v(V::load(c)).store(c);
+    }
+    if !tail.is_empty() {
+        let mut buf = [0.0f32; 16];
+        buf[..tail.len()].copy_from_slice(tail);
+        silu_v(V::load(&buf)).store(&mut buf);
+        let n = tail.len();
+        tail.copy_from_slice(&buf[..n]);
+    }
+}
+
+/// `out = dy * silu'(z)` with `z = (x - mean) * scale + shift` recomputed from `x` (the
+/// affine map of a group norm, rounded as the forward pass rounds it) and
+/// `silu'(z) = s (1 + z (1 - s))`, `s = 1 / (1 + e^-z)`.
+#[inline(always)]
+fn silu_grad_affine_with<V: SimdF32>(
+    dy: &[f32],
+    x: &[f32],
+    (mean, scale, shift): (f32, f32, f32),
+    out: &mut [f32],
+) {
+    let l = V::LANES;
+    let a = (V::splat(mean), V::splat(scale), V::splat(shift));
+    let n = out.len();
+    let main = n - n % l;
+    for ((o, d), v) in out[..main]
+        .chunks_exact_mut(l)
+        .zip(dy[..main].chunks_exact(l))
+        .zip(x[..main].chunks_exact(l))
+    {
+        silu_grad_v(V::load(d), V::load(v), a).store(o);
+    }
+    if main < n {
+        let (mut db, mut xb) = ([0.0f32; 16], [0.0f32; 16]);
+        db[..n - main].copy_from_slice(&dy[main..n]);
+        xb[..n - main].copy_from_slice(&x[main..n]);
+        silu_grad_v(V::load(&db), V::load(&xb), a).store(&mut db);
+        out[main..].copy_from_slice(&db[..n - main]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn silu_inplace_avx512(x: &mut [f32]) {
+    silu_inplace_with::<Avx512>(x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_inplace_avx2(x: &mut [f32]) {
+    silu_inplace_with::<Avx2>(x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn silu_grad_affine_avx512(dy: &[f32], x: &[f32], a: (f32, f32, f32), out: &mut [f32]) {
+    silu_grad_affine_with::<Avx512>(dy, x, a, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_grad_affine_avx2(dy: &[f32], x: &[f32], a: (f32, f32, f32), out: &mut [f32]) {
+    silu_grad_affine_with::<Avx2>(dy, x, a, out);
+}
+
+/// `x = silu(x)` in place on the implementation for `isa` (the CPU's).
+pub(crate) fn silu_inplace(x: &mut [f32], isa: Isa) {
+    match isa {
+        // SAFETY: `isa` is the CPU's.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { silu_inplace_avx512(x) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { silu_inplace_avx2(x) },
+        _ => silu_inplace_with::<f32x8>(x),
+    }
+}
+
+/// `out = dy * silu'((x - mean) * scale + shift)` on the implementation for `isa` (the
+/// CPU's); `affine` is `(mean, scale, shift)`. All slices have the same length.
+pub(crate) fn silu_grad_affine(
+    dy: &[f32],
+    x: &[f32],
+    affine: (f32, f32, f32),
+    out: &mut [f32],
+    isa: Isa,
+) {
+    assert!(dy.len() == out.len() && x.len() == out.len());
+    match isa {
+        // SAFETY: `isa` is the CPU's.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { silu_grad_affine_avx512(dy, x, affine, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { silu_grad_affine_avx2(dy, x, affine, out) },
+        _ => silu_grad_affine_with::<f32x8>(dy, x, affine, out),
+    }
+}
