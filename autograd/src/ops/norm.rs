@@ -181,7 +181,7 @@ mod tests {
         .unwrap();
         gradcheck(
             |v| group_norm_silu(&v[0], 2, None, None, 1e-5),
-            &[x.clone()],
+            std::slice::from_ref(&x),
             tol,
         )
         .unwrap();
