@@ -255,16 +255,14 @@ fn grad_row_of_tiles<V: SimdF32>(
 fn sixteen_rows(v: &mut [f32], plane: usize, base: usize, len: usize) -> [&mut [f32]; 16] {
     let mut rest = v;
     let mut start = 0;
-    let mut rows: Vec<&mut [f32]> = Vec::with_capacity(16);
-    for xi in 0..16 {
+    std::array::from_fn(|xi| {
         let at = xi * plane + base;
-        let (_, tail) = rest.split_at_mut(at - start);
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(at - start);
         let (row, tail) = tail.split_at_mut(len);
-        rows.push(row);
         rest = tail;
         start = at + len;
-    }
-    rows.try_into().unwrap_or_else(|_| unreachable!("16 rows"))
+        row
+    })
 }
 
 /// `dM[xi][co][t0 + tile] = (A dY A^T)[xi]` for every channel and tile of one image's output
