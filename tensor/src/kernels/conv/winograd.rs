@@ -394,106 +394,57 @@ fn transform_output<V: SimdF32>(
     }
 }
 
-/// Declares `$input` and `$output`: [`transform_input`] and [`transform_output`] compiled
-/// with `$features`, so that their tile loops are vectorised for that instruction set.
-macro_rules! transforms_with {
-    ($input:ident, $output:ident, $grad:ident, $features:literal, $v:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $grad(p: &Conv2dParams, dy: &[f32], m: &mut [f32], stride: usize, t0: usize) {
-            transform_grad_output::<$v>(p, dy, m, stride, t0);
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $input(p: &Conv2dParams, x: &[f32], v: &mut [f32], stride: usize, t0: usize) {
-            transform_input::<$v>(p, x, v, stride, t0);
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $output(
-            p: &Conv2dParams,
-            m: &[f32],
-            stride: usize,
-            t0: usize,
-            bias: Option<&[f32]>,
-            y: &mut [f32],
-        ) {
-            transform_output::<$v>(p, m, stride, t0, bias, y);
+/// Declares `$on(isa, args..)`, which runs `$generic::<V>(args..)` on the vectors of `isa`
+/// (which the CPU must have), compiled with that instruction set's features so that the
+/// tile loops are vectorised for it.
+macro_rules! on_isa {
+    ($on:ident, $generic:ident, ($($a:ident: $t:ty),*)) => {
+        fn $on(isa: Isa, $($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($a: $t),*) {
+                $generic::<simd::Avx512>($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) {
+                $generic::<simd::Avx2>($($a),*)
+            }
+            match isa {
+                // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($a),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => unsafe { avx2($($a),*) },
+                _ => $generic::<f32x8>($($a),*),
+            }
         }
     };
 }
 
-transforms_with!(
-    input_avx512,
-    output_avx512,
-    grad_avx512,
-    "avx512f,avx2,fma",
-    simd::Avx512
+on_isa!(
+    transform_input_on,
+    transform_input,
+    (p: &Conv2dParams, x: &[f32], v: &mut [f32], stride: usize, t0: usize)
 );
-transforms_with!(input_avx2, output_avx2, grad_avx2, "avx2,fma", simd::Avx2);
-
-/// [`transform_grad_output`] vectorised for `isa` (which the CPU must have).
-fn transform_grad_output_on(
-    isa: Isa,
-    p: &Conv2dParams,
-    dy: &[f32],
-    m: &mut [f32],
-    stride: usize,
-    t0: usize,
-) {
-    match isa {
-        // SAFETY: `isa` is the CPU's (cpu::isa).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { grad_avx512(p, dy, m, stride, t0) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { grad_avx2(p, dy, m, stride, t0) },
-        _ => transform_grad_output::<f32x8>(p, dy, m, stride, t0),
-    }
-}
-
-/// [`transform_input`] vectorised for `isa` (which the CPU must have).
-fn transform_input_on(
-    isa: Isa,
-    p: &Conv2dParams,
-    x: &[f32],
-    v: &mut [f32],
-    stride: usize,
-    t0: usize,
-) {
-    match isa {
-        // SAFETY: `isa` is the CPU's (cpu::isa).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { input_avx512(p, x, v, stride, t0) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { input_avx2(p, x, v, stride, t0) },
-        _ => transform_input::<f32x8>(p, x, v, stride, t0),
-    }
-}
-
-/// [`transform_output`] vectorised for `isa` (which the CPU must have).
-fn transform_output_on(
-    isa: Isa,
-    p: &Conv2dParams,
-    m: &[f32],
-    stride: usize,
-    t0: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    match isa {
-        // SAFETY: `isa` is the CPU's (cpu::isa).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { output_avx512(p, m, stride, t0, bias, y) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { output_avx2(p, m, stride, t0, bias, y) },
-        _ => transform_output::<f32x8>(p, m, stride, t0, bias, y),
-    }
-}
+on_isa!(
+    transform_output_on,
+    transform_output,
+    (
+        p: &Conv2dParams,
+        m: &[f32],
+        stride: usize,
+        t0: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32]
+    )
+);
+on_isa!(
+    transform_grad_output_on,
+    transform_grad_output,
+    (p: &Conv2dParams, dy: &[f32], m: &mut [f32], stride: usize, t0: usize)
+);
 
 thread_local! {
     /// Each thread keeps its transformed inputs and products between calls, so a steady
