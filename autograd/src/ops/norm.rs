@@ -14,96 +14,38 @@ use crate::{Backward, Var};
 /// - `dbeta[c] = sum dy`, `dgamma[c] = sum dy * xhat` (over the batch and pixels);
 /// - with `h = dy * gamma`, differentiating through the mean and the variance gives
 ///   `dx = rstd * (h - mean(h) - xhat * mean(h * xhat))`, the means taken over the group.
+///
+/// With `silu` (the fused `silu(group_norm(x))`), the output gradient first goes through
+/// `silu'(z) = s (1 + z (1 - s))` (`s` the logistic sigmoid) at the normalised values `z`,
+/// which the kernel recomputes from `x`, the saved statistics, `gamma` and `beta`; nothing of
+/// the size of `x` is stored besides `x`.
 struct GroupNormRule {
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    gamma: Option<Tensor>,
-    groups: usize,
-    has_beta: bool,
-}
-
-impl Backward for GroupNormRule {
-    fn name(&self) -> &'static str {
-        "group_norm"
-    }
-
-    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
-        let (dx, dgamma, dbeta) = group_norm_backward(
-            &self.x,
-            g,
-            self.groups,
-            &self.mean,
-            &self.rstd,
-            self.gamma.as_ref(),
-        );
-        let mut grads = vec![Some(dx)];
-        if self.gamma.is_some() {
-            grads.push(Some(dgamma));
-        }
-        if self.has_beta {
-            grads.push(Some(dbeta));
-        }
-        grads
-    }
-}
-
-/// Group normalisation of `x` `[N, C, ...]` over `groups` groups of channels, with optional
-/// per-channel scale `gamma` and shift `beta` (`[C]`).
-pub fn group_norm(
-    x: &Var,
-    groups: usize,
-    gamma: Option<&Var>,
-    beta: Option<&Var>,
-    eps: f32,
-) -> Var {
-    let (y, mean, rstd) = group_norm_forward(
-        x.value(),
-        groups,
-        gamma.map(|v| v.value()),
-        beta.map(|v| v.value()),
-        eps,
-    );
-    let rule = GroupNormRule {
-        x: x.value().clone(),
-        mean,
-        rstd,
-        gamma: gamma.map(|v| v.value().clone()),
-        groups,
-        has_beta: beta.is_some(),
-    };
-    let inputs: Vec<&Var> = std::iter::once(x).chain(gamma).chain(beta).collect();
-    Var::from_op(y, rule, &inputs)
-}
-
-/// `silu(group_norm(x))` as one op: the backward pass recomputes the normalised values `z`
-/// from `x` and the saved statistics, maps the output gradient through
-/// `silu'(z) = s (1 + z (1 - s))` (`s` the logistic sigmoid of `z`), then goes back through
-/// the norm as [`GroupNormRule`] does. Nothing of the size of `x` is stored besides `x`.
-struct GroupNormSiluRule {
     x: Tensor,
     mean: Tensor,
     rstd: Tensor,
     gamma: Option<Tensor>,
     beta: Option<Tensor>,
     groups: usize,
+    silu: bool,
 }
 
-impl Backward for GroupNormSiluRule {
+impl Backward for GroupNormRule {
     fn name(&self) -> &'static str {
-        "group_norm_silu"
+        if self.silu {
+            "group_norm_silu"
+        } else {
+            "group_norm"
+        }
     }
 
     fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
-        let (dx, dgamma, dbeta) = group_norm_silu_backward(
-            &self.x,
-            g,
-            self.groups,
-            &self.mean,
-            &self.rstd,
-            self.gamma.as_ref(),
-            self.beta.as_ref(),
-        );
+        let (x, groups, mean, rstd) = (&self.x, self.groups, &self.mean, &self.rstd);
+        let gamma = self.gamma.as_ref();
+        let (dx, dgamma, dbeta) = if self.silu {
+            group_norm_silu_backward(x, g, groups, mean, rstd, gamma, self.beta.as_ref())
+        } else {
+            group_norm_backward(x, g, groups, mean, rstd, gamma)
+        };
         let mut grads = vec![Some(dx)];
         if self.gamma.is_some() {
             grads.push(Some(dgamma));
@@ -115,6 +57,52 @@ impl Backward for GroupNormSiluRule {
     }
 }
 
+/// The op for [`group_norm`] (`silu` false) and [`group_norm_silu`] (`silu` true).
+fn group_norm_op(
+    x: &Var,
+    groups: usize,
+    gamma: Option<&Var>,
+    beta: Option<&Var>,
+    eps: f32,
+    silu: bool,
+) -> Var {
+    let forward = if silu {
+        group_norm_silu_forward
+    } else {
+        group_norm_forward
+    };
+    let (y, mean, rstd) = forward(
+        x.value(),
+        groups,
+        gamma.map(|v| v.value()),
+        beta.map(|v| v.value()),
+        eps,
+    );
+    let rule = GroupNormRule {
+        x: x.value().clone(),
+        mean,
+        rstd,
+        gamma: gamma.map(|v| v.value().clone()),
+        beta: beta.map(|v| v.value().clone()),
+        groups,
+        silu,
+    };
+    let inputs: Vec<&Var> = std::iter::once(x).chain(gamma).chain(beta).collect();
+    Var::from_op(y, rule, &inputs)
+}
+
+/// Group normalisation of `x` `[N, C, ...]` over `groups` groups of channels, with optional
+/// per-channel scale `gamma` and shift `beta` (`[C]`).
+pub fn group_norm(
+    x: &Var,
+    groups: usize,
+    gamma: Option<&Var>,
+    beta: Option<&Var>,
+    eps: f32,
+) -> Var {
+    group_norm_op(x, groups, gamma, beta, eps, false)
+}
+
 /// SiLU of the group normalisation of `x` (`silu(group_norm(x, ..))`, the pattern of every
 /// ResNet block), computed in one pass with one op on the tape.
 pub fn group_norm_silu(
@@ -124,23 +112,7 @@ pub fn group_norm_silu(
     beta: Option<&Var>,
     eps: f32,
 ) -> Var {
-    let (y, mean, rstd) = group_norm_silu_forward(
-        x.value(),
-        groups,
-        gamma.map(|v| v.value()),
-        beta.map(|v| v.value()),
-        eps,
-    );
-    let rule = GroupNormSiluRule {
-        x: x.value().clone(),
-        mean,
-        rstd,
-        gamma: gamma.map(|v| v.value().clone()),
-        beta: beta.map(|v| v.value().clone()),
-        groups,
-    };
-    let inputs: Vec<&Var> = std::iter::once(x).chain(gamma).chain(beta).collect();
-    Var::from_op(y, rule, &inputs)
+    group_norm_op(x, groups, gamma, beta, eps, true)
 }
 
 #[cfg(test)]
