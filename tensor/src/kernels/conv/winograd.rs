@@ -132,14 +132,54 @@ fn output_tile<T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>>(
     ]
 }
 
+/// `ev[t] = row[2t]` and `od[t] = row[2t + 1]` for every full pair of `row`, `V::LANES` pairs
+/// at a time.
+#[inline(always)]
+fn split_even_odd<V: SimdF32>(row: &[f32], ev: &mut [f32], od: &mut [f32]) {
+    let l = V::LANES;
+    let pairs = row.len() / 2;
+    let mut t = 0;
+    while t + l <= pairs {
+        let (e, o) = V::deinterleave(V::load(&row[2 * t..]), V::load(&row[2 * t + l..]));
+        e.store(&mut ev[t..]);
+        o.store(&mut od[t..]);
+        t += l;
+    }
+    for t in t..pairs {
+        ev[t] = row[2 * t];
+        od[t] = row[2 * t + 1];
+    }
+}
+
+/// `row[2t] = ev[t]` and `row[2t + 1] = od[t]` for every full pair of `row` (the inverse of
+/// [`split_even_odd`]).
+#[inline(always)]
+fn join_even_odd<V: SimdF32>(ev: &[f32], od: &[f32], row: &mut [f32]) {
+    let l = V::LANES;
+    let pairs = row.len() / 2;
+    let mut t = 0;
+    while t + l <= pairs {
+        let (a, b) = V::interleave(V::load(&ev[t..]), V::load(&od[t..]));
+        a.store(&mut row[2 * t..]);
+        b.store(&mut row[2 * t + l..]);
+        t += l;
+    }
+    for t in t..pairs {
+        row[2 * t] = ev[t];
+        row[2 * t + 1] = od[t];
+    }
+}
+
 /// One row of tiles of the input transform: `e[i]`, `o[i]` are the even and odd columns of
 /// padded input row `i` of the tiles (`tw + 1` values each: padded columns `2t` and `2t + 1`),
-/// and `out[xi]` receives `(B^T d B)[xi]` for tiles `0..tw`, `V::LANES` tiles at a time.
+/// and `out[xi][at + t]` receives `(B^T d B)[xi]` for tiles `t` in `0..tw`, `V::LANES` tiles at a
+/// time.
 #[inline(always)]
 fn input_row_of_tiles<V: SimdF32>(
     e: [&[f32]; 4],
     o: [&[f32]; 4],
     out: &mut [&mut [f32]; 16],
+    at: usize,
     tw: usize,
 ) {
     let l = V::LANES;
@@ -157,7 +197,7 @@ fn input_row_of_tiles<V: SimdF32>(
         }
         let v = input_tile(d);
         for xi in 0..16 {
-            v[xi].store(&mut out[xi][t..]);
+            v[xi].store(&mut out[xi][at + t..]);
         }
         t += l;
     }
@@ -168,7 +208,7 @@ fn input_row_of_tiles<V: SimdF32>(
         }
         let v = input_tile(d);
         for xi in 0..16 {
-            out[xi][t] = v[xi];
+            out[xi][at + t] = v[xi];
         }
     }
 }
@@ -220,13 +260,14 @@ where
 }
 
 /// One row of tiles of the output-gradient transform: `e[a]`, `o[a]` are the even and odd
-/// columns of output-gradient row `a` of the tiles (`tw` values each), and `out[xi]` receives
-/// `(A dY A^T)[xi]` for tiles `0..tw`.
+/// columns of output-gradient row `a` of the tiles (`tw` values each), and `out[xi][at + t]`
+/// receives `(A dY A^T)[xi]` for tiles `t` in `0..tw`.
 #[inline(always)]
 fn grad_row_of_tiles<V: SimdF32>(
     e: [&[f32]; 2],
     o: [&[f32]; 2],
     out: &mut [&mut [f32]; 16],
+    at: usize,
     tw: usize,
 ) {
     let l = V::LANES;
@@ -239,14 +280,14 @@ fn grad_row_of_tiles<V: SimdF32>(
         ];
         let m = grad_output_tile(y);
         for xi in 0..16 {
-            m[xi].store(&mut out[xi][t..]);
+            m[xi].store(&mut out[xi][at + t..]);
         }
         t += l;
     }
     for t in t..tw {
         let m = grad_output_tile([[e[0][t], o[0][t]], [e[1][t], o[1][t]]]);
         for xi in 0..16 {
-            out[xi][t] = m[xi];
+            out[xi][at + t] = m[xi];
         }
     }
 }
@@ -282,6 +323,7 @@ fn transform_grad_output<V: SimdF32>(
     let mut odd = [vec![0.0f32; tw], vec![0.0f32; tw]];
     for co in 0..p.c_out {
         let img = &dy[co * h * w..(co + 1) * h * w];
+        let mut outs = sixteen_rows(m, plane, co * stride + t0, th * tw);
         for ty in 0..th {
             for a in 0..2 {
                 let y = 2 * ty + a;
@@ -292,17 +334,14 @@ fn transform_grad_output<V: SimdF32>(
                     continue;
                 }
                 let row = &img[y * w..(y + 1) * w];
-                for (t, pair) in row.chunks_exact(2).enumerate() {
-                    e[t] = pair[0];
-                    o[t] = pair[1];
-                }
+                split_even_odd::<V>(row, e, o);
                 if w % 2 == 1 {
                     e[w / 2] = row[w - 1];
                     o[w / 2] = 0.0;
                 }
             }
-            let mut outs = sixteen_rows(m, plane, co * stride + t0 + ty * tw, tw);
-            grad_row_of_tiles::<V>([&even[0], &even[1]], [&odd[0], &odd[1]], &mut outs, tw);
+            let (e, o) = ([&even[0][..], &even[1]], [&odd[0][..], &odd[1]]);
+            grad_row_of_tiles::<V>(e, o, &mut outs, ty * tw, tw);
         }
     }
 }
@@ -333,20 +372,17 @@ fn transform_input<V: SimdF32>(
             let o = &mut odd[(y + 1) * (tw + 1)..(y + 2) * (tw + 1)];
             // Input column x is padded column x + 1: odd x lands in even[(x + 1) / 2], even x
             // in odd[x / 2].
-            for (t, pair) in row.chunks_exact(2).enumerate() {
-                o[t] = pair[0];
-                e[t + 1] = pair[1];
-            }
+            split_even_odd::<V>(row, o, &mut e[1..]);
             if w % 2 == 1 {
                 o[w / 2] = row[w - 1];
             }
         }
+        let mut outs = sixteen_rows(v, plane, ci * stride + t0, th * tw);
         for ty in 0..th {
             let at = |r: usize| (2 * ty + r) * (tw + 1)..(2 * ty + r + 1) * (tw + 1);
             let ev = [&even[at(0)], &even[at(1)], &even[at(2)], &even[at(3)]];
             let od = [&odd[at(0)], &odd[at(1)], &odd[at(2)], &odd[at(3)]];
-            let mut outs = sixteen_rows(v, plane, ci * stride + t0 + ty * tw, tw);
-            input_row_of_tiles::<V>(ev, od, &mut outs, tw);
+            input_row_of_tiles::<V>(ev, od, &mut outs, ty * tw, tw);
         }
     }
 }
@@ -382,10 +418,7 @@ fn transform_output<V: SimdF32>(
                     continue;
                 }
                 let dst = &mut out[yy * w..(yy + 1) * w];
-                for (t, pair) in dst.chunks_exact_mut(2).enumerate() {
-                    pair[0] = r[0][t];
-                    pair[1] = r[1][t];
-                }
+                join_even_odd::<V>(&r[0], &r[1], dst);
                 if w % 2 == 1 {
                     dst[w - 1] = r[0][w / 2];
                 }
