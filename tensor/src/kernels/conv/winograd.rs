@@ -427,35 +427,6 @@ fn transform_output<V: SimdF32>(
     }
 }
 
-/// Declares `$on(isa, args..)`, which runs `$generic::<V>(args..)` on the vectors of `isa`
-/// (which the CPU must have), compiled with that instruction set's features so that the
-/// tile loops are vectorised for it.
-macro_rules! on_isa {
-    ($on:ident, $generic:ident, ($($a:ident: $t:ty),*)) => {
-        fn $on(isa: Isa, $($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($a: $t),*) {
-                $generic::<simd::Avx512>($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($a: $t),*) {
-                $generic::<simd::Avx2>($($a),*)
-            }
-            match isa {
-                // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512($($a),*) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { avx2($($a),*) },
-                _ => $generic::<f32x8>($($a),*),
-            }
-        }
-    };
-}
-
 on_isa!(
     transform_input_on,
     transform_input,
@@ -488,7 +459,11 @@ thread_local! {
 
 /// Runs `f` on this thread's buffers grown to `v_len` and `m_len` values (fresh ones if they
 /// are in use higher up the stack, as when rayon runs another chunk while this one waits).
-fn with_buffers<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+pub(super) fn with_buffers<R>(
+    v_len: usize,
+    m_len: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
     let run = |bufs: &mut (Vec<f32>, Vec<f32>)| {
         if bufs.0.len() < v_len {
             bufs.0.resize(v_len, 0.0);
