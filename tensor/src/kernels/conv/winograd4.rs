@@ -185,6 +185,38 @@ fn transform_output<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
     }
 }
 
+/// `A y` for four values `y` (the adjoint of [`output_column`]).
+#[inline(always)]
+fn grad_column<V: SimdF32>(y: [V; 4]) -> [V; 6] {
+    let (e, o) = (y[0] + y[2], y[1] + y[3]);
+    let (e4, o2) = (
+        y[2].mul_add(V::splat(4.0), y[0]),
+        y[3].mul_add(V::splat(4.0), y[1]) * V::splat(2.0),
+    );
+    [y[0], e + o, e - o, e4 + o2, e4 - o2, y[3]]
+}
+
+/// `rows[xi][c] <- (A dY A^T)[xi]` in place (all 36 rows), where `rows[a * 4 + b][c]` holds
+/// `dY[a][b]` of the tile in column `c`, for columns `0..len`.
+#[inline(always)]
+fn transform_grad_output<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
+    let mut c = 0;
+    while c < len {
+        // A dY (down each column b of the block), then (A dY) A^T (along each row i).
+        let t: [[V; 6]; 4] = std::array::from_fn(|b| {
+            grad_column(std::array::from_fn(|a| V::load(&rows[a * 4 + b][c..])))
+        });
+        for i in 0..6 {
+            let m = grad_column(std::array::from_fn(|b| t[b][i]));
+            for (j, mj) in m.into_iter().enumerate() {
+                mj.store(&mut rows[i * 6 + j][c..]);
+            }
+        }
+        c += V::LANES;
+    }
+}
+
+on_isa!(transform_grad_output_on, transform_grad_output, (rows: &mut [&mut [f32]], len: usize));
 on_isa!(transform_input_on, transform_input, (rows: &mut [&mut [f32]], len: usize));
 on_isa!(transform_output_on, transform_output, (rows: &mut [&mut [f32]], len: usize));
 
@@ -208,12 +240,13 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// `rows[i * 6 + j][col0 + ty * tw + tx] = d[i][j]` of tile `(ty, tx)` for every tile of one
-/// channel `x` (`h x w`) of one image. `phases` is scratch of at least
-/// `(4 * th + 2) * 4 * (tw + 1)` values: padded row `r` (input row `r - 1`) split by padded
-/// column `xp = 4t + k` (input column `xp - 1`) into `phases[(4r + k) * (tw + 1) + t]`, zero
-/// outside the image, so that each `d[i][j]` of a row of tiles is one contiguous run.
-fn gather_patches(
+/// `rows[i * N + j][col0 + ty * tw + tx] = x[4ty + i - OFF][4tx + j - OFF]` (zero outside the
+/// image) for every tile of one channel `x` (`h x w`) of one image: the 6x6 input patches
+/// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). `phases` is scratch of at
+/// least `(4 * th + 2) * 4 * (tw + 1)` values: shifted row `r` (image row `r - OFF`) split by
+/// shifted column `4t + k` (image column `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`,
+/// zero outside the image, so that each run of `rows` is contiguous there.
+fn gather<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
     x: &[f32],
     rows: &mut [&mut [f32]],
@@ -225,28 +258,26 @@ fn gather_patches(
     let run = tw + 1;
     phases.fill(0.0);
     for (y, row) in x.chunks_exact(w).enumerate() {
-        let at = |k: usize| (4 * (y + 1) + k) * run;
-        // Input columns 4s, 4s + 1, 4s + 2 are padded columns 4s + 1, 4s + 2, 4s + 3 (phases 1-3
-        // of t = s); input column 4s + 3 is padded column 4(s + 1) (phase 0 of t = s + 1).
+        let at = |k: usize| (4 * (y + OFF) + k) * run;
+        // Image column 4s + k is shifted column 4s + k + OFF.
         let mut quads = row.chunks_exact(4);
         for (s, q) in quads.by_ref().enumerate() {
-            phases[at(1) + s] = q[0];
-            phases[at(2) + s] = q[1];
-            phases[at(3) + s] = q[2];
-            phases[at(0) + s + 1] = q[3];
+            for (k, &v) in q.iter().enumerate() {
+                phases[at((k + OFF) % 4) + s + (k + OFF) / 4] = v;
+            }
         }
         let s = w / 4;
         for (k, &v) in quads.remainder().iter().enumerate() {
-            phases[at(k + 1) + s] = v;
+            phases[at((k + OFF) % 4) + s + (k + OFF) / 4] = v;
         }
     }
     for ty in 0..th {
         let at = col0 + ty * tw;
-        for i in 0..6 {
+        for i in 0..N {
             let r = 4 * ty + i;
-            for j in 0..6 {
+            for j in 0..N {
                 let src = &phases[(4 * r + j % 4) * run + j / 4..];
-                copy_run(&mut rows[i * 6 + j][at..at + tw], src);
+                copy_run(&mut rows[i * N + j][at..at + tw], src);
             }
         }
     }
@@ -315,6 +346,54 @@ fn blocks_by_channel(
 /// spreads them out.
 const PLANE_SKEW: usize = 16;
 
+/// Chunk geometry for images of this size: `(tiles per image, images per chunk, columns of
+/// the buffers)`.
+fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
+    let (th, tw) = tiles(p);
+    let per_image = th * tw;
+    let chunk = TILES_PER_CHUNK.div_ceil(per_image).clamp(1, p.batch.max(1));
+    (
+        per_image,
+        chunk,
+        (chunk * per_image).next_multiple_of(COLUMN_ALIGN),
+    )
+}
+
+/// Phase one of a chunk: `V[xi][ci][..len] = (B^T d B)[xi]` for every input channel `ci` and
+/// tile of the images `inp` (`[_, c_in, h, w]`), in parallel over channels. `V` has planes of
+/// `v_plane` values and rows of `stride`; columns `cols..len` are zero.
+fn transform_chunk_input(
+    p: &Conv2dParams,
+    isa: Isa,
+    inp: &[f32],
+    v: &mut [f32],
+    v_plane: usize,
+    stride: usize,
+) {
+    let (th, tw) = tiles(p);
+    let plane = p.h * p.w;
+    let in_len = p.c_in * plane;
+    let per_image = th * tw;
+    let cols = inp.len() / in_len * per_image;
+    let len = cols.next_multiple_of(COLUMN_ALIGN);
+    blocks_by_channel(v, v_plane, p.c_in, stride)
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+            |phases, (ci, mut rows)| {
+                for (n, x) in inp.chunks_exact(in_len).enumerate() {
+                    let x = &x[ci * plane..(ci + 1) * plane];
+                    gather::<6, 1>(p, x, &mut rows, n * per_image, phases);
+                }
+                for r in rows.iter_mut() {
+                    r[cols..len].fill(0.0);
+                }
+                transform_input_on(isa, &mut rows, len);
+            },
+        );
+}
+
 /// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
 /// filters `u` (from [`transform_weights`]) plus `bias`, into `output`
 /// (`[batch, c_out, h, w]`, overwritten). Requires [`applies`].
@@ -326,10 +405,8 @@ pub(crate) fn forward(
     output: &mut [f32],
 ) {
     debug_assert!(applies(p));
-    let (th, tw) = tiles(p);
-    let per_image = th * tw;
-    let chunk = TILES_PER_CHUNK.div_ceil(per_image).clamp(1, p.batch.max(1));
-    let stride = (chunk * per_image).next_multiple_of(COLUMN_ALIGN);
+    let (_, tw) = tiles(p);
+    let (per_image, chunk, stride) = chunking(p);
     let isa = cpu::isa();
     let plane = p.h * p.w;
     let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
@@ -341,22 +418,7 @@ pub(crate) fn forward(
         {
             let cols = inp.len() / in_len * per_image;
             let len = cols.next_multiple_of(COLUMN_ALIGN);
-            blocks_by_channel(v, v_plane, p.c_in, stride)
-                .into_par_iter()
-                .enumerate()
-                .for_each_init(
-                    || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-                    |phases, (ci, mut rows)| {
-                        for (n, x) in inp.chunks_exact(in_len).enumerate() {
-                            let x = &x[ci * plane..(ci + 1) * plane];
-                            gather_patches(p, x, &mut rows, n * per_image, phases);
-                        }
-                        for r in rows.iter_mut() {
-                            r[cols..len].fill(0.0);
-                        }
-                        transform_input_on(isa, &mut rows, len);
-                    },
-                );
+            transform_chunk_input(p, isa, inp, v, v_plane, stride);
             sgemm_batched(
                 XI,
                 Trans::No,
@@ -392,4 +454,109 @@ pub(crate) fn forward(
                 );
         }
     });
+}
+
+/// `(G^T u)` for six values `u` (one row or column of a transformed filter gradient), in f64.
+#[inline(always)]
+fn filter_fold(u: [f64; 6]) -> [f64; 3] {
+    const SIXTH: f64 = 1.0 / 6.0;
+    let (s12, d12) = (u[1] + u[2], u[1] - u[2]);
+    let (s34, d34) = (u[3] + u[4], u[3] - u[4]);
+    [
+        0.25 * u[0] + SIXTH * (0.25 * s34 - s12),
+        SIXTH * (0.5 * d34 - d12),
+        SIXTH * (s34 - s12) + u[5],
+    ]
+}
+
+/// The weight gradient `dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] X[n, ci, i + a - 1, j + b - 1]`
+/// through the same tiles (the adjoint of [`forward`]): per chunk of images,
+/// `dU[xi] (C_out x C_in) += dM[xi] V[xi]^T` with `dM = A dY A^T` and `V = B^T d B` (the
+/// chunks in order, each product accumulating onto the last), then `dWt = G^T dU G` for every
+/// filter. `grad_weight` is `[c_out, c_in, 3, 3]`, overwritten. Requires [`applies`].
+pub(crate) fn backward_weight(
+    p: &Conv2dParams,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) {
+    debug_assert!(applies(p));
+    let (th, tw) = tiles(p);
+    let (per_image, chunk, stride) = chunking(p);
+    let isa = cpu::isa();
+    let plane = p.h * p.w;
+    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
+    let u_plane = p.c_out * p.c_in + PLANE_SKEW;
+    let mut du = vec![0.0f32; XI * u_plane];
+    with_buffers(XI * v_plane, XI * m_plane, |v, m| {
+        for (k, (inp, dyc)) in input
+            .chunks(chunk * in_len)
+            .zip(grad_output.chunks(chunk * out_len))
+            .enumerate()
+        {
+            let cols = inp.len() / in_len * per_image;
+            let len = cols.next_multiple_of(COLUMN_ALIGN);
+            transform_chunk_input(p, isa, inp, v, v_plane, stride);
+            blocks_by_channel(m, m_plane, p.c_out, stride)
+                .into_par_iter()
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+                    |phases, (co, mut rows)| {
+                        for (n, dy) in dyc.chunks_exact(out_len).enumerate() {
+                            let dy = &dy[co * plane..(co + 1) * plane];
+                            gather::<4, 0>(p, dy, &mut rows, n * per_image, phases);
+                        }
+                        for r in rows[..16].iter_mut() {
+                            r[cols..len].fill(0.0);
+                        }
+                        transform_grad_output_on(isa, &mut rows, len);
+                    },
+                );
+            sgemm_batched(
+                XI,
+                Trans::No,
+                Trans::Yes,
+                p.c_out,
+                p.c_in,
+                cols,
+                1.0,
+                m,
+                stride,
+                m_plane,
+                v,
+                stride,
+                v_plane,
+                if k == 0 { 0.0 } else { 1.0 },
+                &mut du,
+                p.c_in,
+                u_plane,
+            );
+        }
+    });
+    // dWt = G^T dU G, filters in blocks whose 36 runs are read contiguously (see
+    // `transform_weights`).
+    const BLOCK: usize = 64;
+    let mut block = [[0.0f64; BLOCK]; XI];
+    for (b, filters) in grad_weight.chunks_mut(9 * BLOCK).enumerate() {
+        let count = filters.len() / 9;
+        for (xi, run) in block.iter_mut().enumerate() {
+            let at = xi * u_plane + b * BLOCK;
+            for (r, &x) in run.iter_mut().zip(&du[at..at + count]) {
+                *r = f64::from(x);
+            }
+        }
+        for (k, g) in filters.chunks_exact_mut(9).enumerate() {
+            // Down each column j of dU, then along each row a of the result.
+            let cols: [[f64; 3]; 6] =
+                std::array::from_fn(|j| filter_fold(std::array::from_fn(|i| block[i * 6 + j][k])));
+            for a in 0..3 {
+                let row = filter_fold(std::array::from_fn(|j| cols[j][a]));
+                for (bb, &v) in row.iter().enumerate() {
+                    g[a * 3 + bb] = v as f32;
+                }
+            }
+        }
+    }
 }
