@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 use super::forward::forward_images;
 use super::im2col::{col2im_rows, Geometry};
+use super::winograd;
 use super::Conv2dParams;
-use super::{winograd, winograd4};
 use crate::kernels::gemm::{sgemm, Trans};
 
 /// conv2d backward-data (the adjoint of the forward pass in `X`):
@@ -51,11 +51,6 @@ pub fn conv2d_backward_data(
             c_out: p.c_in,
             ..*p
         };
-        if winograd4::applies(&tp) {
-            let u = winograd4::transform_weights(p.c_in, p.c_out, &flipped);
-            winograd4::forward(&tp, grad_output, &u, None, grad_input);
-            return;
-        }
         if winograd::applies(&tp) {
             let u = winograd::transform_weights(p.c_in, p.c_out, &flipped);
             winograd::forward(&tp, grad_output, &u, None, grad_input);

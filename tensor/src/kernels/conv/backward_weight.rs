@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use super::direct;
 use super::hwc::{im2row_rows, pad_channels_last, permute_to_oihw};
 use super::im2col::Geometry;
+use super::winograd;
 use super::Conv2dParams;
-use super::{winograd, winograd4};
 use crate::kernels::gemm::{sgemm, Trans};
 
 /// At most this many partial weight gradients (chunks of images) per call.
@@ -57,10 +57,6 @@ pub fn conv2d_backward_weight(
     }
     if p.batch == 0 || out_len == 0 {
         grad_weight.fill(0.0);
-        return;
-    }
-    if winograd4::applies(p) {
-        winograd4::backward_weight(p, input, grad_output, grad_weight);
         return;
     }
     if winograd::applies(p) {

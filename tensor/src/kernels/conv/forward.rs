@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::im2col::{im2col_rows, Geometry};
+use super::winograd;
 use super::Conv2dParams;
-use super::{winograd, winograd4};
 use crate::kernels::gemm::{sgemm, Trans};
 
 /// conv2d forward on NCHW images:
@@ -37,11 +37,6 @@ pub fn conv2d_forward(
             p.c_out,
             p.weight_shape()
         );
-    }
-    if winograd4::applies(p) {
-        let u = winograd4::transform_weights(p.c_out, p.c_in, weight);
-        winograd4::forward(p, input, &u, bias, output);
-        return;
     }
     if winograd::applies(p) {
         let u = winograd::transform_weights(p.c_out, p.c_in, weight);

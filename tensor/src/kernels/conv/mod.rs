@@ -21,9 +21,9 @@
 //! - otherwise, the column matrix is built one tile of output rows at a time (im2col) and
 //!   handed to [`crate::kernels::gemm::sgemm`].
 //!
-//! 3x3, stride-1, padding-1 convolutions with at least 16 channels each way go through
-//! Winograd's minimal filtering instead: F(4x4, 3x3) for forward and backward-data
-//! (`winograd4.rs`), F(2x2, 3x3) for backward-weight (`winograd.rs`).
+//! 3x3, stride-1, padding-1 convolutions with at least 16 channels each way, on images of at
+//! least 4x4, go through Winograd's minimal filtering F(4x4, 3x3) instead (`winograd/`), in
+//! all three passes.
 //!
 //! Backward-data with stride 1 is a forward convolution of `dY` with the flipped,
 //! channel-transposed kernel; with stride 2 it is `dcols = Wt^T * dY` then a scatter-add
@@ -32,35 +32,6 @@
 //! Threads: rayon over images (forward, backward-data) or over fixed-size chunks of images whose
 //! partial weight gradients are added in chunk order (backward-weight), so results are bitwise
 //! identical for any thread count.
-
-/// Declares `$on(isa, args..)`, which runs `$generic::<V>(args..)` on the vectors of `isa`
-/// (which the CPU must have), compiled with that instruction set's features so that the
-/// tile loops are vectorised for it.
-macro_rules! on_isa {
-    ($on:ident, $generic:ident, ($($a:ident: $t:ty),*)) => {
-        fn $on(isa: Isa, $($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($a: $t),*) {
-                $generic::<simd::Avx512>($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($a: $t),*) {
-                $generic::<simd::Avx2>($($a),*)
-            }
-            match isa {
-                // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512($($a),*) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { avx2($($a),*) },
-                _ => $generic::<f32x8>($($a),*),
-            }
-        }
-    };
-}
 
 mod avx512;
 mod backward_data;
@@ -71,7 +42,6 @@ mod hwc;
 mod im2col;
 mod params;
 mod winograd;
-mod winograd4;
 
 #[cfg(test)]
 mod reference;

@@ -124,29 +124,4 @@ impl SimdF32 for Avx2 {
             Avx2(_mm256_or_ps(mag, _mm256_and_ps(sign, s.0)))
         }
     }
-    #[inline(always)]
-    fn deinterleave(lo: Self, hi: Self) -> (Self, Self) {
-        // Within each 128-bit half: (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6); then the 64-bit
-        // pairs reordered 0, 2, 1, 3.
-        unsafe {
-            let ev = _mm256_shuffle_ps::<0b10_00_10_00>(lo.0, hi.0);
-            let od = _mm256_shuffle_ps::<0b11_01_11_01>(lo.0, hi.0);
-            let fix = |v: __m256| {
-                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-            };
-            (Avx2(fix(ev)), Avx2(fix(od)))
-        }
-    }
-    #[inline(always)]
-    fn interleave(e: Self, o: Self) -> (Self, Self) {
-        // (e0 o0 e1 o1 | e4 o4 e5 o5) and (e2 o2 e3 o3 | e6 o6 e7 o7), then the halves joined.
-        unsafe {
-            let a = _mm256_unpacklo_ps(e.0, o.0);
-            let b = _mm256_unpackhi_ps(e.0, o.0);
-            (
-                Avx2(_mm256_permute2f128_ps::<0x20>(a, b)),
-                Avx2(_mm256_permute2f128_ps::<0x31>(a, b)),
-            )
-        }
-    }
 }

@@ -155,28 +155,4 @@ impl SimdF32 for Avx512 {
             Avx512(_mm512_castsi512_ps(_mm512_or_si512(mag, sgn)))
         }
     }
-    #[inline(always)]
-    fn deinterleave(lo: Self, hi: Self) -> (Self, Self) {
-        // Indices 0..16 pick from `lo`, 16..32 from `hi`.
-        unsafe {
-            let ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            let od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-            (
-                Avx512(_mm512_permutex2var_ps(lo.0, ev, hi.0)),
-                Avx512(_mm512_permutex2var_ps(lo.0, od, hi.0)),
-            )
-        }
-    }
-    #[inline(always)]
-    fn interleave(e: Self, o: Self) -> (Self, Self) {
-        // Indices 0..16 pick from `e`, 16..32 from `o`.
-        unsafe {
-            let a = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            let b = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-            (
-                Avx512(_mm512_permutex2var_ps(e.0, a, o.0)),
-                Avx512(_mm512_permutex2var_ps(e.0, b, o.0)),
-            )
-        }
-    }
 }

@@ -52,11 +52,6 @@ pub(crate) trait SimdF32:
     fn abs_(self) -> Self;
     /// `self` with the sign of `s`.
     fn copysign_(self, s: Self) -> Self;
-    /// The even- and odd-indexed values of the `2 * LANES` values `lo` then `hi`:
-    /// `(lo0, lo2, .., hi0, hi2, ..)` and `(lo1, lo3, .., hi1, hi3, ..)`.
-    fn deinterleave(lo: Self, hi: Self) -> (Self, Self);
-    /// The inverse of [`SimdF32::deinterleave`]: `(e0, o0, e1, o1, ..)` as two vectors.
-    fn interleave(e: Self, o: Self) -> (Self, Self);
 }
 
 impl SimdF32 for f32x8 {
@@ -129,30 +124,6 @@ impl SimdF32 for f32x8 {
     #[inline(always)]
     fn copysign_(self, s: Self) -> Self {
         self.copysign(s)
-    }
-    #[inline(always)]
-    fn deinterleave(lo: Self, hi: Self) -> (Self, Self) {
-        let (a, b) = (lo.to_array(), hi.to_array());
-        let at = |i: usize| if i < 8 { a[i] } else { b[i - 8] };
-        (
-            f32x8::from(std::array::from_fn::<f32, 8, _>(|i| at(2 * i))),
-            f32x8::from(std::array::from_fn::<f32, 8, _>(|i| at(2 * i + 1))),
-        )
-    }
-    #[inline(always)]
-    fn interleave(e: Self, o: Self) -> (Self, Self) {
-        let (e, o) = (e.to_array(), o.to_array());
-        let at = |i: usize| {
-            if i.is_multiple_of(2) {
-                e[i / 2]
-            } else {
-                o[i / 2]
-            }
-        };
-        (
-            f32x8::from(std::array::from_fn::<f32, 8, _>(at)),
-            f32x8::from(std::array::from_fn::<f32, 8, _>(|i| at(i + 8))),
-        )
     }
 }
 
@@ -354,52 +325,5 @@ pub(crate) fn silu_grad_affine(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { silu_grad_affine_avx2(dy, x, affine, out) },
         _ => silu_grad_affine_with::<f32x8>(dy, x, affine, out),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Splits `0, 1, .., 2L - 1` into evens and odds and joins them back.
-    fn check_interleave<V: SimdF32>() {
-        let l = V::LANES;
-        let x: Vec<f32> = (0..2 * l).map(|i| i as f32).collect();
-        let (e, o) = V::deinterleave(V::load(&x), V::load(&x[l..]));
-        let mut got = vec![0.0f32; 2 * l];
-        e.store(&mut got);
-        o.store(&mut got[l..]);
-        let evens = (0..l).map(|i| (2 * i) as f32);
-        let want: Vec<f32> = evens.chain((0..l).map(|i| (2 * i + 1) as f32)).collect();
-        assert_eq!(got, want, "deinterleave, {l} lanes");
-        let (a, b) = V::interleave(e, o);
-        a.store(&mut got);
-        b.store(&mut got[l..]);
-        assert_eq!(got, x, "interleave, {l} lanes");
-    }
-
-    #[test]
-    fn interleave_and_deinterleave_on_every_instruction_set() {
-        check_interleave::<f32x8>();
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2() {
-                check_interleave::<Avx2>()
-            }
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512() {
-                check_interleave::<Avx512>()
-            }
-            let isa = crate::kernels::cpu::detected_isa();
-            if isa >= Isa::Avx2Fma {
-                // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { avx2() }
-            }
-            if isa >= Isa::Avx512 {
-                // SAFETY: the CPU has AVX-512F.
-                unsafe { avx512() }
-            }
-        }
     }
 }

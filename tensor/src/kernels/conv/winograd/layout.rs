@@ -1,0 +1,107 @@
+//! Moving tiles between images and the transform buffers: gathering each tile's patch (or
+//! output-gradient block) into one column of 36 (or 16) rows, and scattering output tiles back
+//! into the image.
+
+use super::{tiles, Conv2dParams};
+
+/// `dst = src` for runs of the lengths a row of tiles has in practice, as fixed-size moves
+/// rather than calls to `memcpy`.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = (&mut dst[..N]).try_into().unwrap();
+        let s: &[f32; N] = src[..N].try_into().unwrap();
+        *d = *s;
+    }
+    match dst.len() {
+        1 => dst[0] = src[0],
+        2 => fixed::<2>(dst, src),
+        4 => fixed::<4>(dst, src),
+        8 => fixed::<8>(dst, src),
+        16 => fixed::<16>(dst, src),
+        _ => dst.copy_from_slice(&src[..dst.len()]),
+    }
+}
+
+/// `rows[i * N + j][col0 + ty * tw + tx] = x[4ty + i - OFF][4tx + j - OFF]` (zero outside the
+/// image) for every tile of one channel `x` (`h x w`) of one image: the 6x6 input patches
+/// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). `phases` is scratch of at
+/// least `(4 * th + 2) * 4 * (tw + 1)` values: shifted row `r` (image row `r - OFF`) split by
+/// shifted column `4t + k` (image column `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`,
+/// zero outside the image, so that each run of `rows` is contiguous there.
+pub(super) fn gather<const N: usize, const OFF: usize>(
+    p: &Conv2dParams,
+    x: &[f32],
+    rows: &mut [&mut [f32]],
+    col0: usize,
+    phases: &mut [f32],
+) {
+    let (th, tw) = tiles(p);
+    let w = p.w;
+    let run = tw + 1;
+    phases.fill(0.0);
+    for (y, row) in x.chunks_exact(w).enumerate() {
+        let at = |k: usize| (4 * (y + OFF) + k) * run;
+        // Image column 4s + k is shifted column 4s + k + OFF.
+        let mut quads = row.chunks_exact(4);
+        for (s, q) in quads.by_ref().enumerate() {
+            for (k, &v) in q.iter().enumerate() {
+                phases[at((k + OFF) % 4) + s + (k + OFF) / 4] = v;
+            }
+        }
+        let s = w / 4;
+        for (k, &v) in quads.remainder().iter().enumerate() {
+            phases[at((k + OFF) % 4) + s + (k + OFF) / 4] = v;
+        }
+    }
+    for ty in 0..th {
+        let at = col0 + ty * tw;
+        for i in 0..N {
+            let r = 4 * ty + i;
+            for j in 0..N {
+                let src = &phases[(4 * r + j % 4) * run + j / 4..];
+                copy_run(&mut rows[i * N + j][at..at + tw], src);
+            }
+        }
+    }
+}
+
+/// `y[4ty + a][4tx + b] = rows[a * 4 + b][col0 + ty * tw + tx] + bias` for every tile of one
+/// channel `y` (`h x w`) of one image, clipped at the image's edges; `row` is scratch of at
+/// least `4 * tw` values (used when the tiles overhang the image).
+pub(super) fn scatter_tiles(
+    p: &Conv2dParams,
+    rows: &[&mut [f32]],
+    col0: usize,
+    bias: f32,
+    y: &mut [f32],
+    row: &mut [f32],
+) {
+    let (th, tw) = tiles(p);
+    let (h, w) = (p.h, p.w);
+    for ty in 0..th {
+        let at = col0 + ty * tw;
+        for a in 0..4 {
+            let yy = 4 * ty + a;
+            if yy >= h {
+                break;
+            }
+            let src: [&[f32]; 4] = std::array::from_fn(|b| &rows[a * 4 + b][at..at + tw]);
+            let exact = w == 4 * tw;
+            let dst = if exact {
+                &mut y[yy * w..(yy + 1) * w]
+            } else {
+                &mut row[..4 * tw]
+            };
+            for (tx, out) in dst.chunks_exact_mut(4).enumerate() {
+                for b in 0..4 {
+                    out[b] = src[b][tx] + bias;
+                }
+            }
+            if !exact {
+                y[yy * w..(yy + 1) * w].copy_from_slice(&row[..w]);
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! 3x3, stride-1, padding-1 convolution by Winograd's minimal filtering F(4x4, 3x3)
+//! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016, section 4.2).
+//!
+//! The output is cut into 4x4 tiles; tile `(ty, tx)` needs the 6x6 input patch `d` starting at
+//! `(4ty - 1, 4tx - 1)` of every input channel (zero outside the image). With the
+//! interpolation points 0, 1, -1, 2, -2 and infinity,
+//!
+//! ```text
+//!       | 4  0 -5  0  1  0 |        |  1/4     0     0  |
+//!       | 0 -4 -4  1  1  0 |        | -1/6  -1/6  -1/6  |          | 1  1  1  1  1  0 |
+//! B^T = | 0  4 -4 -1  1  0 |    G = | -1/6   1/6  -1/6  |    A^T = | 0  1 -1  2 -2  0 |
+//!       | 0 -2 -1  2  1  0 |        |  1/24  1/12  1/6  |          | 0  1  1  4  4  0 |
+//!       | 0  2 -1 -2  1  0 |        |  1/24 -1/12  1/6  |          | 0  1 -1  8 -8  1 |
+//!       | 0  4  0 -5  0  1 |        |  0     0     1    |
+//! ```
+//!
+//! the tile is `Y = A^T [ sum_ci (G g G^T) (.) (B^T d B) ] A` for the 3x3 filter `g`. For each of
+//! the 36 positions `xi` of the 6x6 transformed tile the sum over input channels is one matrix
+//! product `M[xi] (C_out x tiles) = U[xi] (C_out x C_in) V[xi] (C_in x tiles)`: 36 multiply-adds
+//! per input channel per 16 outputs, where direct convolution does 144 (4x fewer; F(2x2, 3x3)
+//! would do 2.25x fewer, with cheaper transforms).
+//!
+//! The batch is processed in chunks of about [`CHUNK_VALUES`] transformed values (the chunk
+//! size depends on the shape only). Each chunk runs in three parallel steps: every input channel's
+//! patches are gathered into `V` and transformed there in place, vectorised across the chunk's
+//! tiles; the 36 products run in parallel; every output channel's products are transformed
+//! back in place and scattered into the images. No step's result depends on the thread count.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::Conv2dParams;
+use crate::kernels::cpu::{self, Isa};
+use crate::kernels::gemm::{sgemm_batched, Trans};
+
+mod layout;
+#[cfg(test)]
+mod tests;
+mod transforms;
+
+use layout::{gather, scatter_tiles};
+use transforms::{
+    filter_fold, transform_grad_output_on, transform_input_on, transform_output_on, FILTER_BLOCK,
+};
+pub(crate) use transforms::{transform_weights, weight_plane};
+
+/// Transformed values per chunk of images, in `V` (and likewise in `M`): 1 MiB, so that a
+/// chunk's buffers stay in the outer caches. Measured against 0.5, 2 and 4 MiB on 64 channels
+/// at 32x32 and 128 at 16x16 and 8x8 (`ddpm bench conv`), it was as fast or faster, most
+/// clearly on two threads.
+const CHUNK_VALUES: usize = 1 << 18;
+
+/// The fewest tiles in a chunk (the products' column count), unless the batch has fewer.
+const MIN_TILES_PER_CHUNK: usize = 64;
+
+/// Rows of transformed values per channel (the 6x6 transformed tile).
+const XI: usize = 36;
+
+/// The tile loops run over columns padded to a multiple of this (the widest vector).
+const COLUMN_ALIGN: usize = 16;
+
+/// True if `p` is a convolution this module computes: 3x3, stride 1, padding 1, with enough
+/// channels for the matrix products to pay for the transforms.
+pub(crate) fn applies(p: &Conv2dParams) -> bool {
+    p.kh == 3
+        && p.kw == 3
+        && p.stride == 1
+        && p.padding == 1
+        && p.c_in >= 16
+        && p.c_out >= 16
+        && p.h >= 4
+        && p.w >= 4
+}
+
+/// Tiles of one image: `(rows, cols)` of 4x4 output tiles.
+fn tiles(p: &Conv2dParams) -> (usize, usize) {
+    (p.h.div_ceil(4), p.w.div_ceil(4))
+}
+
+/// Splits `data`, a sequence of groups of `group_len` values that each start with `channels`
+/// blocks of `len` values, into one list per channel of that channel's block in every group
+/// (so that channels can be worked on in parallel).
+fn blocks_by_channel(
+    data: &mut [f32],
+    group_len: usize,
+    channels: usize,
+    len: usize,
+) -> Vec<Vec<&mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..channels).map(|_| Vec::new()).collect();
+    for group in data.chunks_exact_mut(group_len) {
+        for (c, block) in group[..channels * len].chunks_exact_mut(len).enumerate() {
+            out[c].push(block);
+        }
+    }
+    out
+}
+
+/// Floats between the 36 planes of `V` and `M` in excess of their contents: a channel's 36
+/// rows are one plane apart, and with planes a multiple of 4 KiB (as power-of-two channel
+/// counts make them) all 36 would fall in the same cache sets; one cache line of skew per plane
+/// spreads them out.
+const PLANE_SKEW: usize = 16;
+
+thread_local! {
+    /// Each thread keeps its transformed inputs and products between calls, so a steady
+    /// stream of convolutions neither allocates nor zeroes them (every value is written
+    /// before it is read: the input transform fills `V`, the products overwrite `M`).
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on this thread's buffers grown to `v_len` and `m_len` values (fresh ones if they
+/// are in use higher up the stack, as when rayon runs another chunk while this one waits).
+fn with_buffers<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let run = |bufs: &mut (Vec<f32>, Vec<f32>)| {
+        if bufs.0.len() < v_len {
+            bufs.0.resize(v_len, 0.0);
+        }
+        if bufs.1.len() < m_len {
+            bufs.1.resize(m_len, 0.0);
+        }
+        f(&mut bufs.0[..v_len], &mut bufs.1[..m_len])
+    };
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => run(&mut bufs),
+        Err(_) => run(&mut (Vec::new(), Vec::new())),
+    })
+}
+
+/// Chunk geometry for images of this size: `(tiles per image, images per chunk, columns of
+/// the buffers)`.
+fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
+    let (th, tw) = tiles(p);
+    let per_image = th * tw;
+    let tiles_per_chunk = (CHUNK_VALUES / (XI * p.c_in.max(p.c_out))).max(MIN_TILES_PER_CHUNK);
+    let chunk = tiles_per_chunk.div_ceil(per_image).clamp(1, p.batch.max(1));
+    (
+        per_image,
+        chunk,
+        (chunk * per_image).next_multiple_of(COLUMN_ALIGN),
+    )
+}
+
+/// Phase one of a chunk: `V[xi][ci][..len] = (B^T d B)[xi]` for every input channel `ci` and
+/// tile of the images `inp` (`[_, c_in, h, w]`), in parallel over channels. `V` has planes of
+/// `v_plane` values and rows of `stride`; columns `cols..len` are zero.
+fn transform_chunk_input(
+    p: &Conv2dParams,
+    isa: Isa,
+    inp: &[f32],
+    v: &mut [f32],
+    v_plane: usize,
+    stride: usize,
+) {
+    let (th, tw) = tiles(p);
+    let plane = p.h * p.w;
+    let in_len = p.c_in * plane;
+    let per_image = th * tw;
+    let cols = inp.len() / in_len * per_image;
+    let len = cols.next_multiple_of(COLUMN_ALIGN);
+    blocks_by_channel(v, v_plane, p.c_in, stride)
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+            |phases, (ci, mut rows)| {
+                for (n, x) in inp.chunks_exact(in_len).enumerate() {
+                    let x = &x[ci * plane..(ci + 1) * plane];
+                    gather::<6, 1>(p, x, &mut rows, n * per_image, phases);
+                }
+                for r in rows.iter_mut() {
+                    r[cols..len].fill(0.0);
+                }
+                transform_input_on(isa, &mut rows, len);
+            },
+        );
+}
+
+/// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
+/// filters `u` (from [`transform_weights`]) plus `bias`, into `output`
+/// (`[batch, c_out, h, w]`, overwritten). Requires [`applies`].
+pub(crate) fn forward(
+    p: &Conv2dParams,
+    input: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) {
+    debug_assert!(applies(p));
+    let (_, tw) = tiles(p);
+    let (per_image, chunk, stride) = chunking(p);
+    let isa = cpu::isa();
+    let plane = p.h * p.w;
+    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
+    with_buffers(XI * v_plane, XI * m_plane, |v, m| {
+        for (inp, out) in input
+            .chunks(chunk * in_len)
+            .zip(output.chunks_mut(chunk * out_len))
+        {
+            let cols = inp.len() / in_len * per_image;
+            let len = cols.next_multiple_of(COLUMN_ALIGN);
+            transform_chunk_input(p, isa, inp, v, v_plane, stride);
+            sgemm_batched(
+                XI,
+                Trans::No,
+                Trans::No,
+                p.c_out,
+                cols,
+                p.c_in,
+                1.0,
+                u,
+                p.c_in,
+                weight_plane(p.c_out, p.c_in),
+                v,
+                stride,
+                v_plane,
+                0.0,
+                m,
+                stride,
+                m_plane,
+            );
+            blocks_by_channel(m, m_plane, p.c_out, stride)
+                .into_par_iter()
+                .zip(blocks_by_channel(out, out_len, p.c_out, plane))
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; 4 * tw],
+                    |row, (co, (mut rows, planes))| {
+                        transform_output_on(isa, &mut rows, len);
+                        let b = bias.map_or(0.0, |b| b[co]);
+                        for (n, y) in planes.into_iter().enumerate() {
+                            scatter_tiles(p, &rows, n * per_image, b, y, row);
+                        }
+                    },
+                );
+        }
+    });
+}
+
+/// The weight gradient `dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] X[n, ci, i + a - 1, j + b - 1]`
+/// through the same tiles (the adjoint of [`forward`]): per chunk of images,
+/// `dU[xi] (C_out x C_in) += dM[xi] V[xi]^T` with `dM = A dY A^T` and `V = B^T d B` (the
+/// chunks in order, each product accumulating onto the last), then `dWt = G^T dU G` for every
+/// filter. `grad_weight` is `[c_out, c_in, 3, 3]`, overwritten. Requires [`applies`].
+pub(crate) fn backward_weight(
+    p: &Conv2dParams,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) {
+    debug_assert!(applies(p));
+    let (th, tw) = tiles(p);
+    let (per_image, chunk, stride) = chunking(p);
+    let isa = cpu::isa();
+    let plane = p.h * p.w;
+    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
+    let u_plane = p.c_out * p.c_in + PLANE_SKEW;
+    let mut du = vec![0.0f32; XI * u_plane];
+    with_buffers(XI * v_plane, XI * m_plane, |v, m| {
+        for (k, (inp, dyc)) in input
+            .chunks(chunk * in_len)
+            .zip(grad_output.chunks(chunk * out_len))
+            .enumerate()
+        {
+            let cols = inp.len() / in_len * per_image;
+            let len = cols.next_multiple_of(COLUMN_ALIGN);
+            transform_chunk_input(p, isa, inp, v, v_plane, stride);
+            blocks_by_channel(m, m_plane, p.c_out, stride)
+                .into_par_iter()
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+                    |phases, (co, mut rows)| {
+                        for (n, dy) in dyc.chunks_exact(out_len).enumerate() {
+                            let dy = &dy[co * plane..(co + 1) * plane];
+                            gather::<4, 0>(p, dy, &mut rows, n * per_image, phases);
+                        }
+                        for r in rows[..16].iter_mut() {
+                            r[cols..len].fill(0.0);
+                        }
+                        transform_grad_output_on(isa, &mut rows, len);
+                    },
+                );
+            sgemm_batched(
+                XI,
+                Trans::No,
+                Trans::Yes,
+                p.c_out,
+                p.c_in,
+                cols,
+                1.0,
+                m,
+                stride,
+                m_plane,
+                v,
+                stride,
+                v_plane,
+                if k == 0 { 0.0 } else { 1.0 },
+                &mut du,
+                p.c_in,
+                u_plane,
+            );
+        }
+    });
+    // dWt = G^T dU G, in parallel over blocks of filters, each block's 36 runs read
+    // contiguously.
+    grad_weight
+        .par_chunks_mut(9 * FILTER_BLOCK)
+        .enumerate()
+        .for_each(|(b, filters)| {
+            let count = filters.len() / 9;
+            let mut block = [[0.0f64; FILTER_BLOCK]; XI];
+            for (xi, run) in block.iter_mut().enumerate() {
+                let at = xi * u_plane + b * FILTER_BLOCK;
+                for (r, &x) in run.iter_mut().zip(&du[at..at + count]) {
+                    *r = f64::from(x);
+                }
+            }
+            for (k, g) in filters.chunks_exact_mut(9).enumerate() {
+                // Down each column j of dU, then along each row a of the result.
+                let cols: [[f64; 3]; 6] = std::array::from_fn(|j| {
+                    filter_fold(std::array::from_fn(|i| block[i * 6 + j][k]))
+                });
+                for a in 0..3 {
+                    let row = filter_fold(std::array::from_fn(|j| cols[j][a]));
+                    for (bb, &v) in row.iter().enumerate() {
+                        g[a * 3 + bb] = v as f32;
+                    }
+                }
+            }
+        });
+}

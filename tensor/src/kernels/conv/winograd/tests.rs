@@ -1,0 +1,111 @@
+//! The tile transforms on every instruction set the CPU has, against the matrices of the
+//! module docs applied in f64.
+
+use super::transforms::{transform_grad_output_on, transform_input_on, transform_output_on};
+use crate::kernels::conv::reference::TestRng;
+use crate::kernels::cpu::{detected_isa, Isa};
+
+const B_T: [[f64; 6]; 6] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+const A_T: [[f64; 6]; 4] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// `L x R^T` for row-major `x` (`L`: `r x n`, `x`: `n x n`, `R`: `r x n`).
+fn sandwich<const R: usize, const N: usize>(l: &[[f64; N]; R], x: &[[f64; N]; N]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(R * R);
+    for i in 0..R {
+        for j in 0..R {
+            let mut s = 0.0;
+            for a in 0..N {
+                for b in 0..N {
+                    s += l[i][a] * x[a][b] * l[j][b];
+                }
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The instruction sets this CPU can run.
+fn isas() -> Vec<Isa> {
+    [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
+        .into_iter()
+        .filter(|&isa| isa <= detected_isa())
+        .collect()
+}
+
+/// Runs `transform` on 36 rows of `len` random columns (the first `inputs` rows meaningful) on
+/// every instruction set and checks the first `outputs` rows against `want(column values)`.
+fn check(
+    name: &str,
+    inputs: usize,
+    outputs: usize,
+    transform: fn(Isa, &mut [&mut [f32]], usize),
+    want: impl Fn(&[f64]) -> Vec<f64>,
+) {
+    let len = 48;
+    let mut rng = TestRng::new(7);
+    let data: Vec<Vec<f32>> = (0..36).map(|_| rng.vec(len)).collect();
+    for isa in isas() {
+        let mut rows = data.clone();
+        let mut refs: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
+        transform(isa, &mut refs, len);
+        for c in 0..len {
+            let column: Vec<f64> = (0..inputs).map(|r| f64::from(data[r][c])).collect();
+            for (r, w) in want(&column).into_iter().enumerate().take(outputs) {
+                let got = f64::from(rows[r][c]);
+                assert!(
+                    (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{name} on {}: row {r} column {c}: got {got}, want {w}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn input_transform_is_bt_d_b() {
+    check("input", 36, 36, transform_input_on, |d| {
+        let d: [[f64; 6]; 6] = std::array::from_fn(|i| std::array::from_fn(|j| d[i * 6 + j]));
+        sandwich(&B_T, &d)
+    });
+}
+
+#[test]
+fn output_transform_is_at_m_a() {
+    check("output", 36, 16, transform_output_on, |m| {
+        let m: [[f64; 6]; 6] = std::array::from_fn(|i| std::array::from_fn(|j| m[i * 6 + j]));
+        sandwich(&A_T, &m)
+    });
+}
+
+#[test]
+fn grad_output_transform_is_a_dy_at() {
+    // A dY A^T = (A^T)^T dY A^T: sum over a, b of A_T[a][i] dY[a][b] A_T[b][j].
+    check("grad_output", 16, 36, transform_grad_output_on, |y| {
+        (0..36)
+            .map(|xi| {
+                let (i, j) = (xi / 6, xi % 6);
+                let mut s = 0.0;
+                for a in 0..4 {
+                    for b in 0..4 {
+                        s += A_T[a][i] * y[a * 4 + b] * A_T[b][j];
+                    }
+                }
+                s
+            })
+            .collect()
+    });
+}
