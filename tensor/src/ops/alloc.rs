@@ -116,6 +116,17 @@ where
     v
 }
 
+/// An empty buffer with room for `n` values (with the huge-page advice when large), for ops
+/// that write every element of their output, in an order of their own, through a raw pointer
+/// and then set its length.
+pub(crate) fn with_capacity(n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    if n >= HUGE_MIN {
+        advise_huge_pages(&mut v);
+    }
+    v
+}
+
 /// A zeroed buffer of `n` values (with the huge-page advice when large), for ops that do not
 /// write their output in chunk order.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {

@@ -27,7 +27,7 @@ use crate::shape::{normalize_axis, numel, strides};
 use crate::Tensor;
 
 /// Tile side of the blocked transpose.
-const TILE: usize = 32;
+const TILE: usize = 64;
 
 /// Input offset of each "row" (all merged axes but the ones handled inside a task).
 struct Walker {
@@ -47,20 +47,17 @@ impl Walker {
 }
 
 /// Copies `rows * len` elements: row `i` of the output comes from `src[walker.offset(i)..]`.
-fn copy_rows(src: &[f32], out: &mut [f32], len: usize, walker: &Walker) {
-    let body = |(i, row): (usize, &mut [f32])| {
-        let o = walker.offset(i);
-        row.copy_from_slice(&src[o..o + len]);
-    };
-    if out.len() < PAR_MIN {
-        out.chunks_mut(len).enumerate().for_each(body);
-    } else {
-        let min = (par::CHUNK / len).max(1);
-        out.par_chunks_mut(len)
-            .with_min_len(min)
-            .enumerate()
-            .for_each(body);
-    }
+/// The permuted tensor when the last merged output axis is contiguous in the input: output row
+/// `i` (of `len` values) is the input run at `walker.offset(i)`. Rows are grouped into pieces
+/// of about a chunk, each zeroed only just before it is written (see [`alloc::output_in`]).
+fn copy_rows(src: &[f32], n: usize, len: usize, walker: &Walker) -> Vec<f32> {
+    let rows_per_piece = (par::CHUNK / len).max(1);
+    alloc::output_in(n, rows_per_piece * len, |start, piece| {
+        for (r, row) in piece.chunks_mut(len).enumerate() {
+            let o = walker.offset(start / len + r);
+            row.copy_from_slice(&src[o..o + len]);
+        }
+    })
 }
 
 fn check_axes_perm(x: &Tensor, dims: &[usize]) {
@@ -100,19 +97,23 @@ impl Tensor {
         if axes.len() <= 1 || self.numel() == 0 {
             return self.reshape(&out_shape); // the order of the elements is unchanged
         }
-        let mut out = alloc::zeroed(self.numel());
+        let n = self.numel();
         let src = self.data();
         let (last, last_stride) = *axes.last().unwrap();
-        if last_stride == 1 {
+        let out = if last_stride == 1 {
             let outer = &axes[..axes.len() - 1];
             let walker = Walker {
                 dims: outer.iter().map(|a| a.0).collect(),
                 strides: outer.iter().map(|a| a.1).collect(),
             };
-            copy_rows(src, &mut out, last, &walker);
+            copy_rows(src, n, last, &walker)
         } else {
-            transpose_batched(src, &mut out, &axes);
-        }
+            let mut out = alloc::with_capacity(n);
+            transpose_batched(src, SendPtr(out.as_mut_ptr()), n, &axes);
+            // SAFETY: `transpose_batched` wrote all n elements.
+            unsafe { out.set_len(n) };
+            out
+        };
         Tensor::from_vec(out, &out_shape)
     }
 
@@ -204,24 +205,24 @@ impl Tensor {
         shape[ax] = count;
         let inner = numel(&self.shape()[ax + 1..]);
         let outer = numel(&self.shape()[..ax]);
-        let mut out = alloc::zeroed(outer * count * inner);
-        if out.is_empty() {
-            return Tensor::from_vec(out, &shape);
+        let n = outer * count * inner;
+        if n == 0 {
+            return Tensor::zeros(&shape);
         }
-        let walker = Walker {
-            dims: vec![outer, count],
-            strides: vec![len * inner, step * inner],
-        };
         let src = &self.data()[start * inner..];
-        if step == 1 {
+        let out = if step == 1 {
             let walker = Walker {
                 dims: vec![outer],
                 strides: vec![len * inner],
             };
-            copy_rows(src, &mut out, count * inner, &walker);
+            copy_rows(src, n, count * inner, &walker)
         } else {
-            copy_rows(src, &mut out, inner, &walker);
-        }
+            let walker = Walker {
+                dims: vec![outer, count],
+                strides: vec![len * inner, step * inner],
+            };
+            copy_rows(src, n, inner, &walker)
+        };
         Tensor::from_vec(out, &shape)
     }
 
@@ -302,7 +303,10 @@ impl Tensor {
 /// A permutation whose last merged output axis is not the input's contiguous one: for every
 /// combination of the other axes, the plane spanned by the output's last axis `j` and the
 /// output axis `k` that is contiguous in the input is transposed in TILE x TILE tiles.
-fn transpose_batched(src: &[f32], out: &mut [f32], axes: &[(usize, usize)]) {
+///
+/// Writes all `n` output elements through `dst` (which needs room for them; they need not be
+/// initialised): the (batch, k-tile) items cover every output element once.
+fn transpose_batched(src: &[f32], dst: SendPtr, n: usize, axes: &[(usize, usize)]) {
     let nd = axes.len();
     let k = axes
         .iter()
@@ -322,7 +326,6 @@ fn transpose_batched(src: &[f32], out: &mut [f32], axes: &[(usize, usize)]) {
     };
     let ktiles = kn.div_ceil(TILE);
     let items = numel(&in_walk.dims) * ktiles;
-    let dst = SendPtr(out.as_mut_ptr());
     let task = |item: usize| {
         let (b, kt) = (item / ktiles, item % ktiles);
         let (ib, ob) = (in_walk.offset(b), out_walk.offset(b));
@@ -330,7 +333,7 @@ fn transpose_batched(src: &[f32], out: &mut [f32], axes: &[(usize, usize)]) {
         let ptr = dst;
         // SAFETY (the writes below): each (batch, k-tile) item writes only the output elements
         // with its own batch index and k in k0..k1, so tasks never overlap, and every index is
-        // below out.len() (the axes' sizes multiply to it).
+        // below n (the axes' sizes multiply to it).
         // Each TILE x TILE block of the output is assembled in a local buffer (8x8 blocks
         // transposed in registers, ragged edges element by element) and then written out
         // row by row: the output rows are a power-of-two stride apart in the common cases,
@@ -359,7 +362,7 @@ fn transpose_batched(src: &[f32], out: &mut [f32], axes: &[(usize, usize)]) {
                 let row = &buf[(kk - k0) * TILE..][..j1 - j0];
                 // SAFETY: each (batch, k-tile) item writes only the output elements with its
                 // own batch index and k in k0..k1, so tasks never overlap, and the row lies
-                // inside the output (the axes' sizes multiply to out.len()).
+                // inside the output (the axes' sizes multiply to n).
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         row.as_ptr(),
@@ -370,7 +373,7 @@ fn transpose_batched(src: &[f32], out: &mut [f32], axes: &[(usize, usize)]) {
             }
         }
     };
-    if out.len() < PAR_MIN {
+    if n < PAR_MIN {
         (0..items).for_each(task);
     } else {
         (0..items).into_par_iter().for_each(task);

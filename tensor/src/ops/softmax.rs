@@ -4,7 +4,7 @@
 //! `softmax(x)_i = e^(x_i - m) / s` and `log_softmax(x)_i = (x_i - m) - ln s`. Subtracting the
 //! row maximum keeps every exponent at most 0, so nothing overflows. `s` is accumulated in f32
 //! lanes over runs of 1024 elements and the runs added in f64. A NaN in a row makes the whole
-//! row NaN. Rows shorter than 64K elements run on the AVX2 path when the CPU has it (else on
+//! row NaN. Rows shorter than 64K elements run on the CPU's widest vectors (AVX-512, AVX2, else
 //! `wide::f32x8`); rows shorter than 64K elements are processed whole by one task (rows are grouped
 //! into tasks of about 64K elements); longer rows are cut into 64K-element blocks whose partial
 //! maxima and sums are combined in block order, so results never depend on the thread count.
@@ -25,35 +25,37 @@ use super::alloc;
 use super::par::{self, CHUNK};
 use super::simd::{self, SimdF32};
 use super::vmath;
+use crate::kernels::cpu::{self, Isa};
 use crate::Tensor;
 
-/// The lanes of `x[i..]` (up to 8 values), padded with `fill`.
+/// The lanes of `x[i..]` (up to `V::LANES` values), padded with `fill`.
 #[inline(always)]
 fn load_at<V: SimdF32>(x: &[f32], i: usize, fill: f32) -> V {
-    if i + 8 <= x.len() {
+    if i + V::LANES <= x.len() {
         V::load(&x[i..])
     } else {
-        let mut buf = [fill; 8];
+        let mut buf = [fill; 16];
         buf[..x.len() - i].copy_from_slice(&x[i..]);
         V::load(&buf)
     }
 }
 
-/// Stores `v` to `out[i..]` (up to 8 values).
+/// Stores `v` to `out[i..]` (up to `V::LANES` values).
 #[inline(always)]
 fn store_at<V: SimdF32>(v: V, out: &mut [f32], i: usize) {
-    if i + 8 <= out.len() {
+    if i + V::LANES <= out.len() {
         v.store(&mut out[i..]);
     } else {
-        let mut buf = [0.0f32; 8];
+        let mut buf = [0.0f32; 16];
         v.store(&mut buf);
         let n = out.len() - i;
         out[i..].copy_from_slice(&buf[..n]);
     }
 }
 
-fn horizontal(v: impl SimdF32) -> [f32; 8] {
-    let mut buf = [0.0f32; 8];
+/// The lanes of `v` (the first `V::LANES` of the result; the rest are 0).
+fn horizontal<V: SimdF32>(v: V) -> [f32; 16] {
+    let mut buf = [0.0f32; 16];
     v.store(&mut buf);
     buf
 }
@@ -62,37 +64,45 @@ fn horizontal(v: impl SimdF32) -> [f32; 8] {
 #[inline(always)]
 fn run_max<V: SimdF32>(x: &[f32]) -> f32 {
     // Four independent accumulators, so the loads are not serialised behind one max chain.
-    let quad = x.len() / 32 * 32;
+    let l = V::LANES;
+    let quad = x.len() / (4 * l) * (4 * l);
     let mut accs = [V::splat(f32::NEG_INFINITY); 4];
-    for i in (0..quad).step_by(32) {
+    for i in (0..quad).step_by(4 * l) {
         for (k, acc) in accs.iter_mut().enumerate() {
-            *acc = acc.max_(V::load(&x[i + 8 * k..]));
+            *acc = acc.max_(V::load(&x[i + l * k..]));
         }
     }
     let mut acc = accs[0].max_(accs[1]).max_(accs[2].max_(accs[3]));
-    let full = x.len() / 8 * 8;
-    for i in (quad..full).step_by(8) {
+    let full = x.len() / l * l;
+    for i in (quad..full).step_by(l) {
         acc = acc.max_(V::load(&x[i..]));
     }
     if full < x.len() {
         acc = acc.max_(load_at(x, full, f32::NEG_INFINITY));
     }
-    horizontal(acc)
-        .into_iter()
-        .fold(f32::NEG_INFINITY, f32::max)
+    horizontal(acc)[..l]
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-/// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when `WRITE`. Padding lanes hold
-/// -inf, whose exponential is exactly 0 (unless m is -inf or NaN, when the row is NaN anyway).
+/// `sum_j e^(x_j - m)`, also writing `e^(x_j - m)` into `out` when `WRITE`, and prefetching
+/// `ahead` (the next row) at the same pace. Padding lanes hold -inf, whose exponential is
+/// exactly 0 (unless m is -inf or NaN, when the row is NaN anyway).
 #[inline(always)]
-fn run_exp_sum<V: SimdF32, const WRITE: bool>(x: &[f32], m: f32, out: &mut [f32]) -> f64 {
+fn run_exp_sum<V: SimdF32, const WRITE: bool>(
+    x: &[f32],
+    m: f32,
+    out: &mut [f32],
+    ahead: &[f32],
+) -> f64 {
     let mv = V::splat(m);
     let mut total = 0.0f64;
     for r in (0..x.len()).step_by(1024) {
         let end = (r + 1024).min(x.len());
-        let full = r + (end - r) / 8 * 8;
+        let full = r + (end - r) / V::LANES * V::LANES;
         let mut acc = V::splat(0.0);
-        for i in (r..full).step_by(8) {
+        for i in (r..full).step_by(V::LANES) {
+            prefetch(ahead, i);
             let e = vmath::exp(V::load(&x[i..]) - mv);
             acc = acc + e;
             if WRITE {
@@ -106,7 +116,10 @@ fn run_exp_sum<V: SimdF32, const WRITE: bool>(x: &[f32], m: f32, out: &mut [f32]
                 store_at(e, out, full);
             }
         }
-        total += horizontal(acc).iter().map(|&v| v as f64).sum::<f64>();
+        total += horizontal(acc)[..V::LANES]
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>();
     }
     total
 }
@@ -124,9 +137,9 @@ fn finish<V: SimdF32>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, l
         }
     };
     let src: &[f32] = if log { x } else { out };
-    let full = out.len() / 8 * 8;
+    let full = out.len() / V::LANES * V::LANES;
     let tail = (full < out.len()).then(|| step(load_at::<V>(src, full, 0.0)));
-    for i in (0..full).step_by(8) {
+    for i in (0..full).step_by(V::LANES) {
         let v = step(V::load(if log { &x[i..] } else { &out[i..] }));
         v.store(&mut out[i..]);
     }
@@ -135,15 +148,36 @@ fn finish<V: SimdF32>(x: &[f32], out: &mut [f32], log: bool, inv: f32, m: f32, l
     }
 }
 
-/// Softmax of whole rows of length `l` with the implementation `V`.
+/// Asks the CPU to start loading the cache line holding `x[i]` (a hint; nothing if `i` is out
+/// of range or off x86-64).
+#[inline(always)]
+fn prefetch(x: &[f32], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = x.get(i) {
+        // SAFETY: prefetching is a hint that never faults; the address lies inside `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                v as *const f32 as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, i);
+}
+
+/// Softmax of whole rows of length `l` with the implementation `V`. A row's first pass (the
+/// maximum) would wait on memory with nothing else to do, so the next row is prefetched while
+/// this one's exponentials are computed.
 #[inline(always)]
 fn softmax_rows<V: SimdF32>(x: &[f32], out: &mut [f32], l: usize, log: bool) {
-    for (row, o) in x.chunks(l).zip(out.chunks_mut(l)) {
+    for (r, (row, o)) in x.chunks(l).zip(out.chunks_mut(l)).enumerate() {
+        let next = x.get((r + 1) * l..).unwrap_or(&[]);
+        let next = &next[..next.len().min(l)];
         let m = run_max::<V>(row);
         let s = if log {
-            run_exp_sum::<V, false>(row, m, o)
+            run_exp_sum::<V, false>(row, m, o, next)
         } else {
-            run_exp_sum::<V, true>(row, m, o)
+            run_exp_sum::<V, true>(row, m, o, next)
         };
         finish::<V>(row, o, log, (1.0 / s) as f32, m, s.ln() as f32);
     }
@@ -155,16 +189,23 @@ unsafe fn softmax_rows_avx2(x: &[f32], out: &mut [f32], l: usize, log: bool) {
     softmax_rows::<simd::Avx2>(x, out, l, log);
 }
 
-/// Softmax of whole rows on the best implementation for this CPU.
-fn softmax_rows_best(x: &[f32], out: &mut [f32], l: usize, log: bool, avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` comes from `simd::use_avx2`.
-        unsafe { softmax_rows_avx2(x, out, l, log) };
-        return;
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_rows_avx512(x: &[f32], out: &mut [f32], l: usize, log: bool) {
+    softmax_rows::<simd::Avx512>(x, out, l, log);
+}
+
+/// Softmax of whole rows on the implementation for `isa` (the CPU's, or a lesser one).
+fn softmax_rows_on(x: &[f32], out: &mut [f32], l: usize, log: bool, isa: Isa) {
+    match isa {
+        // SAFETY: `isa` is the CPU's (from `cpu::isa`), so it has AVX-512F, AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { softmax_rows_avx512(x, out, l, log) },
+        // SAFETY: as above, AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { softmax_rows_avx2(x, out, l, log) },
+        _ => softmax_rows::<f32x8>(x, out, l, log),
     }
-    let _ = avx2;
-    softmax_rows::<f32x8>(x, out, l, log);
 }
 
 /// One row longer than a chunk: the same three passes, each split into CHUNK blocks.
@@ -176,12 +217,12 @@ fn softmax_long_row(x: &[f32], out: &mut [f32], log: bool) {
         .fold(f32::NEG_INFINITY, f32::max);
     let partials: Vec<f64> = if log {
         par::map_indices(blocks, x.len(), |b| {
-            run_exp_sum::<f32x8, false>(block(b), m, &mut [])
+            run_exp_sum::<f32x8, false>(block(b), m, &mut [], &[])
         })
     } else {
         out.par_chunks_mut(CHUNK)
             .enumerate()
-            .map(|(b, o)| run_exp_sum::<f32x8, true>(block(b), m, o))
+            .map(|(b, o)| run_exp_sum::<f32x8, true>(block(b), m, o, &[]))
             .collect()
     };
     let s: f64 = partials.iter().sum();
@@ -208,9 +249,9 @@ fn softmax_impl(x: &Tensor, log: bool) -> Tensor {
     } else {
         // Whole rows per task, about CHUNK elements each.
         let per_task = (CHUNK / l).max(1) * l;
-        let avx2 = simd::use_avx2();
+        let isa = cpu::isa();
         alloc::output_in(src.len(), per_task, |start, o| {
-            softmax_rows_best(&src[start..start + o.len()], o, l, log, avx2);
+            softmax_rows_on(&src[start..start + o.len()], o, l, log, isa);
         })
     };
     Tensor::from_vec(out, x.shape())
@@ -292,6 +333,29 @@ mod tests {
         let (p, lp) = crate::kernels::cpu::with_portable(|| (x.softmax(), x.log_softmax()));
         assert_close("softmax", p.data(), &reference(&x, false), 4e-6, 1e-30);
         assert_close("log_softmax", lp.data(), &reference(&x, true), 1e-6, 2e-6);
+    }
+
+    #[test]
+    fn softmax_rows_match_f64_reference_on_every_instruction_set() {
+        use crate::kernels::cpu::{detected_isa, Isa};
+        let mut rng = Lcg::new(43);
+        let (rows, l) = (5, 37);
+        let x = Tensor::from_vec(rng.uniform_vec(rows * l, -30.0, 30.0), &[rows, l]);
+        for isa in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
+            if isa > detected_isa() {
+                continue;
+            }
+            for log in [false, true] {
+                let mut out = vec![0.0f32; rows * l];
+                super::softmax_rows_on(x.data(), &mut out, l, log, isa);
+                let (what, rel, abs) = if log {
+                    ("log_softmax", 1e-6, 2e-6)
+                } else {
+                    ("softmax", 4e-6, 1e-30)
+                };
+                assert_close(what, &out, &reference(&x, log), rel, abs);
+            }
+        }
     }
 
     #[test]

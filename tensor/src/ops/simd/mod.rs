@@ -183,13 +183,6 @@ unsafe fn unary_avx2<L: Lanes>(src: &[f32], dst: &mut [MaybeUninit<f32>], op: &L
     unary_with::<Avx2, L>(src, dst, op);
 }
 
-/// True when the AVX2 implementation may run now.
-#[inline]
-pub(crate) fn use_avx2() -> bool {
-    use crate::kernels::cpu::{isa, Isa};
-    cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2Fma
-}
-
 /// `dst[i] = op(src[i])` with the implementation for `isa` (the CPU's, from
 /// [`crate::kernels::cpu::isa`], read once per op by the caller).
 #[inline]
