@@ -250,11 +250,9 @@ fn compute_block(
     let (a_panels, b_panels) = (blk.m_cur.div_ceil(mr), blk.n_cur.div_ceil(nr));
     let row_tasks = blk.m_cur.div_ceil(cfg.mc);
     let col_tasks = TASKS.div_ceil(row_tasks);
-    let nt = blk
-        .n_cur
-        .div_ceil(col_tasks)
-        .next_multiple_of(nr)
-        .min(cfg.nt);
+    // Task width rounded down to whole micro-panels, so that there are at least `col_tasks`
+    // tasks (rounding up could leave, say, 9 tasks for 2 threads where 18 fit).
+    let nt = ((blk.n_cur / col_tasks / nr).max(1) * nr).min(cfg.nt);
     let col_tasks = blk.n_cur.div_ceil(nt);
     let task = |t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
