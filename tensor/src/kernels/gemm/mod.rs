@@ -198,6 +198,62 @@ pub fn sgemm_batched(
     ldc: usize,
     stride_c: usize,
 ) {
+    batched(
+        true, batch, transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
+        ldc, stride_c,
+    );
+}
+
+/// [`sgemm_batched`] entirely on the calling thread (for callers that already run in parallel
+/// at a coarser grain); the results are the same bits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_batched_on_this_thread(
+    batch: usize,
+    transa: Trans,
+    transb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    stride_a: usize,
+    b: &[f32],
+    ldb: usize,
+    stride_b: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    stride_c: usize,
+) {
+    batched(
+        false, batch, transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
+        ldc, stride_c,
+    );
+}
+
+/// The batched product, using the rayon pool only if `threads`.
+#[allow(clippy::too_many_arguments)]
+fn batched(
+    threads: bool,
+    batch: usize,
+    transa: Trans,
+    transb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    stride_a: usize,
+    b: &[f32],
+    ldb: usize,
+    stride_b: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    stride_c: usize,
+) {
     if batch == 0 || m == 0 || n == 0 {
         return;
     }
@@ -216,10 +272,10 @@ pub fn sgemm_batched(
         beta,
     };
     let c_extent = (m - 1) * ldc + n;
-    let threads = rayon::current_num_threads();
+    let pool = rayon::current_num_threads();
     let small = m.saturating_mul(n).saturating_mul(k) < driver::PARALLEL_MIN_MNK;
     let over_batch =
-        batch > 1 && threads > 1 && stride_c >= c_extent && (small || batch >= 2 * threads);
+        threads && batch > 1 && pool > 1 && stride_c >= c_extent && (small || batch >= 2 * pool);
     if over_batch {
         assert!(
             c.len() >= (batch - 1) * stride_c + c_extent,
@@ -240,7 +296,7 @@ pub fn sgemm_batched(
             let op = operands(i);
             let ci = c.get_mut(i * stride_c..).unwrap_or(&mut []);
             check(&op, ci, ldc);
-            driver::gemm(&cfg, &op, ci, ldc, true);
+            driver::gemm(&cfg, &op, ci, ldc, threads);
         }
     }
 }

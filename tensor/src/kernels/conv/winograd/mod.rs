@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::Conv2dParams;
 use crate::kernels::cpu::{self, Isa};
-use crate::kernels::gemm::{sgemm_batched, Trans};
+use crate::kernels::gemm::{sgemm_batched, sgemm_batched_on_this_thread, Trans};
 
 mod layout;
 #[cfg(test)]
@@ -141,16 +141,36 @@ fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
     )
 }
 
+/// Runs `f(scratch, (index, item))` on every item, in parallel if `par` (with one scratch value
+/// from `init` per task), else in order on this thread.
+fn for_each_item<T, S>(
+    items: Vec<T>,
+    par: bool,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, (usize, T)) + Sync + Send,
+) where
+    T: Send,
+{
+    if par {
+        items.into_par_iter().enumerate().for_each_init(init, f);
+    } else {
+        let mut scratch = init();
+        items
+            .into_iter()
+            .enumerate()
+            .for_each(|item| f(&mut scratch, item));
+    }
+}
+
 /// Phase one of a chunk: `V[xi][ci][..len] = (B^T d B)[xi]` for every input channel `ci` and
-/// tile of the images `inp` (`[_, c_in, h, w]`), in parallel over channels. `V` has planes of
-/// `v_plane` values and rows of `stride`; columns `cols..len` are zero.
+/// tile of the images `inp` (`[_, c_in, h, w]`), in parallel over channels if `par`. `V` has
+/// planes of `v_plane` values and rows of `stride`; columns `cols..len` are zero.
 fn transform_chunk_input(
     p: &Conv2dParams,
     isa: Isa,
     inp: &[f32],
-    v: &mut [f32],
-    v_plane: usize,
-    stride: usize,
+    (v, v_plane, stride): (&mut [f32], usize, usize),
+    par: bool,
 ) {
     let (th, tw) = tiles(p);
     let plane = p.h * p.w;
@@ -158,27 +178,30 @@ fn transform_chunk_input(
     let per_image = th * tw;
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
-    blocks_by_channel(v, v_plane, p.c_in, stride)
-        .into_par_iter()
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-            |phases, (ci, mut rows)| {
-                for (n, x) in inp.chunks_exact(in_len).enumerate() {
-                    let x = &x[ci * plane..(ci + 1) * plane];
-                    gather::<6, 1>(p, x, &mut rows, n * per_image, phases);
-                }
-                for r in rows.iter_mut() {
-                    r[cols..len].fill(0.0);
-                }
-                transform_input_on(isa, &mut rows, len);
-            },
-        );
+    for_each_item(
+        blocks_by_channel(v, v_plane, p.c_in, stride),
+        par,
+        || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+        |phases, (ci, mut rows)| {
+            for (n, x) in inp.chunks_exact(in_len).enumerate() {
+                let x = &x[ci * plane..(ci + 1) * plane];
+                gather::<6, 1>(p, x, &mut rows, n * per_image, phases);
+            }
+            for r in rows.iter_mut() {
+                r[cols..len].fill(0.0);
+            }
+            transform_input_on(isa, &mut rows, len);
+        },
+    );
 }
 
 /// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
 /// filters `u` (from [`transform_weights`]) plus `bias`, into `output`
 /// (`[batch, c_out, h, w]`, overwritten). Requires [`applies`].
+///
+/// With at least two chunks per thread, chunks run in parallel, each on one thread (no
+/// barrier between a chunk's steps); otherwise chunks run in turn, each step in parallel.
+/// Either way every chunk is computed the same way, so the result does not depend on it.
 pub(crate) fn forward(
     p: &Conv2dParams,
     input: &[f32],
@@ -187,55 +210,91 @@ pub(crate) fn forward(
     output: &mut [f32],
 ) {
     debug_assert!(applies(p));
-    let (_, tw) = tiles(p);
-    let (per_image, chunk, stride) = chunking(p);
+    let (_, chunk, stride) = chunking(p);
+    let plane = p.h * p.w;
+    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
+    let (v_len, m_len) = (XI * v_plane, XI * m_plane);
+    if p.batch.div_ceil(chunk) >= 2 * rayon::current_num_threads() {
+        input
+            .par_chunks(chunk * in_len)
+            .zip(output.par_chunks_mut(chunk * out_len))
+            .for_each(|(inp, out)| {
+                with_buffers(v_len, m_len, |v, m| {
+                    forward_chunk(p, u, bias, (inp, out), (v, m, stride), false);
+                });
+            });
+    } else {
+        with_buffers(v_len, m_len, |v, m| {
+            for (inp, out) in input
+                .chunks(chunk * in_len)
+                .zip(output.chunks_mut(chunk * out_len))
+            {
+                forward_chunk(p, u, bias, (inp, out), (&mut *v, &mut *m, stride), true);
+            }
+        });
+    }
+}
+
+/// [`forward`] for one chunk of images (`inp` to `out`) with the buffers `V` and `M` (rows of
+/// `stride` values), each step in parallel if `par`.
+fn forward_chunk(
+    p: &Conv2dParams,
+    u: &[f32],
+    bias: Option<&[f32]>,
+    (inp, out): (&[f32], &mut [f32]),
+    (v, m, stride): (&mut [f32], &mut [f32], usize),
+    par: bool,
+) {
+    let (th, tw) = tiles(p);
+    let per_image = th * tw;
     let isa = cpu::isa();
     let plane = p.h * p.w;
     let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
-    with_buffers(XI * v_plane, XI * m_plane, |v, m| {
-        for (inp, out) in input
-            .chunks(chunk * in_len)
-            .zip(output.chunks_mut(chunk * out_len))
-        {
-            let cols = inp.len() / in_len * per_image;
-            let len = cols.next_multiple_of(COLUMN_ALIGN);
-            transform_chunk_input(p, isa, inp, v, v_plane, stride);
-            sgemm_batched(
-                XI,
-                Trans::No,
-                Trans::No,
-                p.c_out,
-                cols,
-                p.c_in,
-                1.0,
-                u,
-                p.c_in,
-                weight_plane(p.c_out, p.c_in),
-                v,
-                stride,
-                v_plane,
-                0.0,
-                m,
-                stride,
-                m_plane,
-            );
-            blocks_by_channel(m, m_plane, p.c_out, stride)
-                .into_par_iter()
-                .zip(blocks_by_channel(out, out_len, p.c_out, plane))
-                .enumerate()
-                .for_each_init(
-                    || vec![0.0f32; 4 * tw],
-                    |row, (co, (mut rows, planes))| {
-                        transform_output_on(isa, &mut rows, len);
-                        let b = bias.map_or(0.0, |b| b[co]);
-                        for (n, y) in planes.into_iter().enumerate() {
-                            scatter_tiles(p, &rows, n * per_image, b, y, row);
-                        }
-                    },
-                );
-        }
-    });
+    let cols = inp.len() / in_len * per_image;
+    let len = cols.next_multiple_of(COLUMN_ALIGN);
+    transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), par);
+    let gemm = if par {
+        sgemm_batched
+    } else {
+        sgemm_batched_on_this_thread
+    };
+    gemm(
+        XI,
+        Trans::No,
+        Trans::No,
+        p.c_out,
+        cols,
+        p.c_in,
+        1.0,
+        u,
+        p.c_in,
+        weight_plane(p.c_out, p.c_in),
+        v,
+        stride,
+        v_plane,
+        0.0,
+        m,
+        stride,
+        m_plane,
+    );
+    let channels = blocks_by_channel(m, m_plane, p.c_out, stride)
+        .into_iter()
+        .zip(blocks_by_channel(out, out_len, p.c_out, plane))
+        .collect();
+    for_each_item(
+        channels,
+        par,
+        || vec![0.0f32; 4 * tw],
+        |row, (co, (mut rows, planes))| {
+            transform_output_on(isa, &mut rows, len);
+            let b = bias.map_or(0.0, |b| b[co]);
+            for (n, y) in planes.into_iter().enumerate() {
+                scatter_tiles(p, &rows, n * per_image, b, y, row);
+            }
+        },
+    );
 }
 
 /// The weight gradient `dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] X[n, ci, i + a - 1, j + b - 1]`
@@ -266,7 +325,7 @@ pub(crate) fn backward_weight(
         {
             let cols = inp.len() / in_len * per_image;
             let len = cols.next_multiple_of(COLUMN_ALIGN);
-            transform_chunk_input(p, isa, inp, v, v_plane, stride);
+            transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), true);
             blocks_by_channel(m, m_plane, p.c_out, stride)
                 .into_par_iter()
                 .enumerate()
