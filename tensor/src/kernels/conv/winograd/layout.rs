@@ -29,7 +29,9 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 /// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). `phases` is scratch of at
 /// least `(4 * th + 2) * 4 * (tw + 1)` values: shifted row `r` (image row `r - OFF`) split by
 /// shifted column `4t + k` (image column `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`,
-/// zero outside the image, so that each run of `rows` is contiguous there.
+/// zero outside the image, so that each run of `rows` is contiguous there. Only the entries
+/// inside the image are written, so `phases` must hold zeros elsewhere: it must start as zeros
+/// and be reused only by calls with the same `p`, `N` and `OFF` (which write the same entries).
 pub(super) fn gather<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
     x: &[f32],
@@ -40,7 +42,6 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
     let (th, tw) = tiles(p);
     let w = p.w;
     let run = tw + 1;
-    phases.fill(0.0);
     for (y, row) in x.chunks_exact(w).enumerate() {
         let at = |k: usize| (4 * (y + OFF) + k) * run;
         // Image column 4s + k is shifted column 4s + k + OFF.

@@ -78,6 +78,27 @@ fn tiles(p: &Conv2dParams) -> (usize, usize) {
     (p.h.div_ceil(4), p.w.div_ceil(4))
 }
 
+/// [`blocks_by_channel`] for the 36 planes of `V`, `M` or `U`, as one array of rows per
+/// channel (one allocation rather than one per channel).
+fn rows_by_channel(
+    data: &mut [f32],
+    plane: usize,
+    channels: usize,
+    len: usize,
+) -> Vec<[&mut [f32]; XI]> {
+    let mut planes = data.chunks_exact_mut(plane);
+    let mut rest: [&mut [f32]; XI] = std::array::from_fn(|_| planes.next().unwrap());
+    (0..channels)
+        .map(|_| {
+            std::array::from_fn(|xi| {
+                let (row, tail) = std::mem::take(&mut rest[xi]).split_at_mut(len);
+                rest[xi] = tail;
+                row
+            })
+        })
+        .collect()
+}
+
 /// Splits `data`, a sequence of groups of `group_len` values that each start with `channels`
 /// blocks of `len` values, into one list per channel of that channel's block in every group
 /// (so that channels can be worked on in parallel).
@@ -179,8 +200,9 @@ fn transform_chunk_input(
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     for_each_item(
-        blocks_by_channel(v, v_plane, p.c_in, stride),
+        rows_by_channel(v, v_plane, p.c_in, stride),
         par,
+        // Zeros, reused only for this geometry (see `gather`).
         || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
         |phases, (ci, mut rows)| {
             for (n, x) in inp.chunks_exact(in_len).enumerate() {
@@ -279,7 +301,7 @@ fn forward_chunk(
         stride,
         m_plane,
     );
-    let channels = blocks_by_channel(m, m_plane, p.c_out, stride)
+    let channels = rows_by_channel(m, m_plane, p.c_out, stride)
         .into_iter()
         .zip(blocks_by_channel(out, out_len, p.c_out, plane))
         .collect();
@@ -326,10 +348,11 @@ pub(crate) fn backward_weight(
             let cols = inp.len() / in_len * per_image;
             let len = cols.next_multiple_of(COLUMN_ALIGN);
             transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), true);
-            blocks_by_channel(m, m_plane, p.c_out, stride)
+            rows_by_channel(m, m_plane, p.c_out, stride)
                 .into_par_iter()
                 .enumerate()
                 .for_each_init(
+                    // Zeros, reused only for this geometry (see `gather`).
                     || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
                     |phases, (co, mut rows)| {
                         for (n, dy) in dyc.chunks_exact(out_len).enumerate() {

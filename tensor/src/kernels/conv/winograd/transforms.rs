@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 use wide::f32x8;
 
-use super::{blocks_by_channel, XI};
+use super::{rows_by_channel, XI};
 use crate::kernels::cpu::Isa;
 use crate::ops::simd::{self, SimdF32};
 
@@ -42,7 +42,7 @@ pub(crate) fn weight_plane(c_out: usize, c_in: usize) -> usize {
 pub(crate) fn transform_weights(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
     let plane = weight_plane(c_out, c_in);
     let mut u = vec![0.0f32; XI * plane];
-    blocks_by_channel(&mut u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
+    rows_by_channel(&mut u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
         .into_par_iter()
         .zip(weight.par_chunks(9 * FILTER_BLOCK))
         .for_each(|(mut runs, filters)| {
