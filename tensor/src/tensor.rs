@@ -34,7 +34,14 @@ impl Tensor {
 
     /// A tensor of `shape` with every element equal to `value`.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
-        Tensor::from_vec(vec![value; numel(shape)], shape)
+        // Filled chunk by chunk, in parallel when large (a serial fill of a large output would
+        // leave the other threads idle before every op that starts from zeros).
+        let data = crate::ops::alloc::output(numel(shape), |_, piece| {
+            if value != 0.0 {
+                piece.fill(value);
+            }
+        });
+        Tensor::from_vec(data, shape)
     }
 
     /// A tensor of zeros.

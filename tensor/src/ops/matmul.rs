@@ -18,6 +18,7 @@
 //! assert_eq!(a.matmul_t(&b, true, false).data(), &[26.0, 30.0, 38.0, 44.0]);
 //! ```
 
+use super::alloc;
 use crate::kernels::gemm::{sgemm, sgemm_batched, Trans};
 use crate::shape::{numel, try_broadcast_shapes};
 use crate::Tensor;
@@ -76,7 +77,7 @@ impl Tensor {
         let count = numel(&batch);
         let mut shape = batch.clone();
         shape.extend([m, n]);
-        let mut out = vec![0.0f32; count * m * n];
+        let mut out = alloc::zeroed(count * m * n);
         if out.is_empty() || k == 0 {
             return Tensor::from_vec(out, &shape); // an empty sum is 0
         }

@@ -35,6 +35,7 @@
 use rayon::prelude::*;
 use wide::f32x8;
 
+use super::alloc;
 use super::simd::{self, SimdF32};
 use crate::kernels::cpu::{isa, Isa};
 use crate::Tensor;
@@ -237,8 +238,8 @@ fn attention_with(
     o_shape.extend([dm.lq, dm.dv]);
     let mut lse_shape = lead.to_vec();
     lse_shape.push(dm.lq);
-    let mut o = vec![0.0f32; dm.n * dm.lq * dm.dv];
-    let mut lse = vec![0.0f32; dm.n * dm.lq];
+    let mut o = alloc::zeroed(dm.n * dm.lq * dm.dv);
+    let mut lse = alloc::zeroed(dm.n * dm.lq);
     if dm.lq > 0 {
         super::flops::add((2 * dm.n * dm.lq * dm.lk * (dm.d + dm.dv)) as u64);
         let (qd, kd, vd) = (q.data(), k.data(), v.data());
@@ -324,9 +325,9 @@ fn attention_backward_with(
         g.shape(),
         lse.shape()
     );
-    let mut dq = vec![0.0f32; dm.n * dm.lq * dm.d];
-    let mut dk = vec![0.0f32; dm.n * dm.lk * dm.d];
-    let mut dv = vec![0.0f32; dm.n * dm.lk * dm.dv];
+    let mut dq = alloc::zeroed(dm.n * dm.lq * dm.d);
+    let mut dk = alloc::zeroed(dm.n * dm.lk * dm.d);
+    let mut dv = alloc::zeroed(dm.n * dm.lk * dm.dv);
     if dm.lq > 0 {
         let (qd, kd, vd, od, ld, gd) =
             (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
