@@ -66,6 +66,10 @@ pub fn conv2d_backward_weight(
     let per_chunk = p.batch.div_ceil(MAX_CHUNKS);
     let chunks = p.batch.div_ceil(per_chunk);
     let wlen = grad_weight.len();
+    if p.is_pointwise() {
+        pointwise(p, input, grad_output, grad_weight, per_chunk);
+        return;
+    }
     // One partial per chunk, in (co, a, b, ci) order (see `hwc`).
     let mut partials = vec![0.0f32; chunks * wlen];
     partials
@@ -95,6 +99,56 @@ pub fn conv2d_backward_weight(
         }
     }
     permute_to_oihw(&g, p.c_out, sum, grad_weight);
+}
+
+/// The weight gradient of a 1x1, stride-1, unpadded convolution: per image the product
+/// `dW += dY_n X_n^T` (`[c_out, pixels] x [pixels, c_in]`) straight from the NCHW tensors, one
+/// partial per chunk of `per_chunk` images, the partials added in chunk order.
+fn pointwise(
+    p: &Conv2dParams,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+    per_chunk: usize,
+) {
+    let npix = p.h * p.w;
+    let (in_len, out_len, wlen) = (p.c_in * npix, p.c_out * npix, grad_weight.len());
+    let mut partials = vec![0.0f32; p.batch.div_ceil(per_chunk) * wlen];
+    partials
+        .par_chunks_exact_mut(wlen)
+        .zip(input.par_chunks(per_chunk * in_len))
+        .zip(grad_output.par_chunks(per_chunk * out_len))
+        .for_each(|((dw, x), dy)| {
+            for (i, (xn, dyn_)) in x
+                .chunks_exact(in_len)
+                .zip(dy.chunks_exact(out_len))
+                .enumerate()
+            {
+                let beta = if i == 0 { 0.0 } else { 1.0 };
+                sgemm(
+                    Trans::No,
+                    Trans::Yes,
+                    p.c_out,
+                    p.c_in,
+                    npix,
+                    1.0,
+                    dyn_,
+                    npix,
+                    xn,
+                    npix,
+                    beta,
+                    dw,
+                    p.c_in,
+                );
+            }
+        });
+    let (sum, rest) = partials.split_at_mut(wlen);
+    for partial in rest.chunks_exact(wlen) {
+        for (d, &v) in sum.iter_mut().zip(partial) {
+            *d += v;
+        }
+    }
+    grad_weight.copy_from_slice(sum);
 }
 
 /// Per-task scratch: the padded channels-last image and one pixel-major column tile.
