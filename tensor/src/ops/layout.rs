@@ -19,7 +19,6 @@
 //! ```
 
 use rayon::prelude::*;
-use wide::f32x8;
 
 use super::alloc;
 use super::par::{self, SendPtr, PAR_MIN};
@@ -28,6 +27,9 @@ use crate::Tensor;
 
 /// Tile side of the blocked transpose.
 const TILE: usize = 64;
+
+/// Output columns per task of a transpose (a multiple of [`TILE`]).
+const J_SPAN: usize = 512;
 
 /// Input offset of each "row" (all merged axes but the ones handled inside a task).
 struct Walker {
@@ -300,12 +302,63 @@ impl Tensor {
     }
 }
 
+/// Asks the CPU to start loading every cache line of `x` (a hint; nothing off x86-64).
+#[inline(always)]
+fn prefetch_run(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: prefetching is a hint that never faults; the address lies inside `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
+/// `out[c * stride + r] = rows[r][c]` for the 4x4 block of the first four values of four rows
+/// (in SSE registers on x86-64).
+#[inline(always)]
+fn transpose4x4(rows: [&[f32]; 4], out: &mut [f32], stride: usize) {
+    assert!(rows.iter().all(|r| r.len() >= 4) && out.len() >= 3 * stride + 4);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE is part of x86-64; the loads read rows[r][0..4] and the stores write
+        // out[c * stride..c * stride + 4], all inside the slices (asserted above).
+        unsafe {
+            let q: [__m128; 4] = std::array::from_fn(|r| _mm_loadu_ps(rows[r].as_ptr()));
+            let t0 = _mm_unpacklo_ps(q[0], q[1]);
+            let t1 = _mm_unpacklo_ps(q[2], q[3]);
+            let t2 = _mm_unpackhi_ps(q[0], q[1]);
+            let t3 = _mm_unpackhi_ps(q[2], q[3]);
+            let cols = [
+                _mm_movelh_ps(t0, t1),
+                _mm_movehl_ps(t1, t0),
+                _mm_movelh_ps(t2, t3),
+                _mm_movehl_ps(t3, t2),
+            ];
+            for (c, col) in cols.into_iter().enumerate() {
+                _mm_storeu_ps(out.as_mut_ptr().add(c * stride), col);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for c in 0..4 {
+        for r in 0..4 {
+            out[c * stride + r] = rows[r][c];
+        }
+    }
+}
+
 /// A permutation whose last merged output axis is not the input's contiguous one: for every
 /// combination of the other axes, the plane spanned by the output's last axis `j` and the
 /// output axis `k` that is contiguous in the input is transposed in TILE x TILE tiles.
 ///
 /// Writes all `n` output elements through `dst` (which needs room for them; they need not be
-/// initialised): the (batch, k-tile) items cover every output element once.
+/// initialised): the (batch, span, k-tile) items cover every output element once.
 fn transpose_batched(src: &[f32], dst: SendPtr, n: usize, axes: &[(usize, usize)]) {
     let nd = axes.len();
     let k = axes
@@ -324,51 +377,64 @@ fn transpose_batched(src: &[f32], dst: SendPtr, n: usize, axes: &[(usize, usize)
         dims: in_walk.dims.clone(),
         strides: batch.iter().map(|&d| out_strides[d]).collect(),
     };
+    // Items are (batch, span of J_SPAN output columns, k-tile), in that order, so that the
+    // consecutive items a thread takes read the same J_SPAN input rows (still in the caches
+    // and the TLB) instead of sweeping every input row for each k-tile.
     let ktiles = kn.div_ceil(TILE);
-    let items = numel(&in_walk.dims) * ktiles;
+    let spans = jn.div_ceil(J_SPAN);
+    let items = numel(&in_walk.dims) * spans * ktiles;
     let task = |item: usize| {
-        let (b, kt) = (item / ktiles, item % ktiles);
+        let (b, span, kt) = (
+            item / (spans * ktiles),
+            item / ktiles % spans,
+            item % ktiles,
+        );
         let (ib, ob) = (in_walk.offset(b), out_walk.offset(b));
         let (k0, k1) = (kt * TILE, ((kt + 1) * TILE).min(kn));
         let ptr = dst;
-        // SAFETY (the writes below): each (batch, k-tile) item writes only the output elements
-        // with its own batch index and k in k0..k1, so tasks never overlap, and every index is
+        // SAFETY (the writes below): each (batch, span, k-tile) item writes only the output
+        // elements with its own batch index, j in its span and k in k0..k1, so tasks never overlap, and every index is
         // below n (the axes' sizes multiply to it).
-        // Each TILE x TILE block of the output is assembled in a local buffer (8x8 blocks
+        // Each TILE x TILE block of the output is assembled in a local buffer (4x4 blocks
         // transposed in registers, ragged edges element by element) and then written out
         // row by row: the output rows are a power-of-two stride apart in the common cases,
         // and writing them in short pieces would keep evicting half-written cache lines.
         let mut buf = [0.0f32; TILE * TILE];
-        for j0 in (0..jn).step_by(TILE) {
+        for j0 in (span * J_SPAN..jn.min((span + 1) * J_SPAN)).step_by(TILE) {
             let j1 = (j0 + TILE).min(jn);
-            let (j8, k8) = (j0 + (j1 - j0) / 8 * 8, k0 + (k1 - k0) / 8 * 8);
-            for jb in (j0..j8).step_by(8) {
-                for kb in (k0..k8).step_by(8) {
-                    let rows: [f32x8; 8] =
-                        std::array::from_fn(|r| par::load(&src[ib + (jb + r) * js + kb..]));
-                    for (c, col) in f32x8::transpose(rows).into_iter().enumerate() {
-                        let at = (kb - k0 + c) * TILE + (jb - j0);
-                        par::store(col, &mut buf[at..]);
-                    }
+            let (j4, k4) = (j0 + (j1 - j0) / 4 * 4, k0 + (k1 - k0) / 4 * 4);
+            for jb in (j0..j4).step_by(4) {
+                // The same rows of the next tile down, a tile ahead: the strided rows are too
+                // many streams for the hardware prefetcher.
+                for r in jb + TILE..(jb + TILE + 4).min(jn) {
+                    prefetch_run(&src[ib + r * js + k0..ib + r * js + k1]);
+                }
+                for kb in (k0..k4).step_by(4) {
+                    let rows: [&[f32]; 4] =
+                        std::array::from_fn(|r| &src[ib + (jb + r) * js + kb..]);
+                    transpose4x4(rows, &mut buf[(kb - k0) * TILE + (jb - j0)..], TILE);
                 }
             }
             for kk in k0..k1 {
-                let from = if kk < k8 { j8 } else { j0 };
+                let from = if kk < k4 { j4 } else { j0 };
                 for jj in from..j1 {
                     buf[(kk - k0) * TILE + (jj - j0)] = src[ib + jj * js + kk];
                 }
             }
             for kk in k0..k1 {
                 let row = &buf[(kk - k0) * TILE..][..j1 - j0];
-                // SAFETY: each (batch, k-tile) item writes only the output elements with its
-                // own batch index and k in k0..k1, so tasks never overlap, and the row lies
+                // SAFETY: each item writes only the output elements with its own batch index,
+                // j in its span and k in k0..k1, so tasks never overlap, and the row lies
                 // inside the output (the axes' sizes multiply to n).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        row.as_ptr(),
-                        ptr.0.add(ob + kk * kos + j0),
-                        j1 - j0,
-                    )
+                    let to = ptr.0.add(ob + kk * kos + j0);
+                    if row.len() == TILE {
+                        // A whole row as one fixed-size move (no call to `memcpy`).
+                        (to as *mut [f32; TILE])
+                            .write_unaligned(*(row.as_ptr() as *const [f32; TILE]));
+                    } else {
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), to, row.len());
+                    }
                 };
             }
         }
