@@ -4,7 +4,7 @@
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 use tensor::kernels::conv::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
+    allow_winograd, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
 };
 use tensor::Tensor;
 
@@ -18,6 +18,15 @@ pub enum Pass {
     BackwardData,
     BackwardWeight,
     All,
+}
+
+/// Which algorithm the 3x3 stride-1 convolutions use.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    /// Winograd F(4x4, 3x3) where it applies, the direct kernels elsewhere (what training uses).
+    Auto,
+    /// The direct kernels only.
+    Direct,
 }
 
 /// The convolution's shape.
@@ -47,6 +56,9 @@ pub struct ConvArgs {
     /// Which passes to time.
     #[arg(long, value_enum, default_value_t = Pass::All)]
     pass: Pass,
+    /// The algorithm: `auto` (Winograd where it applies) or `direct`.
+    #[arg(long, value_enum, default_value_t = Algorithm::Auto)]
+    algorithm: Algorithm,
 }
 
 impl Default for ConvArgs {
@@ -60,6 +72,7 @@ impl Default for ConvArgs {
             stride: 1,
             padding: None,
             pass: Pass::All,
+            algorithm: Algorithm::Auto,
         }
     }
 }
@@ -104,6 +117,8 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     let mut dw = vec![0.0f32; w.numel()];
     let mut db = vec![0.0f32; p.c_out];
     let want = |pass: Pass| args.pass == pass || args.pass == Pass::All;
+    let direct = args.algorithm == Algorithm::Direct;
+    let winograd_before = allow_winograd(!direct);
     let mut timed: Vec<(&str, f64)> = Vec::new();
     if want(Pass::Forward) {
         timed.push((
@@ -125,6 +140,8 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
             }),
         ));
     }
+    allow_winograd(winograd_before);
+    let algorithm = if direct { "direct" } else { "auto" };
     for (pass, seconds) in timed {
         let gflops = flops / seconds / 1e9;
         let fraction = gflops / peak_gflops;
@@ -139,6 +156,7 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("kernel", p.kh.into()),
                 ("stride", p.stride.into()),
                 ("padding", p.padding.into()),
+                ("algorithm", algorithm.into()),
                 ("threads", threads.into()),
                 ("ms", Value::from(seconds * 1e3)),
                 ("gflops", gflops.into()),
@@ -146,7 +164,7 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("fraction_of_peak", fraction.into()),
             ],
             &format!(
-                "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
+                "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} {algorithm:<6} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
                 p.batch,
                 p.c_in,
                 p.c_out,

@@ -33,6 +33,8 @@
 //! partial weight gradients are added in chunk order (backward-weight), so results are bitwise
 //! identical for any thread count.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 mod avx512;
 mod backward_data;
 mod backward_weight;
@@ -47,6 +49,21 @@ mod winograd;
 mod reference;
 #[cfg(test)]
 mod tests;
+
+/// Whether 3x3 convolutions may use Winograd's algorithm (see [`allow_winograd`]).
+static WINOGRAD: AtomicBool = AtomicBool::new(true);
+
+/// Allows (the default) or forbids Winograd's F(4x4, 3x3) for the convolutions it applies to,
+/// process-wide, so that benchmarks can measure the direct kernels on the same shapes. The two
+/// differ only by rounding. Returns the previous setting.
+pub fn allow_winograd(allowed: bool) -> bool {
+    WINOGRAD.swap(allowed, Ordering::Relaxed)
+}
+
+/// True unless [`allow_winograd`] forbade Winograd's algorithm.
+pub fn winograd_allowed() -> bool {
+    WINOGRAD.load(Ordering::Relaxed)
+}
 
 pub use backward_data::conv2d_backward_data;
 pub use backward_weight::conv2d_backward_weight;

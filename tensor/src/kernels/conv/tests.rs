@@ -104,6 +104,11 @@ fn run_all(p: &Conv2dParams, d: &Data) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32
 
 fn check_against_reference(portable: bool) {
     let _guard = crate::kernels::cpu::test_lock();
+    check_cases(portable);
+}
+
+/// Every case of [`cases`] against the f64 reference (the caller holds the test lock).
+fn check_cases(portable: bool) {
     for (seed, p) in cases().iter().enumerate() {
         let d = data(p, seed as u64 + 1);
         let (y, dx, dw, db) = if portable {
@@ -131,6 +136,14 @@ fn conv_matches_reference_simd() {
 #[test]
 fn conv_matches_reference_portable() {
     check_against_reference(true);
+}
+
+#[test]
+fn direct_kernels_match_reference_where_winograd_would_apply() {
+    let _guard = crate::kernels::cpu::test_lock();
+    let before = super::allow_winograd(false);
+    check_cases(false);
+    super::allow_winograd(before);
 }
 
 #[test]

@@ -61,9 +61,11 @@ const XI: usize = 36;
 const COLUMN_ALIGN: usize = 16;
 
 /// True if `p` is a convolution this module computes: 3x3, stride 1, padding 1, with enough
-/// channels for the matrix products to pay for the transforms.
+/// channels for the matrix products to pay for the transforms (and Winograd not forbidden by
+/// [`super::allow_winograd`]).
 pub(crate) fn applies(p: &Conv2dParams) -> bool {
-    p.kh == 3
+    super::winograd_allowed()
+        && p.kh == 3
         && p.kw == 3
         && p.stride == 1
         && p.padding == 1
