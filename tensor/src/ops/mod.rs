@@ -18,5 +18,6 @@ pub(crate) mod simd;
 pub mod softmax;
 #[cfg(test)]
 mod testutil;
+pub(crate) mod transpose;
 pub mod unary;
 mod vmath;

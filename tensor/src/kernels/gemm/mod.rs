@@ -198,43 +198,16 @@ pub fn sgemm_batched(
     ldc: usize,
     stride_c: usize,
 ) {
-    batched(
+    sgemm_batched_threads(
         true, batch, transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
         ldc, stride_c,
     );
 }
 
-/// [`sgemm_batched`] entirely on the calling thread (for callers that already run in parallel
-/// at a coarser grain); the results are the same bits.
+/// [`sgemm_batched`], using the rayon pool only if `threads` (callers that already run in
+/// parallel at a coarser grain pass `false`); the results are the same bits either way.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_batched_on_this_thread(
-    batch: usize,
-    transa: Trans,
-    transb: Trans,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    stride_a: usize,
-    b: &[f32],
-    ldb: usize,
-    stride_b: usize,
-    beta: f32,
-    c: &mut [f32],
-    ldc: usize,
-    stride_c: usize,
-) {
-    batched(
-        false, batch, transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
-        ldc, stride_c,
-    );
-}
-
-/// The batched product, using the rayon pool only if `threads`.
-#[allow(clippy::too_many_arguments)]
-fn batched(
+pub(crate) fn sgemm_batched_threads(
     threads: bool,
     batch: usize,
     transa: Trans,

@@ -3,6 +3,7 @@
 //! into the image.
 
 use super::{tiles, Conv2dParams};
+use crate::ops::transpose::transpose4x4;
 
 /// `dst = src` for runs of the lengths a row of tiles has in practice, as fixed-size moves
 /// rather than calls to `memcpy`.
@@ -25,45 +26,18 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 }
 
 /// `phases[dst[k] + s] = row[4s + k]` for the leading groups of 16 values of `row` (four
-/// quads at a time, transposed in SSE registers); returns how many values were placed.
+/// quads at a time, transposed as a 4x4 block); returns how many values were placed.
 #[inline(always)]
 fn split_quads(row: &[f32], phases: &mut [f32], dst: [usize; 4]) -> usize {
     let groups = row.len() / 16;
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        for g in 0..groups {
-            let (x, s) = (&row[16 * g..16 * g + 16], 4 * g);
-            for &d in &dst {
-                assert!(d + s + 4 <= phases.len());
-            }
-            // SAFETY: SSE is part of x86-64; the loads read x[0..16], and each store writes
-            // phases[d + s..d + s + 4], inside the slice (asserted above).
-            unsafe {
-                let q: [__m128; 4] = std::array::from_fn(|i| _mm_loadu_ps(x.as_ptr().add(4 * i)));
-                // Transpose the 4x4 block: column k = (q0[k], q1[k], q2[k], q3[k]).
-                let t0 = _mm_unpacklo_ps(q[0], q[1]); // q0[0] q1[0] q0[1] q1[1]
-                let t1 = _mm_unpacklo_ps(q[2], q[3]);
-                let t2 = _mm_unpackhi_ps(q[0], q[1]); // q0[2] q1[2] q0[3] q1[3]
-                let t3 = _mm_unpackhi_ps(q[2], q[3]);
-                let cols = [
-                    _mm_movelh_ps(t0, t1),
-                    _mm_movehl_ps(t1, t0),
-                    _mm_movelh_ps(t2, t3),
-                    _mm_movehl_ps(t3, t2),
-                ];
-                for (k, col) in cols.into_iter().enumerate() {
-                    _mm_storeu_ps(phases.as_mut_ptr().add(dst[k] + s), col);
-                }
-            }
+    for g in 0..groups {
+        let (x, s) = (&row[16 * g..16 * g + 16], 4 * g);
+        let cols = transpose4x4(std::array::from_fn(|i| &x[4 * i..]));
+        for (&d, col) in dst.iter().zip(&cols) {
+            phases[d + s..d + s + 4].copy_from_slice(col);
         }
-        16 * groups
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (row, phases, dst, groups);
-        0
-    }
+    16 * groups
 }
 
 /// `rows[i * N + j][col0 + ty * tw + tx] = x[4ty + i - OFF][4tx + j - OFF]` (zero outside the

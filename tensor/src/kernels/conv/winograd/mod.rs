@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::Conv2dParams;
 use crate::kernels::cpu::{self, Isa};
-use crate::kernels::gemm::{sgemm_batched, sgemm_batched_on_this_thread, Trans};
+use crate::kernels::gemm::{sgemm_batched, sgemm_batched_threads, Trans};
 
 mod layout;
 #[cfg(test)]
@@ -279,12 +279,8 @@ fn forward_chunk(
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), par);
-    let gemm = if par {
-        sgemm_batched
-    } else {
-        sgemm_batched_on_this_thread
-    };
-    gemm(
+    sgemm_batched_threads(
+        par,
         XI,
         Trans::No,
         Trans::No,
