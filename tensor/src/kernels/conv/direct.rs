@@ -19,6 +19,7 @@ use std::cell::RefCell;
 
 use super::avx512::{conv_avx512_8x32, copy_upto32, MR, NR};
 use super::im2col::Geometry;
+use crate::ops::transpose::transpose4x4;
 
 /// Target size, in f32, of one packed column tile (kept in L2 while the weights stream past).
 const TILE_FLOATS: usize = 96 * 1024;
@@ -39,14 +40,34 @@ pub(crate) fn pack_rows(
     out: &mut Vec<f32>,
 ) {
     let blocks = rows.div_ceil(MR);
-    out.clear();
+    // Every value is written below (padding rows as zeros), so the buffer is only resized.
     out.resize(blocks * k * MR, 0.0);
     for (blk, panel) in out.chunks_exact_mut(k * MR).enumerate() {
         let valid = MR.min(rows - blk * MR);
         let base = blk * MR * ld + col0;
-        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
-            for (r, d) in dst.iter_mut().enumerate().take(valid) {
-                *d = src[base + r * ld + kk];
+        let mut done = 0;
+        if valid == MR {
+            // Whole blocks of 4 steps as two 4x4 transposes (rows 0-3 and 4-7).
+            done = k / 4 * 4;
+            for kk in (0..done).step_by(4) {
+                for half in 0..2 {
+                    let r0 = 4 * half;
+                    let block =
+                        transpose4x4(std::array::from_fn(|i| &src[base + (r0 + i) * ld + kk..]));
+                    for (c, col) in block.iter().enumerate() {
+                        let at = (kk + c) * MR + r0;
+                        panel[at..at + 4].copy_from_slice(col);
+                    }
+                }
+            }
+        }
+        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate().skip(done) {
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = if r < valid {
+                    src[base + r * ld + kk]
+                } else {
+                    0.0
+                };
             }
         }
     }
