@@ -21,10 +21,13 @@
 //! would do 2.25x fewer, with cheaper transforms).
 //!
 //! The batch is processed in chunks of about [`CHUNK_VALUES`] transformed values (the chunk
-//! size depends on the shape only). Each chunk runs in three parallel steps: every input channel's
-//! patches are gathered into `V` and transformed there in place, vectorised across the chunk's
-//! tiles; the 36 products run in parallel; every output channel's products are transformed
-//! back in place and scattered into the images. No step's result depends on the thread count.
+//! size depends on the shape only). A chunk takes three steps: every input channel's patches
+//! are gathered into `V` and transformed there in place, vectorised across the chunk's tiles;
+//! the 36 products; every output channel's products are transformed back in place and
+//! scattered into the images. Either each step runs in parallel (over channels, over the 36
+//! products), or, in the forward pass when there are enough chunks, whole chunks run in
+//! parallel; no result depends on the thread count. A channel's 36 rows are a plane apart, and
+//! the planes are skewed by a cache line ([`PLANE_SKEW`]) so the rows do not share cache sets.
 
 use std::cell::RefCell;
 
