@@ -83,15 +83,18 @@ pub fn conv2d_backward_data(
 fn flip_kernel(p: &Conv2dParams, weight: &[f32]) -> Vec<f32> {
     let taps = p.kh * p.kw;
     let mut flipped = vec![0.0; weight.len()];
-    for co in 0..p.c_out {
-        for ci in 0..p.c_in {
-            let src = &weight[(co * p.c_in + ci) * taps..][..taps];
-            let dst = &mut flipped[(ci * p.c_out + co) * taps..][..taps];
-            for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = v;
+    // In parallel over the flipped kernel's output channels (the input channels `ci`).
+    flipped
+        .par_chunks_mut(p.c_out * taps)
+        .enumerate()
+        .for_each(|(ci, row)| {
+            for (co, dst) in row.chunks_exact_mut(taps).enumerate() {
+                let src = &weight[(co * p.c_in + ci) * taps..][..taps];
+                for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = v;
+                }
             }
-        }
-    }
+        });
     flipped
 }
 
