@@ -1,15 +1,16 @@
 //! Parameters: tensors that persist across training steps and collect gradients.
 
-use std::cell::{Ref, RefCell};
+use std::cell::{Ref, RefCell, RefMut};
 use std::rc::Rc;
 
 use tensor::Tensor;
 
 use crate::tape::accumulate;
 
-struct ParamData {
-    value: Tensor,
-    grad: Option<Tensor>,
+/// A parameter's value and accumulated gradient.
+pub(crate) struct ParamData {
+    pub(crate) value: Tensor,
+    pub(crate) grad: Option<Tensor>,
 }
 
 /// A trainable tensor with its accumulated gradient, shared by handle: modules, the parameter
@@ -46,6 +47,12 @@ impl Param {
             data.value.shape()
         );
         data.value = value;
+    }
+
+    /// The value and gradient, mutably borrowed until the guard drops (for optimizers that
+    /// update many parameters at once).
+    pub(crate) fn borrow_data(&self) -> RefMut<'_, ParamData> {
+        self.0.borrow_mut()
     }
 
     /// Runs `f` on the value and the gradient for writing (what optimizers use).

@@ -7,6 +7,7 @@ use tensor::{Result, Tensor};
 use wide::f32x8;
 
 use super::{find_state, find_step, Optimizer};
+use crate::param::ParamData;
 use crate::Param;
 
 /// Adam's hyper-parameters. `decoupled` selects AdamW.
@@ -100,13 +101,19 @@ impl Optimizer for Adam {
             weight_decay: c.weight_decay,
             decoupled: c.decoupled,
         };
-        for (((_, param), m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {
-            param.update(|p, g| {
-                if let Some(g) = g {
-                    k.apply(p.data_mut(), g.data(), m.data_mut(), v.data_mut());
-                }
-            });
+        // Every parameter borrowed at once on this thread, then the updates in parallel over
+        // tensors (each element's update is independent, so the result does not depend on
+        // the thread count).
+        let mut data: Vec<_> = self.params.iter().map(|(_, p)| p.borrow_data()).collect();
+        let mut work = Vec::with_capacity(data.len());
+        for ((d, m), v) in data.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+            let ParamData { value, grad } = &mut **d;
+            if let Some(g) = grad.as_ref() {
+                work.push((value.data_mut(), g.data(), m.data_mut(), v.data_mut()));
+            }
         }
+        work.into_par_iter()
+            .for_each(|(p, g, m, v)| k.apply(p, g, m, v));
     }
 
     fn steps(&self) -> u64 {
