@@ -47,7 +47,7 @@ const MIN_HEADS_UNSPLIT: usize = 8;
 
 /// Sizes of one call: `n` heads (all leading axes), `lq` queries, `lk` keys, `d` channels of
 /// queries and keys, `dv` channels of values.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Dims {
     n: usize,
     lq: usize,
@@ -114,7 +114,10 @@ mod rows;
 #[cfg(test)]
 mod tests;
 
-use rows::{backward_rows, forward_rows, BlockGrads, HeadKv};
+use rows::{backward_rows, forward_rows, with_head, BlockGrads, HeadKv, Scratch, ROWS};
+
+/// Row scratch for both tile heights (see [`rows::with_head`]).
+type RowScratch<'a> = (&'a mut Scratch<ROWS>, &'a mut Scratch<1>);
 
 /// Declares `$name`, which runs `$generic::<$v>` compiled with `$features`.
 macro_rules! with_features {
@@ -129,8 +132,9 @@ macro_rules! with_features {
             kv: &HeadKv,
             scale: f32,
             pass: Pass<'_>,
+            sc: RowScratch<'_>,
         ) -> Option<BlockGrads> {
-            run_pass::<$v>(dm, rows, q, kv, scale, pass)
+            run_pass::<$v>(dm, rows, q, kv, scale, pass, sc)
         }
     };
 }
@@ -160,16 +164,17 @@ fn run_pass<V: SimdF32>(
     kv: &HeadKv,
     scale: f32,
     pass: Pass<'_>,
+    sc: RowScratch<'_>,
 ) -> Option<BlockGrads> {
     debug_assert_eq!(V::LANES, dm.lanes);
     match pass {
         Pass::Forward { o, lse } => {
-            forward_rows::<V>(dm, rows, q, kv, scale, o, lse);
+            forward_rows::<V>(dm, rows, q, kv, scale, o, lse, sc);
             None
         }
-        Pass::Backward { o, lse, g, dq } => {
-            Some(backward_rows::<V>(dm, rows, q, kv, o, lse, g, scale, dq))
-        }
+        Pass::Backward { o, lse, g, dq } => Some(backward_rows::<V>(
+            dm, rows, q, kv, o, lse, g, scale, dq, sc,
+        )),
     }
 }
 
@@ -179,6 +184,7 @@ with_features!(run_pass_avx512, "avx512f,avx2,fma", simd::Avx512);
 with_features!(run_pass_avx2, "avx2,fma", simd::Avx2);
 
 /// [`run_pass`] on the implementation for `isa` (which the CPU must have).
+#[allow(clippy::too_many_arguments)]
 fn run_pass_on(
     isa: Isa,
     dm: Dims,
@@ -187,15 +193,16 @@ fn run_pass_on(
     kv: &HeadKv,
     scale: f32,
     pass: Pass<'_>,
+    sc: RowScratch<'_>,
 ) -> Option<BlockGrads> {
     match isa {
         // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { run_pass_avx512(dm, rows, q, kv, scale, pass) },
+        Isa::Avx512 => unsafe { run_pass_avx512(dm, rows, q, kv, scale, pass, sc) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { run_pass_avx2(dm, rows, q, kv, scale, pass) },
-        _ => run_pass::<f32x8>(dm, rows, q, kv, scale, pass),
+        Isa::Avx2Fma => unsafe { run_pass_avx2(dm, rows, q, kv, scale, pass, sc) },
+        _ => run_pass::<f32x8>(dm, rows, q, kv, scale, pass, sc),
     }
 }
 
@@ -247,37 +254,56 @@ fn attention_with(
             .zip(lse.par_chunks_mut(dm.lq))
             .enumerate()
             .for_each(|(h, (oh, lh))| {
-                let kv = HeadKv::new(
-                    dm,
-                    &kd[h * dm.lk * dm.d..(h + 1) * dm.lk * dm.d],
-                    &vd[h * dm.lk * dm.dv..(h + 1) * dm.lk * dm.dv],
-                );
+                let kh = &kd[h * dm.lk * dm.d..(h + 1) * dm.lk * dm.d];
+                let vh = &vd[h * dm.lk * dm.dv..(h + 1) * dm.lk * dm.dv];
                 let qh = &qd[h * dm.lq * dm.d..(h + 1) * dm.lq * dm.d];
-                let blocks: Vec<_> = (0..dm.blocks()).map(|b| dm.rows(b)).collect();
-                let mut o_parts = Vec::new();
-                let mut l_parts = Vec::new();
-                let (mut orest, mut lrest) = (&mut oh[..], &mut lh[..]);
-                for r in &blocks {
-                    let (a, b) = orest.split_at_mut(r.len() * dm.dv);
-                    let (c, d) = lrest.split_at_mut(r.len());
-                    o_parts.push(a);
-                    l_parts.push(c);
-                    (orest, lrest) = (b, d);
-                }
-                blocks
-                    .into_par_iter()
-                    .zip(o_parts)
-                    .zip(l_parts)
-                    .for_each(|((rows, ob), lb)| {
-                        let pass = Pass::Forward { o: ob, lse: lb };
-                        run_pass_on(isa, dm, rows, qh, &kv, scale, pass);
-                    });
+                with_head(dm, kh, vh, |kv, wide, one| {
+                    forward_head(isa, dm, qh, kv, scale, (oh, lh), (wide, one))
+                });
             });
     }
     (
         Tensor::from_vec(o, &o_shape),
         Tensor::from_vec(lse, &lse_shape),
     )
+}
+
+/// The forward pass of one head into its `o` and `lse`: in one go with this thread's scratch,
+/// or, for a head split into blocks of query rows (few heads), the blocks in parallel.
+fn forward_head(
+    isa: Isa,
+    dm: Dims,
+    qh: &[f32],
+    kv: &HeadKv,
+    scale: f32,
+    (oh, lh): (&mut [f32], &mut [f32]),
+    sc: RowScratch<'_>,
+) {
+    if dm.blocks() == 1 {
+        let pass = Pass::Forward { o: oh, lse: lh };
+        run_pass_on(isa, dm, 0..dm.lq, qh, kv, scale, pass, sc);
+        return;
+    }
+    let blocks: Vec<_> = (0..dm.blocks()).map(|b| dm.rows(b)).collect();
+    let mut o_parts = Vec::new();
+    let mut l_parts = Vec::new();
+    let (mut orest, mut lrest) = (&mut oh[..], &mut lh[..]);
+    for r in &blocks {
+        let (a, b) = orest.split_at_mut(r.len() * dm.dv);
+        let (c, d) = lrest.split_at_mut(r.len());
+        o_parts.push(a);
+        l_parts.push(c);
+        (orest, lrest) = (b, d);
+    }
+    blocks
+        .into_par_iter()
+        .zip(o_parts)
+        .zip(l_parts)
+        .for_each(|((rows, ob), lb)| {
+            let pass = Pass::Forward { o: ob, lse: lb };
+            let (mut wide, mut one) = (Scratch::new(dm), Scratch::new(dm));
+            run_pass_on(isa, dm, rows, qh, kv, scale, pass, (&mut wide, &mut one));
+        });
 }
 
 /// The gradients `(dQ, dK, dV)` of [`attention`] given its inputs, its outputs `o` and `lse`,
@@ -337,50 +363,17 @@ fn attention_backward_with(
             .zip(dv.par_chunks_mut(dm.lk * dm.dv))
             .enumerate()
             .for_each(|(h, ((dqh, dkh), dvh))| {
-                let kv = HeadKv::new(
-                    dm,
-                    &kd[h * dm.lk * dm.d..(h + 1) * dm.lk * dm.d],
-                    &vd[h * dm.lk * dm.dv..(h + 1) * dm.lk * dm.dv],
-                );
-                let qh = &qd[h * dm.lq * dm.d..(h + 1) * dm.lq * dm.d];
-                let oh = &od[h * dm.lq * dm.dv..(h + 1) * dm.lq * dm.dv];
-                let gh = &gd[h * dm.lq * dm.dv..(h + 1) * dm.lq * dm.dv];
-                let lh = &ld[h * dm.lq..(h + 1) * dm.lq];
-                let blocks: Vec<_> = (0..dm.blocks()).map(|b| dm.rows(b)).collect();
-                let mut dq_parts = Vec::new();
-                let mut rest = &mut dqh[..];
-                for r in &blocks {
-                    let (a, b) = rest.split_at_mut(r.len() * dm.d);
-                    dq_parts.push(a);
-                    rest = b;
-                }
-                let parts: Vec<BlockGrads> = blocks
-                    .into_par_iter()
-                    .zip(dq_parts)
-                    .map(|(rows, dqb)| {
-                        let pass = Pass::Backward {
-                            o: oh,
-                            lse: lh,
-                            g: gh,
-                            dq: dqb,
-                        };
-                        run_pass_on(isa, dm, rows, qh, &kv, scale, pass)
-                            .expect("the backward pass returns gradients")
-                    })
-                    .collect();
-                // Block partials added in block order: independent of the thread count.
-                let mut total = BlockGrads {
-                    dkt: vec![0.0; dm.d * lp],
-                    dvt: vec![0.0; dm.dv * lp],
+                let kh = &kd[h * dm.lk * dm.d..(h + 1) * dm.lk * dm.d];
+                let vh = &vd[h * dm.lk * dm.dv..(h + 1) * dm.lk * dm.dv];
+                let head = HeadInputs {
+                    q: &qd[h * dm.lq * dm.d..(h + 1) * dm.lq * dm.d],
+                    o: &od[h * dm.lq * dm.dv..(h + 1) * dm.lq * dm.dv],
+                    g: &gd[h * dm.lq * dm.dv..(h + 1) * dm.lq * dm.dv],
+                    lse: &ld[h * dm.lq..(h + 1) * dm.lq],
                 };
-                for part in &parts {
-                    for (t, x) in total.dkt.iter_mut().zip(&part.dkt) {
-                        *t += x;
-                    }
-                    for (t, x) in total.dvt.iter_mut().zip(&part.dvt) {
-                        *t += x;
-                    }
-                }
+                let total = with_head(dm, kh, vh, |kv, wide, one| {
+                    backward_head(isa, dm, head, kv, scale, dqh, (wide, one))
+                });
                 for j in 0..dm.lk {
                     for c in 0..dm.d {
                         dkh[j * dm.d + c] = total.dkt[c * lp + j];
@@ -396,4 +389,78 @@ fn attention_backward_with(
         Tensor::from_vec(dk, k.shape()),
         Tensor::from_vec(dv, v.shape()),
     )
+}
+
+/// One head's query rows, outputs, output gradient and log-sum-exps.
+#[derive(Clone, Copy)]
+struct HeadInputs<'a> {
+    q: &'a [f32],
+    o: &'a [f32],
+    g: &'a [f32],
+    lse: &'a [f32],
+}
+
+/// The backward pass of one head: writes its `dq` and returns its key and value gradients
+/// (transposed). In one go with this thread's scratch, or, for a head split into blocks of
+/// query rows (few heads), the blocks in parallel and their partials added in block order
+/// (independent of the thread count).
+fn backward_head(
+    isa: Isa,
+    dm: Dims,
+    head: HeadInputs<'_>,
+    kv: &HeadKv,
+    scale: f32,
+    dqh: &mut [f32],
+    sc: RowScratch<'_>,
+) -> BlockGrads {
+    let pass = |dq| Pass::Backward {
+        o: head.o,
+        lse: head.lse,
+        g: head.g,
+        dq,
+    };
+    let expect = "the backward pass returns gradients";
+    if dm.blocks() == 1 {
+        return run_pass_on(isa, dm, 0..dm.lq, head.q, kv, scale, pass(dqh), sc).expect(expect);
+    }
+    let blocks: Vec<_> = (0..dm.blocks()).map(|b| dm.rows(b)).collect();
+    let mut dq_parts = Vec::new();
+    let mut rest = dqh;
+    for r in &blocks {
+        let (a, b) = rest.split_at_mut(r.len() * dm.d);
+        dq_parts.push(a);
+        rest = b;
+    }
+    let parts: Vec<BlockGrads> = blocks
+        .into_par_iter()
+        .zip(dq_parts)
+        .map(|(rows, dqb)| {
+            let (mut wide, mut one) = (Scratch::new(dm), Scratch::new(dm));
+            run_pass_on(
+                isa,
+                dm,
+                rows,
+                head.q,
+                kv,
+                scale,
+                pass(dqb),
+                (&mut wide, &mut one),
+            )
+            .expect(expect)
+        })
+        .collect();
+    let lp = dm.pad(dm.lk);
+    let mut total = BlockGrads {
+        dkt: vec![0.0; dm.d * lp],
+        dvt: vec![0.0; dm.dv * lp],
+    };
+    for part in &parts {
+        for (t, x) in total.dkt.iter_mut().zip(&part.dkt) {
+            *t += x;
+        }
+        for (t, x) in total.dvt.iter_mut().zip(&part.dvt) {
+            *t += x;
+        }
+    }
+    total
 }

@@ -2,6 +2,8 @@
 //! and values laid out once per head, the softmax-range exponential, and the forward and
 //! backward passes over a block of query rows, written once for any [`SimdF32`].
 
+use std::cell::RefCell;
+
 use super::Dims;
 use crate::ops::simd::SimdF32;
 
@@ -181,20 +183,66 @@ pub(super) struct HeadKv {
 }
 
 impl HeadKv {
-    pub(super) fn new(dm: Dims, k: &[f32], v: &[f32]) -> HeadKv {
+    /// Zeroed buffers for heads of `dm`.
+    fn zeros(dm: Dims) -> HeadKv {
         let (lp, dp, dvp) = (dm.pad(dm.lk), dm.pad(dm.d), dm.pad(dm.dv));
-        let mut kv = HeadKv {
+        HeadKv {
             kt: vec![0.0; dm.d * lp],
             vt: vec![0.0; dm.dv * lp],
             kp: vec![0.0; dm.lk * dp],
             vp: vec![0.0; dm.lk * dvp],
-        };
-        layout_into(k, dm.d, &mut kv.kt, lp, true);
-        layout_into(v, dm.dv, &mut kv.vt, lp, true);
-        layout_into(k, dm.d, &mut kv.kp, dp, false);
-        layout_into(v, dm.dv, &mut kv.vp, dvp, false);
-        kv
+        }
     }
+
+    /// Lays out one head's keys and values (the padding entries, never written, stay 0).
+    fn load(&mut self, dm: Dims, k: &[f32], v: &[f32]) {
+        let (lp, dp, dvp) = (dm.pad(dm.lk), dm.pad(dm.d), dm.pad(dm.dv));
+        layout_into(k, dm.d, &mut self.kt, lp, true);
+        layout_into(v, dm.dv, &mut self.vt, lp, true);
+        layout_into(k, dm.d, &mut self.kp, dp, false);
+        layout_into(v, dm.dv, &mut self.vp, dvp, false);
+    }
+}
+
+/// Per-thread buffers reused from head to head (and call to call) while the sizes stay the
+/// same: a head's key and value layouts and the row scratch of both tile heights.
+struct Workspace {
+    dims: Dims,
+    kv: HeadKv,
+    wide: Scratch<ROWS>,
+    one: Scratch<1>,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Option<Workspace>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with one head's keys and values laid out, and row scratch for `dm`, from this
+/// thread's workspace (rebuilt when the sizes change; a fresh one if it is in use higher up the
+/// stack, as when rayon runs another head while this one waits).
+pub(super) fn with_head<T>(
+    dm: Dims,
+    k: &[f32],
+    v: &[f32],
+    f: impl FnOnce(&HeadKv, &mut Scratch<ROWS>, &mut Scratch<1>) -> T,
+) -> T {
+    let run = |slot: &mut Option<Workspace>| {
+        if slot.as_ref().is_none_or(|w| w.dims != dm) {
+            *slot = Some(Workspace {
+                dims: dm,
+                kv: HeadKv::zeros(dm),
+                wide: Scratch::new(dm),
+                one: Scratch::new(dm),
+            });
+        }
+        let w = slot.as_mut().expect("just filled");
+        w.kv.load(dm, k, v);
+        f(&w.kv, &mut w.wide, &mut w.one)
+    };
+    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => run(&mut slot),
+        Err(_) => run(&mut None),
+    })
 }
 
 /// Scratch rows for `R` query rows: the scaled queries, scores or probabilities and a second
@@ -291,6 +339,7 @@ pub(super) fn forward_group<V: SimdF32, const R: usize>(
 }
 
 /// Forward rows `rows` of one head: writes `o` (those rows, `[rows, dv]`) and `lse`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn forward_rows<V: SimdF32>(
     dm: Dims,
@@ -300,16 +349,15 @@ pub(super) fn forward_rows<V: SimdF32>(
     scale: f32,
     o: &mut [f32],
     lse: &mut [f32],
+    (wide, one): (&mut Scratch<ROWS>, &mut Scratch<1>),
 ) {
-    let mut wide = Scratch::<ROWS>::new(dm);
-    let mut one = Scratch::<1>::new(dm);
     let mut r0 = 0;
     while r0 < rows.len() {
         if r0 + ROWS <= rows.len() {
-            forward_group::<V, ROWS>(dm, rows.start + r0, r0, q, kv, scale, o, lse, &mut wide);
+            forward_group::<V, ROWS>(dm, rows.start + r0, r0, q, kv, scale, o, lse, wide);
             r0 += ROWS;
         } else {
-            forward_group::<V, 1>(dm, rows.start + r0, r0, q, kv, scale, o, lse, &mut one);
+            forward_group::<V, 1>(dm, rows.start + r0, r0, q, kv, scale, o, lse, one);
             r0 += 1;
         }
     }
@@ -399,26 +447,21 @@ pub(super) fn backward_rows<V: SimdF32>(
     g: &[f32],
     scale: f32,
     dq: &mut [f32],
+    (wide, one): (&mut Scratch<ROWS>, &mut Scratch<1>),
 ) -> BlockGrads {
     let lp = dm.pad(dm.lk);
     let mut grads = BlockGrads {
         dkt: vec![0.0; dm.d * lp],
         dvt: vec![0.0; dm.dv * lp],
     };
-    let mut wide = Scratch::<ROWS>::new(dm);
-    let mut one = Scratch::<1>::new(dm);
     let mut r0 = 0;
     while r0 < rows.len() {
         let i0 = rows.start + r0;
         if r0 + ROWS <= rows.len() {
-            backward_group::<V, ROWS>(
-                dm, i0, r0, q, kv, o, lse, g, scale, dq, &mut grads, &mut wide,
-            );
+            backward_group::<V, ROWS>(dm, i0, r0, q, kv, o, lse, g, scale, dq, &mut grads, wide);
             r0 += ROWS;
         } else {
-            backward_group::<V, 1>(
-                dm, i0, r0, q, kv, o, lse, g, scale, dq, &mut grads, &mut one,
-            );
+            backward_group::<V, 1>(dm, i0, r0, q, kv, o, lse, g, scale, dq, &mut grads, one);
             r0 += 1;
         }
     }
