@@ -4,23 +4,31 @@
 
 use super::simd::SimdF32;
 
+/// The range reduction and polynomial shared by the exponentials: for `x` (already clamped to
+/// where 2^n is representable), `(n, e^r - 1)` with `x = n ln2 + r`, `|r| <= ln2/2` (ln2 split
+/// in two parts so that `n ln2_hi` is exact) and `e^r - 1` by its Taylor series to degree 7.
+#[inline(always)]
+pub(crate) fn exp_reduced<V: SimdF32>(x: V) -> (V, V) {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let n = (x * V::splat(std::f32::consts::LOG2_E)).round_();
+    let r = n.mul_add(V::splat(-LN2_HI), x);
+    let r = n.mul_add(V::splat(-LN2_LO), r);
+    let mut p = V::splat(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
+        p = p.mul_add(r, V::splat(c));
+    }
+    (n, p.mul_add(r * r, r))
+}
+
 /// e^x. Range reduction x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts so that
 /// n*ln2_hi is exact), e^r - 1 by its Taylor series to degree 7 (truncation below 1e-8), and
 /// 2^n applied as two factors 2^h 2^(n-h) so that results reach down into the subnormal range
 /// and up to f32::MAX. Above 88.72 the result is +inf; NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp<V: SimdF32>(x: V) -> V {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.max_(V::splat(-104.0)).min_(V::splat(89.0));
-    let n = (xc * V::splat(std::f32::consts::LOG2_E)).round_();
-    let r = n.mul_add(V::splat(-LN2_HI), xc);
-    let r = n.mul_add(V::splat(-LN2_LO), r);
-    let mut p = V::splat(1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
-        p = p.mul_add(r, V::splat(c));
-    }
-    let em1 = p.mul_add(r * r, r);
+    let (n, em1) = exp_reduced(xc);
     // h = floor(n / 2) for integer n.
     let h = (n * V::splat(0.5) - V::splat(0.25)).round_();
     let y = (em1 + V::splat(1.0)) * h.pow2i() * (n - h).pow2i();

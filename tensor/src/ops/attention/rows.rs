@@ -6,6 +6,7 @@ use std::cell::RefCell;
 
 use super::Dims;
 use crate::ops::simd::SimdF32;
+use crate::ops::vmath;
 
 /// Query rows handled together: each load of a key or value vector feeds this many FMAs.
 pub(super) const ROWS: usize = 4;
@@ -120,23 +121,16 @@ pub(super) fn add_outer<V: SimdF32, const R: usize>(
 }
 
 /// `e^x` for the shifted scores `x <= 0` of a softmax: the range reduction and degree-7
-/// polynomial of [`vmath::exp`] with one power-of-two scaling, since `x` never overflows, and
-/// 0 below -87 (where `e^x` is below the smallest normal f32; the general version returns
-/// subnormals there). Relative error within 2 ulp; NaN stays NaN; `-inf` gives 0.
+/// polynomial of [`vmath::exp_reduced`] with one power-of-two scaling, since `x` never
+/// overflows, and 0 below -87 (where `e^x` is below the smallest normal f32; the general
+/// version returns subnormals there). Relative error within 2 ulp; NaN stays NaN; `-inf`
+/// gives 0.
 #[inline(always)]
 pub(super) fn exp_nonpositive<V: SimdF32>(x: V) -> V {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
     let xc = V::splat(-87.0).max_(x);
-    let n = (xc * V::splat(std::f32::consts::LOG2_E)).round_();
-    let r = n.mul_add(V::splat(-LN2_HI), xc);
-    let r = n.mul_add(V::splat(-LN2_LO), r);
-    let mut p = V::splat(1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
-        p = p.mul_add(r, V::splat(c));
-    }
-    let y = (p.mul_add(r * r, r) + V::splat(1.0)) * n.pow2i();
+    let (n, em1) = vmath::exp_reduced(xc);
+    let y = (em1 + V::splat(1.0)) * n.pow2i();
     V::select(x.lt(V::splat(-87.0)), V::splat(0.0), y)
 }
 
