@@ -1,8 +1,9 @@
 //! The AVX-512F micro-kernel of the direct-packed convolution ([`super::direct`]).
 //!
 //! It computes one `8 x 32` tile of `C = A * B` over a reduction of length `k`, from an A
-//! micro-panel packed `[k][8]` (8 rows of A side by side) and a B micro-panel packed `[k][32]`
-//! (32 columns of B side by side): 16 zmm accumulators; per reduction step two loads of B,
+//! micro-panel packed `[k][8]` (8 rows of A side by side) and 32 columns of B read as rows of
+//! 32 contiguous floats, either from a packed panel (`[k][32]`) or in place from a matrix whose
+//! rows lie at regular strides within runs ([`BRows`]): 16 zmm accumulators; per reduction step two loads of B,
 //! eight broadcasts of A and sixteen FMAs. On Zen 4 a 512-bit FMA occupies both 256-bit pipes,
 //! so one FMA per cycle is the peak and sixteen independent accumulators hide the latency.
 //!
@@ -18,19 +19,45 @@ pub(crate) const MR: usize = 8;
 /// Columns of the tile.
 pub(crate) const NR: usize = 32;
 
-/// `C[r, j] (+)= bias[r] + sum_{p < k} A[p][r] * B[p][j]` for `r < rows`, `j < cols`.
+/// Where the kernel finds the rows of B (32 contiguous floats each): `runs` runs of `run`
+/// reduction steps, step `q` of run `r` at `ptr + r * run_stride + q * step`. A packed panel
+/// (`[k][32]`) is one run of `k` steps 32 floats apart ([`BRows::packed`]).
+#[derive(Clone, Copy)]
+pub(crate) struct BRows {
+    pub ptr: *const f32,
+    pub step: usize,
+    pub run: usize,
+    pub runs: usize,
+    pub run_stride: usize,
+}
+
+impl BRows {
+    /// A packed `[k][32]` panel.
+    pub(crate) fn packed(ptr: *const f32, k: usize) -> BRows {
+        BRows {
+            ptr,
+            step: NR,
+            run: k,
+            runs: 1,
+            run_stride: 0,
+        }
+    }
+}
+
+/// `C[r, j] (+)= bias[r] + sum_{p < k} A[p][r] * B[p][j]` for `r < rows`, `j < cols`, with
+/// `k = b.run * b.runs`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `a` must hold `k * MR` floats and `b` `k * NR`; `c` must be
-/// valid for reads (when `accumulate`) and writes of `rows` rows of `cols` floats with row
-/// stride `ldc`; `rows <= MR`, `cols <= NR`; `bias`, if any, must hold `rows` floats.
+/// The CPU must support AVX-512F; `a` must hold `k * MR` floats and every row of `b` 32 readable
+/// floats; `c` must be valid for reads (when `accumulate`) and writes of `rows` rows of `cols`
+/// floats with row stride `ldc`; `rows <= MR`, `cols <= NR`; `bias`, if any, must hold `rows`
+/// floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn conv_avx512_8x32(
-    k: usize,
     a: *const f32,
-    b: *const f32,
+    b: BRows,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -45,19 +72,23 @@ pub(crate) unsafe fn conv_avx512_8x32(
             *row = [v, v];
         }
     }
-    let (mut a, mut b) = (a, b);
-    for _ in 0..k {
-        // SAFETY: the caller guarantees k steps of MR values of A and NR values of B.
-        unsafe {
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let ar = _mm512_set1_ps(*a.add(r));
-                row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
+    let mut a = a;
+    for r in 0..b.runs {
+        let mut bp = b.ptr.wrapping_add(r * b.run_stride);
+        for _ in 0..b.run {
+            // SAFETY: the caller guarantees k steps of MR values of A and rows of NR values
+            // of B at these addresses.
+            unsafe {
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let ar = _mm512_set1_ps(*a.add(r));
+                    row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
+                }
+                a = a.add(MR);
+                bp = bp.add(b.step);
             }
-            a = a.add(MR);
-            b = b.add(NR);
         }
     }
     let mask = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
@@ -114,9 +145,8 @@ pub(crate) unsafe fn copy_upto32(_dst: &mut [f32], _src: &[f32]) {
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn conv_avx512_8x32(
-    _k: usize,
     _a: *const f32,
-    _b: *const f32,
+    _b: BRows,
     _c: *mut f32,
     _ldc: usize,
     _rows: usize,

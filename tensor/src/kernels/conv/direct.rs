@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::avx512::{conv_avx512_8x32, copy_upto32, MR, NR};
+use super::avx512::{conv_avx512_8x32, copy_upto32, BRows, MR, NR};
 use super::im2col::Geometry;
 use crate::ops::transpose::transpose4x4;
 
@@ -202,9 +202,8 @@ pub(crate) fn forward_image(
                 // rows x cols lie inside `y` (row stride npix).
                 unsafe {
                     conv_avx512_8x32(
-                        k,
                         ap.as_ptr(),
-                        bp.as_ptr(),
+                        BRows::packed(bp.as_ptr(), k),
                         c.as_mut_ptr(),
                         npix,
                         rows,
@@ -305,6 +304,11 @@ unsafe fn pack_rows_t(
 /// Weight gradient of one image in `(co, a, b, ci)` order: `dw (+)= dY * colsT(x)`, where
 /// `padded` is the image's padded channels-last copy ([`super::hwc::pad_channels_last`]) and
 /// `dy` is `[c_out, oh * ow]`. Overwrites `dw` when `overwrite`, else adds to it.
+///
+/// When the channel count is a multiple of 32, each 32-column panel of `colsT` (one tap `(a,
+/// b)`, 32 consecutive channels) is read in place: its row for output pixel `(i, j)` is the 32
+/// contiguous channels of padded pixel `(i*s + a, j*s + b)`, at a fixed stride along an output
+/// row. Otherwise the panels are packed first.
 pub(crate) fn weight_grad_image(
     g: &Geometry,
     c_out: usize,
@@ -314,46 +318,123 @@ pub(crate) fn weight_grad_image(
     overwrite: bool,
     ws: &mut Workspace,
 ) {
-    let (k, npix) = (g.k(), g.out_pixels());
-    let kpanels = k.div_ceil(NR);
+    let npix = g.out_pixels();
     // Pixels per tile: the packed output-gradient tile (c_out x t) stays within a quarter of
-    // L2; then as many column panels per group as fit the tile budget, so a long K (many input
-    // channels) does not shorten the reduction of each micro-kernel call.
-    let tile = (TILE_FLOATS * 2 / 3 / c_out.max(1)).clamp(64, 512);
+    // L2 (whole output rows when the columns are read in place).
+    let mut tile = (TILE_FLOATS * 2 / 3 / c_out.max(1)).clamp(64, 512);
+    let in_place = g.c.is_multiple_of(NR);
+    if in_place {
+        tile = (tile / g.ow).max(1) * g.ow;
+    }
     let mut accumulate = !overwrite;
     for p0 in (0..npix).step_by(tile) {
         let t = tile.min(npix - p0);
         pack_rows(dy, c_out, t, npix, p0, &mut ws.a);
-        let group = (TILE_FLOATS / (t * NR)).clamp(1, kpanels);
-        for first in (0..kpanels).step_by(group) {
-            let count = group.min(kpanels - first);
-            ws.b.resize(count * t * NR, 0.0);
-            // SAFETY: `available()` checked AVX-512F.
-            unsafe { pack_rows_t(g, padded, p0, t, first, count, &mut ws.b) };
-            for (cb, ap) in ws.a.chunks_exact(t * MR).enumerate() {
-                let rows = MR.min(c_out - cb * MR);
-                for (kp, bp) in ws.b.chunks_exact(t * NR).take(count).enumerate() {
-                    let col0 = (first + kp) * NR;
-                    let cols = NR.min(k - col0);
-                    let cc = &mut dw[cb * MR * k + col0..];
-                    // SAFETY: `available()` checked AVX-512F; the packs hold t steps; the
-                    // tile's rows x cols lie inside `dw` (row stride k).
-                    unsafe {
-                        conv_avx512_8x32(
-                            t,
-                            ap.as_ptr(),
-                            bp.as_ptr(),
-                            cc.as_mut_ptr(),
-                            k,
-                            rows,
-                            cols,
-                            None,
-                            accumulate,
-                        );
-                    }
+        if in_place {
+            weight_grad_tile_in_place(g, c_out, padded, p0, t, &ws.a, dw, accumulate);
+        } else {
+            weight_grad_tile_packed(g, c_out, padded, p0, t, &ws.a, &mut ws.b, dw, accumulate);
+        }
+        accumulate = true;
+    }
+}
+
+/// `dw (+)= A * colsT` for the output pixels `p0..p0 + t` (whole output rows), with `a` the
+/// packed output-gradient tile and the columns read in place from `padded` (`g.c % 32 == 0`).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_tile_in_place(
+    g: &Geometry,
+    c_out: usize,
+    padded: &[f32],
+    p0: usize,
+    t: usize,
+    a: &[f32],
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    let (k, c, s) = (g.k(), g.c, g.stride);
+    let wp = g.w + 2 * g.pad_w;
+    let (i0, out_rows) = (p0 / g.ow, t / g.ow);
+    debug_assert!(c.is_multiple_of(NR) && p0.is_multiple_of(g.ow) && t.is_multiple_of(g.ow));
+    for (cb, ap) in a.chunks_exact(t * MR).enumerate() {
+        let rows = MR.min(c_out - cb * MR);
+        for col0 in (0..k).step_by(NR) {
+            let (ta, tb, ci0) = (col0 / (g.kw * c), col0 / c % g.kw, col0 % c);
+            let first = ((i0 * s + ta) * wp + tb) * c + ci0;
+            // The last row read starts here and holds 32 floats of the same pixel.
+            let last = first + ((out_rows - 1) * s * wp + (g.ow - 1) * s) * c;
+            assert!(last + NR <= padded.len(), "conv2d weight gradient: columns");
+            let b = BRows {
+                ptr: padded[first..].as_ptr(),
+                step: s * c,
+                run: g.ow,
+                runs: out_rows,
+                run_stride: s * wp * c,
+            };
+            let cc = &mut dw[cb * MR * k + col0..];
+            // SAFETY: `available()` checked AVX-512F; A holds t steps; every row of B is 32
+            // floats of one padded pixel (checked above for the last); the tile's rows x 32
+            // columns lie inside `dw` (row stride k, col0 + 32 <= k).
+            unsafe {
+                conv_avx512_8x32(
+                    ap.as_ptr(),
+                    b,
+                    cc.as_mut_ptr(),
+                    k,
+                    rows,
+                    NR,
+                    None,
+                    accumulate,
+                )
+            };
+        }
+    }
+}
+
+/// `dw (+)= A * colsT` for the output pixels `p0..p0 + t`, packing the columns group by group
+/// of panels (as many as fit the tile budget, so a long K does not shorten the reduction of
+/// each micro-kernel call).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_tile_packed(
+    g: &Geometry,
+    c_out: usize,
+    padded: &[f32],
+    p0: usize,
+    t: usize,
+    a: &[f32],
+    b: &mut Vec<f32>,
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    let k = g.k();
+    let kpanels = k.div_ceil(NR);
+    let group = (TILE_FLOATS / (t * NR)).clamp(1, kpanels);
+    for first in (0..kpanels).step_by(group) {
+        let count = group.min(kpanels - first);
+        b.resize(count * t * NR, 0.0);
+        // SAFETY: `available()` checked AVX-512F.
+        unsafe { pack_rows_t(g, padded, p0, t, first, count, b) };
+        for (cb, ap) in a.chunks_exact(t * MR).enumerate() {
+            let rows = MR.min(c_out - cb * MR);
+            for (kp, bp) in b.chunks_exact(t * NR).take(count).enumerate() {
+                let col0 = (first + kp) * NR;
+                let cols = NR.min(k - col0);
+                let cc = &mut dw[cb * MR * k + col0..];
+                // SAFETY: `available()` checked AVX-512F; the packs hold t steps; the tile's
+                // rows x cols lie inside `dw` (row stride k).
+                unsafe {
+                    conv_avx512_8x32(
+                        ap.as_ptr(),
+                        BRows::packed(bp.as_ptr(), t),
+                        cc.as_mut_ptr(),
+                        k,
+                        rows,
+                        cols,
+                        None,
+                        accumulate,
+                    );
                 }
             }
         }
-        accumulate = true;
     }
 }

@@ -55,6 +55,11 @@ fn cases() -> Vec<Conv2dParams> {
         params(1, 16, 16, 5, 35, 3, 3, 1, 1),
         params(3, 16, 16, 2, 16, 3, 3, 1, 1),
         params(12, 16, 20, 32, 32, 3, 3, 1, 1),
+        // Input channels a multiple of 32: the direct weight gradient reads its columns in
+        // place from the padded image (stride 1 and 2, odd widths, several tiles of rows).
+        params(2, 32, 12, 9, 11, 3, 3, 1, 1),
+        params(2, 64, 9, 13, 7, 3, 3, 2, 1),
+        params(1, 32, 8, 40, 23, 3, 3, 1, 1),
     ]
 }
 
