@@ -19,16 +19,19 @@ pub(crate) const MR: usize = 8;
 /// Columns of the tile.
 pub(crate) const NR: usize = 32;
 
-/// Where the kernel finds the rows of B (32 contiguous floats each): `runs` runs of `run`
-/// reduction steps, step `q` of run `r` at `ptr + r * run_stride + q * step`. A packed panel
-/// (`[k][32]`) is one run of `k` steps 32 floats apart ([`BRows::packed`]).
+/// Where the kernel finds the rows of B (32 contiguous floats each), as up to three nested
+/// strides: `blocks` blocks of `runs` runs of `run` reduction steps, step `q` of run `r` of
+/// block `l` at `ptr + l * block_stride + r * run_stride + q * step`. A packed panel (`[k][32]`)
+/// is one run of `k` steps 32 floats apart ([`BRows::packed`]).
 #[derive(Clone, Copy)]
 pub(crate) struct BRows {
     pub ptr: *const f32,
     pub step: usize,
     pub run: usize,
-    pub runs: usize,
     pub run_stride: usize,
+    pub runs: usize,
+    pub block_stride: usize,
+    pub blocks: usize,
 }
 
 impl BRows {
@@ -38,14 +41,16 @@ impl BRows {
             ptr,
             step: NR,
             run: k,
-            runs: 1,
             run_stride: 0,
+            runs: 1,
+            block_stride: 0,
+            blocks: 1,
         }
     }
 }
 
 /// `C[r, j] (+)= bias[r] + sum_{p < k} A[p][r] * B[p][j]` for `r < rows`, `j < cols`, with
-/// `k = b.run * b.runs`.
+/// `k = b.run * b.runs * b.blocks`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `a` must hold `k * MR` floats and every row of `b` 32 readable
@@ -73,21 +78,23 @@ pub(crate) unsafe fn conv_avx512_8x32(
         }
     }
     let mut a = a;
-    for r in 0..b.runs {
-        let mut bp = b.ptr.wrapping_add(r * b.run_stride);
-        for _ in 0..b.run {
-            // SAFETY: the caller guarantees k steps of MR values of A and rows of NR values
-            // of B at these addresses.
-            unsafe {
-                let b0 = _mm512_loadu_ps(bp);
-                let b1 = _mm512_loadu_ps(bp.add(16));
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let ar = _mm512_set1_ps(*a.add(r));
-                    row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
+    for l in 0..b.blocks {
+        for r in 0..b.runs {
+            let mut bp = b.ptr.wrapping_add(l * b.block_stride + r * b.run_stride);
+            for _ in 0..b.run {
+                // SAFETY: the caller guarantees k steps of MR values of A and rows of NR
+                // values of B at these addresses.
+                unsafe {
+                    let b0 = _mm512_loadu_ps(bp);
+                    let b1 = _mm512_loadu_ps(bp.add(16));
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let ar = _mm512_set1_ps(*a.add(r));
+                        row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
+                        row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
+                    }
+                    a = a.add(MR);
+                    bp = bp.add(b.step);
                 }
-                a = a.add(MR);
-                bp = bp.add(b.step);
             }
         }
     }

@@ -160,6 +160,11 @@ impl Phases {
 
 /// Forward convolution of one image with weights packed by [`pack_rows`] (`[c_out, g.k()]`):
 /// `y` (`[c_out, oh * ow]`) `= bias + Wt * cols(x)`.
+///
+/// With stride 1 and output rows a multiple of 32 wide, every 32-pixel panel of `cols` lies in
+/// one output row, and its row for tap `(ci, a, b)` is 32 contiguous floats of the padded
+/// image (`Xp[ci, i + a, j + b..]`): the micro-kernel reads them in place, walking `b`, `a` and
+/// `ci` as three nested strides. Otherwise the panels are packed first.
 pub(crate) fn forward_image(
     g: &Geometry,
     c_out: usize,
@@ -173,6 +178,12 @@ pub(crate) fn forward_image(
     let phases = Phases::of(g);
     phases.build(g, x, &mut ws.padded);
     let tile = (TILE_FLOATS / (k * NR)).max(1) * NR;
+    if g.stride == 1 && g.ow.is_multiple_of(NR) {
+        for p0 in (0..npix).step_by(tile) {
+            forward_tile_in_place(g, c_out, packed_w, &phases, &ws.padded, bias, p0, tile, y);
+        }
+        return;
+    }
     let mut segments = Vec::with_capacity(8);
     for p0 in (0..npix).step_by(tile) {
         let t = tile.min(npix - p0);
@@ -213,6 +224,61 @@ pub(crate) fn forward_image(
                     );
                 }
             }
+        }
+    }
+}
+
+/// The output pixels `p0..p0 + tile` (clipped to the image) of [`forward_image`] with the
+/// columns read in place from the padded image `padded` (stride 1, `g.ow % 32 == 0`).
+#[allow(clippy::too_many_arguments)]
+fn forward_tile_in_place(
+    g: &Geometry,
+    c_out: usize,
+    packed_w: &[f32],
+    phases: &Phases,
+    padded: &[f32],
+    bias: Option<&[f32]>,
+    p0: usize,
+    tile: usize,
+    y: &mut [f32],
+) {
+    let (k, npix) = (g.k(), g.out_pixels());
+    let plane = phases.hh * phases.ww;
+    debug_assert!(g.stride == 1 && g.ow.is_multiple_of(NR) && padded.len() == g.c * plane);
+    for (cb, ap) in packed_w.chunks_exact(k * MR).enumerate() {
+        let rows = MR.min(c_out - cb * MR);
+        let bias_rows = bias.map(|b| &b[cb * MR..cb * MR + rows]);
+        for q in (p0..npix.min(p0 + tile)).step_by(NR) {
+            let (i, j) = (q / g.ow, q % g.ow);
+            let first = phases.offset(g, 0, 0, 0, i, j);
+            // The last row read: tap (c - 1, kh - 1, kw - 1), 32 floats within the row.
+            let last = phases.offset(g, g.c - 1, g.kh - 1, g.kw - 1, i, j);
+            assert!(last + NR <= padded.len(), "conv2d forward: columns");
+            let b = BRows {
+                ptr: padded[first..].as_ptr(),
+                step: 1,
+                run: g.kw,
+                run_stride: phases.ww,
+                runs: g.kh,
+                block_stride: plane,
+                blocks: g.c,
+            };
+            let c = &mut y[cb * MR * npix + q..];
+            // SAFETY: `available()` checked AVX-512F; A holds k = c * kh * kw steps; each row
+            // of B is 32 floats of one padded row (j + b + 32 <= ow + kw - 1 = the padded
+            // width; the last checked above); the tile's rows x 32 columns lie inside `y`.
+            unsafe {
+                conv_avx512_8x32(
+                    ap.as_ptr(),
+                    b,
+                    c.as_mut_ptr(),
+                    npix,
+                    rows,
+                    NR,
+                    bias_rows,
+                    false,
+                )
+            };
         }
     }
 }
@@ -368,8 +434,10 @@ fn weight_grad_tile_in_place(
                 ptr: padded[first..].as_ptr(),
                 step: s * c,
                 run: g.ow,
-                runs: out_rows,
                 run_stride: s * wp * c,
+                runs: out_rows,
+                block_stride: 0,
+                blocks: 1,
             };
             let cc = &mut dw[cb * MR * k + col0..];
             // SAFETY: `available()` checked AVX-512F; A holds t steps; every row of B is 32

@@ -60,6 +60,10 @@ fn cases() -> Vec<Conv2dParams> {
         params(2, 32, 12, 9, 11, 3, 3, 1, 1),
         params(2, 64, 9, 13, 7, 3, 3, 2, 1),
         params(1, 32, 8, 40, 23, 3, 3, 1, 1),
+        // Stride 1 with output rows a multiple of 32 wide: the direct forward (and the
+        // backward-data through it) reads its columns in place.
+        params(1, 3, 5, 6, 32, 5, 5, 1, 2),
+        params(2, 3, 9, 4, 64, 1, 3, 1, 1),
     ]
 }
 
