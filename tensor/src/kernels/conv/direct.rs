@@ -30,7 +30,8 @@ pub(crate) fn available() -> bool {
 }
 
 /// Packs rows `0..rows` of the `rows x k` matrix `src` (row stride `ld`, column offset
-/// `col0`) into `[ceil(rows / 8)][k][8]` micro-panels, zero rows past `rows`.
+/// `col0`) into `[ceil(rows / 8)][k][8]` micro-panels, zero rows past `rows`, in `out`
+/// (resized to fit).
 pub(crate) fn pack_rows(
     src: &[f32],
     rows: usize,
@@ -39,9 +40,30 @@ pub(crate) fn pack_rows(
     col0: usize,
     out: &mut Vec<f32>,
 ) {
-    let blocks = rows.div_ceil(MR);
-    // Every value is written below (padding rows as zeros), so the buffer is only resized.
-    out.resize(blocks * k * MR, 0.0);
+    // Every value is written (padding rows as zeros), so the buffer is only resized.
+    out.resize(packed_rows_len(rows, k), 0.0);
+    pack_rows_into(src, rows, k, ld, col0, out);
+}
+
+/// Floats [`pack_rows`] writes for a `rows x k` matrix.
+pub(crate) fn packed_rows_len(rows: usize, k: usize) -> usize {
+    rows.div_ceil(MR) * k * MR
+}
+
+/// [`pack_rows`] into `out`, which must hold [`packed_rows_len`] values.
+pub(crate) fn pack_rows_into(
+    src: &[f32],
+    rows: usize,
+    k: usize,
+    ld: usize,
+    col0: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        out.len(),
+        packed_rows_len(rows, k),
+        "pack_rows: output length"
+    );
     for (blk, panel) in out.chunks_exact_mut(k * MR).enumerate() {
         let valid = MR.min(rows - blk * MR);
         let base = blk * MR * ld + col0;

@@ -35,14 +35,16 @@ use rayon::prelude::*;
 
 use super::Conv2dParams;
 use crate::kernels::cpu::{self, Isa};
-use crate::kernels::gemm::{sgemm_batched, sgemm_batched_threads, Trans};
+use crate::kernels::gemm::{sgemm_batched, Trans};
 
 mod layout;
+mod products;
 #[cfg(test)]
 mod tests;
 mod transforms;
 
 use layout::{gather, scatter_tiles};
+use products::Filters;
 use transforms::{
     filter_fold, transform_grad_output_on, transform_input_on, transform_output_on, FILTER_BLOCK,
 };
@@ -62,6 +64,10 @@ const XI: usize = 36;
 
 /// The tile loops run over columns padded to a multiple of this (the widest vector).
 const COLUMN_ALIGN: usize = 16;
+
+/// Rows of `V` and `M` hold a multiple of this many values (the direct kernel's column panel,
+/// which [`products`] reads in place).
+const ROW_ALIGN: usize = 32;
 
 /// True if `p` is a convolution this module computes: 3x3, stride 1, padding 1, with enough
 /// channels for the matrix products to pay for the transforms (and Winograd not forbidden by
@@ -163,7 +169,7 @@ fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
     (
         per_image,
         chunk,
-        (chunk * per_image).next_multiple_of(COLUMN_ALIGN),
+        (chunk * per_image).next_multiple_of(ROW_ALIGN),
     )
 }
 
@@ -242,6 +248,8 @@ pub(crate) fn forward(
     let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
+    let u = Filters::new(u, p.c_out, p.c_in);
+    let u = &u;
     if p.batch.div_ceil(chunk) >= 2 * rayon::current_num_threads() {
         input
             .par_chunks(chunk * in_len)
@@ -267,7 +275,7 @@ pub(crate) fn forward(
 /// `stride` values), each step in parallel if `par`.
 fn forward_chunk(
     p: &Conv2dParams,
-    u: &[f32],
+    u: &Filters,
     bias: Option<&[f32]>,
     (inp, out): (&[f32], &mut [f32]),
     (v, m, stride): (&mut [f32], &mut [f32], usize),
@@ -282,26 +290,7 @@ fn forward_chunk(
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), par);
-    sgemm_batched_threads(
-        par,
-        XI,
-        Trans::No,
-        Trans::No,
-        p.c_out,
-        cols,
-        p.c_in,
-        1.0,
-        u,
-        p.c_in,
-        weight_plane(p.c_out, p.c_in),
-        v,
-        stride,
-        v_plane,
-        0.0,
-        m,
-        stride,
-        m_plane,
-    );
+    u.products(par, cols, (v, v_plane), (&mut *m, m_plane), stride);
     let channels = rows_by_channel(m, m_plane, p.c_out, stride)
         .into_iter()
         .zip(blocks_by_channel(out, out_len, p.c_out, plane))
