@@ -59,6 +59,11 @@ pub struct ConvArgs {
     /// The algorithm: `auto` (Winograd where it applies) or `direct`.
     #[arg(long, value_enum, default_value_t = Algorithm::Auto)]
     algorithm: Algorithm,
+    /// Start every repetition with its tensors out of cache, as in a network, where each
+    /// layer's input was written long before: the repetitions cycle through copies of the
+    /// tensors four times the size of a 32 MiB last-level cache.
+    #[arg(long)]
+    cold: bool,
 }
 
 impl Default for ConvArgs {
@@ -73,9 +78,13 @@ impl Default for ConvArgs {
             padding: None,
             pass: Pass::All,
             algorithm: Algorithm::Auto,
+            cold: false,
         }
     }
 }
+
+/// Bytes of tensors `--cold` cycles through: four times a 32 MiB last-level cache.
+const COLD_BYTES: usize = 128 << 20;
 
 /// Measures the peak, then the requested passes.
 pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), String> {
@@ -112,36 +121,58 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     let flops = 2.0 * (p.batch * p.c_out * p.c_in * p.kh * p.kw * oh * ow) as f64;
     let peak_gflops = peak(threads, report);
 
-    let mut y = vec![0.0f32; p.batch * p.c_out * oh * ow];
-    let mut dx = vec![0.0f32; x.numel()];
+    // One set of tensors per repetition in turn (one set unless `--cold`).
+    let set_floats = 2 * (x.numel() + dy.numel());
+    let sets = if args.cold {
+        (COLD_BYTES / 4).div_ceil(set_floats).max(2)
+    } else {
+        1
+    };
+    let xs = vec![x.data().to_vec(); sets];
+    let dys = vec![dy.data().to_vec(); sets];
+    let mut ys = vec![vec![0.0f32; dy.numel()]; sets];
+    let mut dxs = vec![vec![0.0f32; x.numel()]; sets];
     let mut dw = vec![0.0f32; w.numel()];
     let mut db = vec![0.0f32; p.c_out];
     let want = |pass: Pass| args.pass == pass || args.pass == Pass::All;
     let direct = args.algorithm == Algorithm::Direct;
     let winograd_before = allow_winograd(!direct);
     let mut timed: Vec<(&str, f64)> = Vec::new();
+    let mut turn = 0;
+    let mut next = || {
+        turn = (turn + 1) % sets;
+        turn
+    };
     if want(Pass::Forward) {
         timed.push((
             "forward",
-            median_seconds(|| conv2d_forward(&p, x.data(), w.data(), Some(bias.data()), &mut y)),
+            median_seconds(|| {
+                let i = next();
+                conv2d_forward(&p, &xs[i], w.data(), Some(bias.data()), &mut ys[i])
+            }),
         ));
     }
     if want(Pass::BackwardData) {
         timed.push((
             "backward_data",
-            median_seconds(|| conv2d_backward_data(&p, dy.data(), w.data(), &mut dx)),
+            median_seconds(|| {
+                let i = next();
+                conv2d_backward_data(&p, &dys[i], w.data(), &mut dxs[i])
+            }),
         ));
     }
     if want(Pass::BackwardWeight) {
         timed.push((
             "backward_weight",
             median_seconds(|| {
-                conv2d_backward_weight(&p, x.data(), dy.data(), &mut dw, Some(&mut db))
+                let i = next();
+                conv2d_backward_weight(&p, &xs[i], &dys[i], &mut dw, Some(&mut db))
             }),
         ));
     }
     allow_winograd(winograd_before);
     let algorithm = if direct { "direct" } else { "auto" };
+    let label = if args.cold { " cold" } else { "" };
     for (pass, seconds) in timed {
         let gflops = flops / seconds / 1e9;
         let fraction = gflops / peak_gflops;
@@ -157,6 +188,7 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("stride", p.stride.into()),
                 ("padding", p.padding.into()),
                 ("algorithm", algorithm.into()),
+                ("cold", args.cold.into()),
                 ("threads", threads.into()),
                 ("ms", Value::from(seconds * 1e3)),
                 ("gflops", gflops.into()),
@@ -164,7 +196,7 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("fraction_of_peak", fraction.into()),
             ],
             &format!(
-                "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} {algorithm:<6} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
+                "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} {algorithm:<6}{label} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
                 p.batch,
                 p.c_in,
                 p.c_out,
