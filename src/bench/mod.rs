@@ -6,6 +6,7 @@ mod elementwise;
 mod gemm;
 mod profile;
 mod report;
+mod scaling;
 mod timing;
 mod unet;
 

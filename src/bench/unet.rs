@@ -24,13 +24,86 @@ use super::Report;
 pub struct UnetArgs {
     /// The UNet preset (`bench` is diffusers' UNet2DModel with block_out_channels (64,128,128)).
     #[arg(long, default_value = "bench")]
-    preset: String,
+    pub(super) preset: String,
     /// Images per step.
     #[arg(long, default_value_t = 16)]
-    batch: usize,
+    pub(super) batch: usize,
     /// Also print where a step's time goes, by op and by op and shape.
     #[arg(long)]
     profile: bool,
+    /// Instead, time training steps on one thread and on `--threads` alternately in one process
+    /// (two copies of the model, each on its own pool), and report the speed-up pair by pair.
+    #[arg(long)]
+    scaling: bool,
+    /// Pairs of steps for `--scaling`.
+    #[arg(long, default_value_t = 10)]
+    pub(super) pairs: usize,
+}
+
+/// The benchmark's model with its inputs and optimiser.
+pub(super) struct Workload {
+    unet: UNet,
+    store: ParamStore,
+    optimizer: Adam,
+    x: tensor::Tensor,
+    target: tensor::Tensor,
+    timesteps: Vec<f32>,
+    step: u64,
+}
+
+impl Workload {
+    /// The preset's model and a batch of inputs, all from seed 0 (the same on every call).
+    pub(super) fn new(args: &UnetArgs) -> Result<Workload, String> {
+        if args.batch == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        let config = UNetConfig::preset(&args.preset).map_err(|e| e.to_string())?;
+        let store = ParamStore::new();
+        let mut rng = Rng::new(0, 0);
+        let unet = UNet::new(config.clone(), &store, &mut rng);
+        let size = config.sample_size.unwrap_or(32);
+        let x = rng.normal(&[args.batch, config.in_channels, size, size]);
+        let target = rng.normal(&[args.batch, config.out_channels, size, size]);
+        let timesteps: Vec<f32> = rng
+            .below_many(args.batch, 1000)
+            .into_iter()
+            .map(|t| t as f32)
+            .collect();
+        let optimizer = Adam::new(store.params(), AdamConfig::adamw());
+        Ok(Workload {
+            unet,
+            store,
+            optimizer,
+            x,
+            target,
+            timesteps,
+            step: 0,
+        })
+    }
+
+    /// A sampling step: one no-grad forward.
+    pub(super) fn forward(&self) {
+        no_grad(|| {
+            self.unet.forward(
+                &mut Ctx::eval(),
+                &Var::constant(self.x.clone()),
+                &self.timesteps,
+            )
+        });
+    }
+
+    /// A training step: forward, MSE loss, backward, AdamW.
+    pub(super) fn train_step(&mut self) {
+        let mut ctx = Ctx::train(Rng::new(1, self.step));
+        self.step += 1;
+        let output = self
+            .unet
+            .forward(&mut ctx, &Var::constant(self.x.clone()), &self.timesteps);
+        let loss = mse_loss(&output, &Var::constant(self.target.clone()));
+        self.store.zero_grad();
+        loss.backward();
+        self.optimizer.step(1e-4);
+    }
 }
 
 /// The process's peak resident memory in bytes (VmHWM), where /proc has it.
@@ -61,47 +134,18 @@ fn faults_per_call(reps: u64, mut f: impl FnMut()) -> Option<f64> {
 
 /// Measures the peak, a sampling step and a training step.
 pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), String> {
-    if args.batch == 0 {
-        return Err("--batch must be at least 1".into());
+    if args.scaling {
+        return super::scaling::run(args, threads, report);
     }
-    let config = UNetConfig::preset(&args.preset).map_err(|e| e.to_string())?;
+    let mut bench = Workload::new(args)?;
     let peak_gflops = peak(threads, report);
-    let store = ParamStore::new();
-    let mut rng = Rng::new(0, 0);
-    let unet = UNet::new(config.clone(), &store, &mut rng);
-    let size = config.sample_size.unwrap_or(32);
-    let x = rng.normal(&[args.batch, config.in_channels, size, size]);
-    let target = rng.normal(&[args.batch, config.out_channels, size, size]);
-    let timesteps: Vec<f32> = rng
-        .below_many(args.batch, 1000)
-        .into_iter()
-        .map(|t| t as f32)
-        .collect();
-    let mut optimizer = Adam::new(store.params(), AdamConfig::adamw());
-
-    let forward =
-        || no_grad(|| unet.forward(&mut Ctx::eval(), &Var::constant(x.clone()), &timesteps));
     flops::reset();
-    forward();
+    bench.forward();
     let forward_flops = flops::count() as f64;
-    let sample_seconds = median_seconds(|| {
-        forward();
-    });
-    let mut step = 0u64;
-    let mut train_step = || {
-        let mut ctx = Ctx::train(Rng::new(1, step));
-        step += 1;
-        let output = unet.forward(&mut ctx, &Var::constant(x.clone()), &timesteps);
-        let loss = mse_loss(&output, &Var::constant(target.clone()));
-        store.zero_grad();
-        loss.backward();
-        optimizer.step(1e-4);
-    };
-    let train_seconds = median_seconds(&mut train_step);
-    let train_faults = faults_per_call(3, &mut train_step);
-    let sample_faults = faults_per_call(3, || {
-        forward();
-    });
+    let sample_seconds = median_seconds(|| bench.forward());
+    let train_seconds = median_seconds(|| bench.train_step());
+    let train_faults = faults_per_call(3, || bench.train_step());
+    let sample_faults = faults_per_call(3, || bench.forward());
     let rss = peak_resident_bytes();
     for (what, seconds, work, faults) in [
         (
@@ -121,7 +165,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("preset", args.preset.clone().into()),
                 ("batch", args.batch.into()),
                 ("threads", threads.into()),
-                ("parameters", store.num_elements().into()),
+                ("parameters", bench.store.num_elements().into()),
                 ("ms", Value::from(seconds * 1e3)),
                 ("gflop", Value::from(work / 1e9)),
                 ("gflops", gflops.into()),
@@ -143,10 +187,8 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         );
     }
     if args.profile {
-        super::profile::report_step("train_step", threads, report, &mut train_step);
-        super::profile::report_step("sample_step", threads, report, || {
-            forward();
-        });
+        super::profile::report_step("train_step", threads, report, || bench.train_step());
+        super::profile::report_step("sample_step", threads, report, || bench.forward());
     }
     Ok(())
 }
