@@ -4,12 +4,15 @@
 //! On a shared machine the load of other tenants drifts over seconds, so two separate runs (one
 //! thread, then N) compare different conditions. Here two copies of the model are built, each
 //! on its own thread pool (one thread, N threads), and their steps alternate in ABBA order; the
-//! speed-up is taken pair by pair, and its median reported with the range.
+//! speed-up is taken pair by pair, and its median reported with the range. With `--profile`
+//! the same is done op by op (each op's time in a step, from the engine's profiler).
 
+use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Instant;
 
 use serde_json::Value;
+use tensor::profile;
 
 use super::timing::median;
 use super::unet::{UnetArgs, Workload};
@@ -18,9 +21,12 @@ use super::Report;
 /// Steps each side runs before the timed pairs.
 const WARMUP: usize = 2;
 
+/// One step's seconds, in all and by op (with "outside ops" for the rest), when profiled.
+type StepTimes = (f64, HashMap<&'static str, f64>);
+
 /// A pool's worker: builds the workload (reporting success or the error), then runs one
-/// training step per message and sends back its seconds, until the sender is dropped.
-fn serve(args: &UnetArgs, go: Receiver<()>, done: Sender<Result<f64, String>>) {
+/// training step per message and sends back its times, until the sender is dropped.
+fn serve(args: &UnetArgs, go: Receiver<()>, done: Sender<Result<StepTimes, String>>) {
     let mut work = match Workload::new(args) {
         Ok(work) => work,
         Err(e) => {
@@ -28,20 +34,30 @@ fn serve(args: &UnetArgs, go: Receiver<()>, done: Sender<Result<f64, String>>) {
             return;
         }
     };
-    if done.send(Ok(0.0)).is_err() {
+    if done.send(Ok((0.0, HashMap::new()))).is_err() {
         return;
     }
     while go.recv().is_ok() {
+        let _ = profile::take();
         let start = Instant::now();
         work.train_step();
-        if done.send(Ok(start.elapsed().as_secs_f64())).is_err() {
+        let seconds = start.elapsed().as_secs_f64();
+        let mut by_op: HashMap<&'static str, f64> = HashMap::new();
+        for entry in profile::take() {
+            *by_op.entry(entry.op).or_default() += entry.seconds;
+        }
+        if !by_op.is_empty() {
+            let inside: f64 = by_op.values().sum();
+            by_op.insert("(outside ops)", (seconds - inside).max(0.0));
+        }
+        if done.send(Ok((seconds, by_op))).is_err() {
             return;
         }
     }
 }
 
 /// Waits for one side's answer.
-fn answer(done: &Receiver<Result<f64, String>>) -> Result<f64, String> {
+fn answer(done: &Receiver<Result<StepTimes, String>>) -> Result<StepTimes, String> {
     done.recv()
         .map_err(|_| "a benchmark thread stopped".to_string())?
 }
@@ -64,8 +80,10 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 .map_err(|e| format!("cannot start {n} threads: {e}"))?,
         );
     }
-    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    std::thread::scope(|scope| -> Result<(), String> {
+    let mut times: [Vec<StepTimes>; 2] = [Vec::new(), Vec::new()];
+    let profiling_before = profile::enabled();
+    profile::enable(args.profile);
+    let outcome = std::thread::scope(|scope| -> Result<(), String> {
         let mut sides = Vec::new();
         for pool in &pools {
             let (go_tx, go_rx) = channel();
@@ -77,7 +95,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         for (_, done) in &sides {
             answer(done)?;
         }
-        let step = |side: usize| -> Result<f64, String> {
+        let step = |side: usize| -> Result<StepTimes, String> {
             let (go, done) = &sides[side];
             go.send(())
                 .map_err(|_| "a benchmark thread stopped".to_string())?;
@@ -96,14 +114,21 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         }
         // Dropping the senders ends the workers' loops.
         Ok(())
-    })?;
-    let mut ratios: Vec<f64> = times[0].iter().zip(&times[1]).map(|(a, b)| a / b).collect();
+    });
+    profile::enable(profiling_before);
+    outcome?;
+    let mut ratios: Vec<f64> = times[0]
+        .iter()
+        .zip(&times[1])
+        .map(|(a, b)| a.0 / b.0)
+        .collect();
     let speedup = median(&mut ratios);
     let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
         (lo.min(r), hi.max(r))
     });
-    let one = median(&mut times[0]) * 1e3;
-    let many = median(&mut times[1]) * 1e3;
+    let seconds = |side: usize| -> Vec<f64> { times[side].iter().map(|t| t.0).collect() };
+    let one = median(&mut seconds(0)) * 1e3;
+    let many = median(&mut seconds(1)) * 1e3;
     report.line(
         &[
             ("bench", "unet_scaling".into()),
@@ -122,5 +147,45 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             args.preset, args.batch, args.pairs
         ),
     );
+    if args.profile {
+        report_ops(&times, threads, report);
+    }
     Ok(())
+}
+
+/// Each op's median time per step on each side and the ratio of the medians, largest first.
+fn report_ops(times: &[Vec<StepTimes>; 2], threads: usize, report: &Report) {
+    let mut ops: Vec<&'static str> = times[0].iter().flat_map(|t| t.1.keys().copied()).collect();
+    ops.sort_unstable();
+    ops.dedup();
+    let side_ms = |side: usize, op: &str| {
+        let mut v: Vec<f64> = times[side]
+            .iter()
+            .map(|t| t.1.get(op).copied().unwrap_or(0.0) * 1e3)
+            .collect();
+        median(&mut v)
+    };
+    let mut rows: Vec<(&str, f64, f64)> = ops
+        .into_iter()
+        .map(|op| (op, side_ms(0, op), side_ms(1, op)))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    report.line(
+        &[("bench", "unet_scaling_ops".into())],
+        &format!("\nby op (medians over the pairs): 1 thread ms, {threads} threads ms, speed-up"),
+    );
+    for (op, one, many) in rows {
+        let speedup = if many > 0.0 { one / many } else { 0.0 };
+        report.line(
+            &[
+                ("bench", "unet_scaling_op".into()),
+                ("op", op.into()),
+                ("threads", threads.into()),
+                ("ms_1_thread", one.into()),
+                ("ms_n_threads", many.into()),
+                ("speedup", speedup.into()),
+            ],
+            &format!("  {op:<28} {one:>8.1} {many:>8.1}   {speedup:.2}x"),
+        );
+    }
 }

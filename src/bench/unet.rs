@@ -28,9 +28,10 @@ pub struct UnetArgs {
     /// Images per step.
     #[arg(long, default_value_t = 16)]
     pub(super) batch: usize,
-    /// Also print where a step's time goes, by op and by op and shape.
+    /// Also print where a step's time goes, by op and by op and shape (with `--scaling`: the
+    /// speed-up of each op).
     #[arg(long)]
-    profile: bool,
+    pub(super) profile: bool,
     /// Instead, time training steps on one thread and on `--threads` alternately in one process
     /// (two copies of the model, each on its own pool), and report the speed-up pair by pair.
     #[arg(long)]
