@@ -43,12 +43,34 @@ fn advise_huge_pages(v: &mut Vec<f32>) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_: &mut Vec<f32>) {}
 
-fn init_chunk(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+/// `piece` filled with zeros, as initialised values.
+pub(crate) fn init_chunk(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     for v in piece.iter_mut() {
         v.write(0.0);
     }
     // SAFETY: every element was just initialised, and MaybeUninit<f32> has f32's layout.
     unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `values` viewed as possibly-uninitialised memory, for a kernel that writes through the view
+/// (the same kernel then serves fresh and initialised outputs).
+pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the safe MaybeUninit API can only store
+    // initialised f32 values through the view, so `values` stays initialised.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// A buffer of `n` values written by `fill`, which must initialise every element of the slice
+/// it is given (it is handed the buffer's uninitialised storage).
+///
+/// # Safety
+/// `fill` must write every element.
+pub(crate) unsafe fn filled_by(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's `fill` initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// A buffer of `n` values filled by `body(start, piece)` over consecutive pieces of

@@ -10,7 +10,9 @@
 //! assert_eq!(y.data()[5], 18.0); // an interior pixel sees 2 channels x 9 taps
 //! ```
 
+use super::alloc;
 use crate::kernels::conv::{self, Conv2dParams};
+use crate::shape::numel;
 use crate::Tensor;
 
 fn dims4(op: &str, what: &str, t: &Tensor) -> [usize; 4] {
@@ -90,15 +92,14 @@ pub fn conv2d(
         );
     }
     super::flops::add(p.flops() as u64);
-    let mut out = Tensor::zeros(&p.output_shape());
-    conv::conv2d_forward(
-        &p,
-        input.data(),
-        weight.data(),
-        bias.map(|b| b.data()),
-        out.data_mut(),
-    );
-    out
+    let out_shape = p.output_shape();
+    // SAFETY: conv2d_forward_uninit writes every element.
+    let out = unsafe {
+        alloc::filled_by(numel(&out_shape), |y| {
+            conv::conv2d_forward_uninit(&p, input.data(), weight.data(), bias.map(|b| b.data()), y)
+        })
+    };
+    Tensor::from_vec(out, &out_shape)
 }
 
 /// conv2d backward-data: the gradient with respect to the input,
@@ -134,9 +135,13 @@ pub fn conv2d_backward_data(
         padding,
     );
     check_grad_output(OP, &p, grad_output);
-    let mut grad_input = Tensor::zeros(&input_shape);
-    conv::conv2d_backward_data(&p, grad_output.data(), weight.data(), grad_input.data_mut());
-    grad_input
+    // SAFETY: conv2d_backward_data_uninit writes every element.
+    let grad_input = unsafe {
+        alloc::filled_by(numel(&input_shape), |dx| {
+            conv::conv2d_backward_data_uninit(&p, grad_output.data(), weight.data(), dx)
+        })
+    };
+    Tensor::from_vec(grad_input, &input_shape)
 }
 
 /// conv2d backward-weight: `dW[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] * X[n, ci, i*s + a - p, j*s + b - p]`

@@ -1,5 +1,7 @@
 //! conv2d backward-data: the gradient of the loss with respect to the input images.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::forward::forward_images;
@@ -7,6 +9,7 @@ use super::im2col::{col2im_rows, Geometry};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
+use crate::ops::alloc::{as_uninit, init_chunk};
 
 /// conv2d backward-data (the adjoint of the forward pass in `X`):
 /// `dX[n, ci, y, x] = sum_{co, a, b, i, j : i*s + a - p = y, j*s + b - p = x} dY[n, co, i, j] * Wt[co, ci, a, b]`.
@@ -28,12 +31,74 @@ pub fn conv2d_backward_data(
     weight: &[f32],
     grad_input: &mut [f32],
 ) {
+    if !backward_data_winograd(p, grad_output, weight, as_uninit(grad_input)) {
+        backward_data_other(p, grad_output, weight, grad_input);
+    }
+}
+
+/// [`conv2d_backward_data`] into an output that may be uninitialised: every element is
+/// written, by the Winograd path without zeroing the output first, by the others after
+/// zeroing it. Panics as [`conv2d_backward_data`] does.
+pub fn conv2d_backward_data_uninit(
+    p: &Conv2dParams,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [MaybeUninit<f32>],
+) {
+    if !backward_data_winograd(p, grad_output, weight, grad_input) {
+        backward_data_other(p, grad_output, weight, init_chunk(grad_input));
+    }
+}
+
+/// The checks, then the Winograd route if it applies (returns whether it did).
+fn backward_data_winograd(
+    p: &Conv2dParams,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [MaybeUninit<f32>],
+) -> bool {
     p.validate(
         "conv2d_backward_data",
         Some(grad_input.len()),
         Some(weight.len()),
         Some(grad_output.len()),
     );
+    let g = Geometry::of(p);
+    if p.c_in * g.in_pixels() == 0 || p.c_out * g.out_pixels() == 0 {
+        return false;
+    }
+    let tp = transposed(p);
+    if !(transposes(p) && winograd::applies(&tp)) {
+        return false;
+    }
+    let flipped = flip_kernel(p, weight);
+    let u = winograd::transform_weights(p.c_in, p.c_out, &flipped);
+    winograd::forward(&tp, grad_output, &u, None, grad_input);
+    true
+}
+
+/// True if backward-data runs as a forward convolution of `dY` (stride 1, `p < kh, kw`, not
+/// pointwise).
+fn transposes(p: &Conv2dParams) -> bool {
+    p.stride == 1 && p.padding < p.kh && p.padding < p.kw && !p.is_pointwise()
+}
+
+/// The parameters of that forward convolution: 3x3 with padding 1 stays 3x3 with padding 1.
+fn transposed(p: &Conv2dParams) -> Conv2dParams {
+    Conv2dParams {
+        c_in: p.c_out,
+        c_out: p.c_in,
+        ..*p
+    }
+}
+
+/// Every route but Winograd's (the arguments already checked).
+fn backward_data_other(
+    p: &Conv2dParams,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
     let g = Geometry::of(p);
     let (in_len, out_len) = (p.c_in * g.in_pixels(), p.c_out * g.out_pixels());
     if in_len == 0 {
@@ -43,19 +108,8 @@ pub fn conv2d_backward_data(
         grad_input.fill(0.0);
         return;
     }
-    if p.stride == 1 && p.padding < p.kh && p.padding < p.kw && !p.is_pointwise() {
+    if transposes(p) {
         let flipped = flip_kernel(p, weight);
-        // 3x3, padding 1: the transposed convolution is again 3x3 with padding 1.
-        let tp = Conv2dParams {
-            c_in: p.c_out,
-            c_out: p.c_in,
-            ..*p
-        };
-        if winograd::applies(&tp) {
-            let u = winograd::transform_weights(p.c_in, p.c_out, &flipped);
-            winograd::forward(&tp, grad_output, &u, None, grad_input);
-            return;
-        }
         let tg = Geometry {
             c: p.c_out,
             h: g.oh,

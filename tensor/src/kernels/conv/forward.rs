@@ -1,5 +1,7 @@
 //! conv2d forward: per image, `Y[co, pixels] = bias[co] + Wt[co, (ci, a, b)] * cols`.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::direct;
@@ -7,6 +9,7 @@ use super::im2col::{im2col_rows, Geometry};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
+use crate::ops::alloc::{as_uninit, init_chunk};
 
 /// conv2d forward on NCHW images:
 /// `Y[n, co, i, j] = bias[co] + sum_{ci, a, b} Wt[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]`
@@ -22,11 +25,54 @@ pub fn conv2d_forward(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) {
+    check_args(p, input, weight, bias, output.len());
+    if winograd::applies(p) {
+        let u = winograd::transform_weights(p.c_out, p.c_in, weight);
+        winograd::forward(p, input, &u, bias, as_uninit(output));
+        return;
+    }
+    forward_images(&Geometry::of(p), p.c_out, input, weight, bias, output);
+}
+
+/// [`conv2d_forward`] into an output that may be uninitialised: every element is written, by
+/// the Winograd path without zeroing the output first (saving a pass over memory), by the
+/// others after zeroing it. Panics as [`conv2d_forward`] does.
+pub fn conv2d_forward_uninit(
+    p: &Conv2dParams,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [MaybeUninit<f32>],
+) {
+    check_args(p, input, weight, bias, output.len());
+    if winograd::applies(p) {
+        let u = winograd::transform_weights(p.c_out, p.c_in, weight);
+        winograd::forward(p, input, &u, bias, output);
+        return;
+    }
+    forward_images(
+        &Geometry::of(p),
+        p.c_out,
+        input,
+        weight,
+        bias,
+        init_chunk(output),
+    );
+}
+
+/// The length checks of [`conv2d_forward`].
+fn check_args(
+    p: &Conv2dParams,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output_len: usize,
+) {
     p.validate(
         "conv2d_forward",
         Some(input.len()),
         Some(weight.len()),
-        Some(output.len()),
+        Some(output_len),
     );
     if let Some(b) = bias {
         assert_eq!(
@@ -38,12 +84,6 @@ pub fn conv2d_forward(
             p.weight_shape()
         );
     }
-    if winograd::applies(p) {
-        let u = winograd::transform_weights(p.c_out, p.c_in, weight);
-        winograd::forward(p, input, &u, bias, output);
-        return;
-    }
-    forward_images(&Geometry::of(p), p.c_out, input, weight, bias, output);
 }
 
 /// The forward convolution of every image of `input` (`[_, g.c, g.h, g.w]`) with `weight`

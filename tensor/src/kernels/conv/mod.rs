@@ -65,7 +65,7 @@ pub fn winograd_allowed() -> bool {
     WINOGRAD.load(Ordering::Relaxed)
 }
 
-pub use backward_data::conv2d_backward_data;
+pub use backward_data::{conv2d_backward_data, conv2d_backward_data_uninit};
 pub use backward_weight::conv2d_backward_weight;
-pub use forward::conv2d_forward;
+pub use forward::{conv2d_forward, conv2d_forward_uninit};
 pub use params::Conv2dParams;

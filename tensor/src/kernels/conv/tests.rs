@@ -213,3 +213,29 @@ fn conv_output_size() {
     let p = params(1, 1, 1, 7, 5, 1, 3, 1, 0);
     assert_eq!((p.out_h(), p.out_w()), (7, 3));
 }
+
+/// The entries into possibly-uninitialised outputs write every element and give the same bits
+/// as the ordinary ones (their buffers start as NaN, which must not survive).
+#[test]
+fn uninit_outputs_are_fully_written() {
+    use std::mem::MaybeUninit;
+    let _guard = crate::kernels::cpu::test_lock();
+    let written = |v: Vec<MaybeUninit<f32>>| -> Vec<u32> {
+        // SAFETY: the tests below check that the kernels wrote every element (each started as
+        // an initialised NaN, so reading is defined either way).
+        v.into_iter()
+            .map(|x| unsafe { x.assume_init() }.to_bits())
+            .collect()
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (seed, p) in cases().iter().enumerate() {
+        let d = data(p, 500 + seed as u64);
+        let (y, dx, _, _) = run_all(p, &d);
+        let mut yu = vec![MaybeUninit::new(f32::NAN); y.len()];
+        conv2d_forward_uninit(p, &d.x, &d.w, Some(&d.b), &mut yu);
+        assert_eq!(written(yu), bits(&y), "forward {p:?}");
+        let mut dxu = vec![MaybeUninit::new(f32::NAN); dx.len()];
+        conv2d_backward_data_uninit(p, &d.dy, &d.w, &mut dxu);
+        assert_eq!(written(dxu), bits(&dx), "backward_data {p:?}");
+    }
+}

@@ -2,6 +2,8 @@
 //! output-gradient block) into one column of 36 (or 16) rows, and scattering output tiles back
 //! into the image.
 
+use std::mem::MaybeUninit;
+
 use super::{tiles, Conv2dParams};
 use crate::ops::transpose::transpose4x4;
 
@@ -82,14 +84,14 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
 }
 
 /// `y[4ty + a][4tx + b] = rows[a * 4 + b][col0 + ty * tw + tx] + bias` for every tile of one
-/// channel `y` (`h x w`) of one image, clipped at the image's edges; `row` is scratch of at
-/// least `4 * tw` values (used when the tiles overhang the image).
+/// channel `y` (`h x w`) of one image, clipped at the image's edges, so that every element of
+/// `y` is written (it may start uninitialised); `row` is scratch of at least `4 * tw` values.
 pub(super) fn scatter_tiles(
     p: &Conv2dParams,
     rows: &[&mut [f32]],
     col0: usize,
     bias: f32,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     row: &mut [f32],
 ) {
     let (th, tw) = tiles(p);
@@ -102,19 +104,23 @@ pub(super) fn scatter_tiles(
                 break;
             }
             let src: [&[f32]; 4] = std::array::from_fn(|b| &rows[a * 4 + b][at..at + tw]);
-            let exact = w == 4 * tw;
-            let dst = if exact {
-                &mut y[yy * w..(yy + 1) * w]
-            } else {
-                &mut row[..4 * tw]
-            };
-            for (tx, out) in dst.chunks_exact_mut(4).enumerate() {
-                for b in 0..4 {
-                    out[b] = src[b][tx] + bias;
+            let dst = &mut y[yy * w..(yy + 1) * w];
+            if w == 4 * tw {
+                for (tx, out) in dst.chunks_exact_mut(4).enumerate() {
+                    for b in 0..4 {
+                        out[b].write(src[b][tx] + bias);
+                    }
                 }
-            }
-            if !exact {
-                y[yy * w..(yy + 1) * w].copy_from_slice(&row[..w]);
+            } else {
+                // The last tile overhangs the image: the whole row of tiles in scratch first.
+                for (tx, out) in row[..4 * tw].chunks_exact_mut(4).enumerate() {
+                    for b in 0..4 {
+                        out[b] = src[b][tx] + bias;
+                    }
+                }
+                for (d, &v) in dst.iter_mut().zip(&row[..w]) {
+                    d.write(v);
+                }
             }
         }
     }

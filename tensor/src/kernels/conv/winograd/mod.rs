@@ -30,6 +30,7 @@
 //! the planes are skewed by a cache line ([`PLANE_SKEW`]) so the rows do not share cache sets.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -113,13 +114,13 @@ fn rows_by_channel(
 /// Splits `data`, a sequence of groups of `group_len` values that each start with `channels`
 /// blocks of `len` values, into one list per channel of that channel's block in every group
 /// (so that channels can be worked on in parallel).
-fn blocks_by_channel(
-    data: &mut [f32],
+fn blocks_by_channel<T>(
+    data: &mut [T],
     group_len: usize,
     channels: usize,
     len: usize,
-) -> Vec<Vec<&mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..channels).map(|_| Vec::new()).collect();
+) -> Vec<Vec<&mut [T]>> {
+    let mut out: Vec<Vec<&mut [T]>> = (0..channels).map(|_| Vec::new()).collect();
     for group in data.chunks_exact_mut(group_len) {
         for (c, block) in group[..channels * len].chunks_exact_mut(len).enumerate() {
             out[c].push(block);
@@ -230,7 +231,8 @@ fn transform_chunk_input(
 
 /// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
 /// filters `u` (from [`transform_weights`]) plus `bias`, into `output`
-/// (`[batch, c_out, h, w]`, overwritten). Requires [`applies`].
+/// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
+/// [`applies`].
 ///
 /// With at least two chunks per thread, chunks run in parallel, each on one thread (no
 /// barrier between a chunk's steps); otherwise chunks run in turn, each step in parallel.
@@ -240,7 +242,7 @@ pub(crate) fn forward(
     input: &[f32],
     u: &[f32],
     bias: Option<&[f32]>,
-    output: &mut [f32],
+    output: &mut [MaybeUninit<f32>],
 ) {
     debug_assert!(applies(p));
     let (_, chunk, stride) = chunking(p);
@@ -277,7 +279,7 @@ fn forward_chunk(
     p: &Conv2dParams,
     u: &Filters,
     bias: Option<&[f32]>,
-    (inp, out): (&[f32], &mut [f32]),
+    (inp, out): (&[f32], &mut [MaybeUninit<f32>]),
     (v, m, stride): (&mut [f32], &mut [f32], usize),
     par: bool,
 ) {
@@ -303,6 +305,7 @@ fn forward_chunk(
             transform_output_on(isa, &mut rows, len);
             let b = bias.map_or(0.0, |b| b[co]);
             for (n, y) in planes.into_iter().enumerate() {
+                // Every element of the plane is written: the output is never zeroed.
                 scatter_tiles(p, &rows, n * per_image, b, y, row);
             }
         },
