@@ -3,8 +3,8 @@
 //! It computes one `8 x 32` tile of `C = A * B` over a reduction of length `k`, from an A
 //! micro-panel packed `[k][8]` (8 rows of A side by side) and 32 columns of B read as rows of
 //! 32 contiguous floats, either from a packed panel (`[k][32]`) or in place from a matrix whose
-//! rows lie at regular strides within runs ([`BRows`]): 16 zmm accumulators; per reduction step two loads of B,
-//! eight broadcasts of A and sixteen FMAs. On Zen 4 a 512-bit FMA occupies both 256-bit pipes,
+//! rows lie at regular strides ([`BRows`]): 16 zmm accumulators; per reduction step two loads
+//! of B, eight broadcasts of A and sixteen FMAs. On Zen 4 a 512-bit FMA occupies both 256-bit pipes,
 //! so one FMA per cycle is the peak and sixteen independent accumulators hide the latency.
 //!
 //! The tile starts at `bias[r]` in row `r` (or zero), optionally adds the `C` already in memory
