@@ -21,8 +21,12 @@ use super::Report;
 /// Steps each side runs before the timed pairs.
 const WARMUP: usize = 2;
 
-/// One step's seconds, in all and by op (with "outside ops" for the rest), when profiled.
-type StepTimes = (f64, HashMap<&'static str, f64>);
+/// One step's seconds: in all, then (when profiled) by op, with "(outside ops)" for the rest,
+/// and by op and shapes.
+type StepTimes = (f64, [HashMap<String, f64>; 2]);
+
+/// How many op-and-shape entries `--profile` lists, those losing the most time first.
+const SHAPE_ROWS: usize = 20;
 
 /// A pool's worker: builds the workload (reporting success or the error), then runs one
 /// training step per message and sends back its times, until the sender is dropped.
@@ -34,7 +38,7 @@ fn serve(args: &UnetArgs, go: Receiver<()>, done: Sender<Result<StepTimes, Strin
             return;
         }
     };
-    if done.send(Ok((0.0, HashMap::new()))).is_err() {
+    if done.send(Ok((0.0, Default::default()))).is_err() {
         return;
     }
     while go.recv().is_ok() {
@@ -42,15 +46,19 @@ fn serve(args: &UnetArgs, go: Receiver<()>, done: Sender<Result<StepTimes, Strin
         let start = Instant::now();
         work.train_step();
         let seconds = start.elapsed().as_secs_f64();
-        let mut by_op: HashMap<&'static str, f64> = HashMap::new();
-        for entry in profile::take() {
-            *by_op.entry(entry.op).or_default() += entry.seconds;
+        let mut by: [HashMap<String, f64>; 2] = Default::default();
+        let entries = profile::take();
+        for entry in &entries {
+            *by[0].entry(entry.op.to_string()).or_default() += entry.seconds;
+            *by[1]
+                .entry(format!("{} {}", entry.op, entry.detail))
+                .or_default() += entry.seconds;
         }
-        if !by_op.is_empty() {
-            let inside: f64 = by_op.values().sum();
-            by_op.insert("(outside ops)", (seconds - inside).max(0.0));
+        if !entries.is_empty() {
+            let inside: f64 = entries.iter().map(|e| e.seconds).sum();
+            by[0].insert("(outside ops)".into(), (seconds - inside).max(0.0));
         }
-        if done.send(Ok((seconds, by_op))).is_err() {
+        if done.send(Ok((seconds, by))).is_err() {
             return;
         }
     }
@@ -76,6 +84,8 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         pools.push(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
+                // Named for profilers: `perf report --sort comm` separates the two sides.
+                .thread_name(move |i| format!("pool{n}-thread{i}"))
                 .build()
                 .map_err(|e| format!("cannot start {n} threads: {e}"))?,
         );
@@ -153,39 +163,65 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     Ok(())
 }
 
-/// Each op's median time per step on each side and the ratio of the medians, largest first.
+/// Each op's median time per step on each side and the ratio of the medians, largest first;
+/// then the op-and-shape entries that lose the most time on N threads against a perfect
+/// speed-up (N-thread time minus one-thread time over N).
 fn report_ops(times: &[Vec<StepTimes>; 2], threads: usize, report: &Report) {
-    let mut ops: Vec<&'static str> = times[0].iter().flat_map(|t| t.1.keys().copied()).collect();
-    ops.sort_unstable();
-    ops.dedup();
-    let side_ms = |side: usize, op: &str| {
-        let mut v: Vec<f64> = times[side]
-            .iter()
-            .map(|t| t.1.get(op).copied().unwrap_or(0.0) * 1e3)
-            .collect();
-        median(&mut v)
+    let rows = |by: usize| -> Vec<(String, f64, f64)> {
+        let mut keys: Vec<&String> = times[0].iter().flat_map(|t| t.1[by].keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let side_ms = |side: usize, key: &String| {
+            let mut v: Vec<f64> = times[side]
+                .iter()
+                .map(|t| t.1[by].get(key).copied().unwrap_or(0.0) * 1e3)
+                .collect();
+            median(&mut v)
+        };
+        keys.into_iter()
+            .map(|k| (k.clone(), side_ms(0, k), side_ms(1, k)))
+            .collect()
     };
-    let mut rows: Vec<(&str, f64, f64)> = ops
-        .into_iter()
-        .map(|op| (op, side_ms(0, op), side_ms(1, op)))
-        .collect();
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut by_op = rows(0);
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
     report.line(
         &[("bench", "unet_scaling_ops".into())],
-        &format!("\nby op (medians over the pairs): 1 thread ms, {threads} threads ms, speed-up"),
+        &format!(
+            "\nby op (medians over the pairs): 1 thread ms, {threads} threads ms, speed-up, ms lost"
+        ),
     );
-    for (op, one, many) in rows {
-        let speedup = if many > 0.0 { one / many } else { 0.0 };
-        report.line(
-            &[
-                ("bench", "unet_scaling_op".into()),
-                ("op", op.into()),
-                ("threads", threads.into()),
-                ("ms_1_thread", one.into()),
-                ("ms_n_threads", many.into()),
-                ("speedup", speedup.into()),
-            ],
-            &format!("  {op:<28} {one:>8.1} {many:>8.1}   {speedup:.2}x"),
-        );
+    for row in &by_op {
+        report_row("unet_scaling_op", row, threads, report);
     }
+    let lost = |r: &(String, f64, f64)| r.2 - r.1 / threads as f64;
+    let mut by_shape = rows(1);
+    by_shape.sort_by(|a, b| lost(b).total_cmp(&lost(a)));
+    report.line(
+        &[("bench", "unet_scaling_shapes".into())],
+        &format!(
+            "\nby op and shapes, the {SHAPE_ROWS} losing the most against a perfect speed-up: 1 thread ms, {threads} threads ms, speed-up, ms lost"
+        ),
+    );
+    for row in by_shape.iter().take(SHAPE_ROWS) {
+        report_row("unet_scaling_shape", row, threads, report);
+    }
+}
+
+/// One line of [`report_ops`]: `(op, one-thread ms, N-thread ms)`, with the time lost on N
+/// threads against a perfect speed-up.
+fn report_row(bench: &str, (op, one, many): &(String, f64, f64), threads: usize, report: &Report) {
+    let speedup = if *many > 0.0 { one / many } else { 0.0 };
+    let lost = many - one / threads as f64;
+    report.line(
+        &[
+            ("bench", bench.into()),
+            ("op", op.as_str().into()),
+            ("threads", threads.into()),
+            ("ms_1_thread", (*one).into()),
+            ("ms_n_threads", (*many).into()),
+            ("speedup", speedup.into()),
+            ("ms_lost", lost.into()),
+        ],
+        &format!("  {op:<28} {one:>8.1} {many:>8.1}   {speedup:.2}x {lost:>6.1}"),
+    );
 }

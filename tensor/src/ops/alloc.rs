@@ -48,7 +48,17 @@ pub(crate) fn init_chunk(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     for v in piece.iter_mut() {
         v.write(0.0);
     }
-    // SAFETY: every element was just initialised, and MaybeUninit<f32> has f32's layout.
+    // SAFETY: every element was just initialised.
+    unsafe { assume_init(piece) }
+}
+
+/// `piece`, every element of which has been written, as initialised values.
+///
+/// # Safety
+/// Every element of `piece` must be initialised.
+pub(crate) unsafe fn assume_init(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: the caller guarantees every element is initialised, and MaybeUninit<f32> has
+    // f32's layout.
     unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
@@ -118,20 +128,33 @@ pub(crate) unsafe fn output_uninit<F>(n: usize, body: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
 {
+    // SAFETY: passed on to the caller.
+    unsafe { output_uninit_in(n, CHUNK, body) }
+}
+
+/// As [`output_uninit`] with pieces of `piece` elements (at least 1).
+///
+/// # Safety
+/// `body` must write every element of each piece it is given.
+pub(crate) unsafe fn output_uninit_in<F>(n: usize, piece: usize, body: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
+    let piece = piece.max(1);
     let mut v: Vec<f32> = Vec::with_capacity(n);
     if n >= HUGE_MIN {
         advise_huge_pages(&mut v);
     }
     let spare = &mut v.spare_capacity_mut()[..n];
     if n < PAR_MIN {
-        for (i, p) in spare.chunks_mut(CHUNK).enumerate() {
-            body(i * CHUNK, p);
+        for (i, p) in spare.chunks_mut(piece).enumerate() {
+            body(i * piece, p);
         }
     } else {
         spare
-            .par_chunks_mut(CHUNK)
+            .par_chunks_mut(piece)
             .enumerate()
-            .for_each(|(i, p)| body(i * CHUNK, p));
+            .for_each(|(i, p)| body(i * piece, p));
     }
     // SAFETY: the caller's `body` initialised all n elements.
     unsafe { v.set_len(n) };

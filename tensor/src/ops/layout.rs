@@ -18,10 +18,10 @@
 //! assert_eq!(x.slice_step(1, 0, 3, 2).data(), &[0.0, 2.0, 3.0, 5.0]);
 //! ```
 
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::alloc;
-use super::par::{self, SendPtr, PAR_MIN};
+use super::par::{self, SendPtr};
 use super::transpose::transpose_batched;
 use crate::shape::{normalize_axis, numel, strides};
 use crate::Tensor;
@@ -45,15 +45,17 @@ impl Walker {
 
 /// The permuted tensor when the last merged output axis is contiguous in the input: output row
 /// `i` (of `len` values) is the input run at `walker.offset(i)`. Rows are grouped into pieces
-/// of about a chunk, each zeroed only just before it is written (see [`alloc::output_in`]).
+/// of about a chunk, written once (never zeroed first).
 fn copy_rows(src: &[f32], n: usize, len: usize, walker: &Walker) -> Vec<f32> {
     let rows_per_piece = (par::CHUNK / len).max(1);
-    alloc::output_in(n, rows_per_piece * len, |start, piece| {
+    let body = |start: usize, piece: &mut [MaybeUninit<f32>]| {
         for (r, row) in piece.chunks_mut(len).enumerate() {
             let o = walker.offset(start / len + r);
-            row.copy_from_slice(&src[o..o + len]);
+            row.write_copy_of_slice(&src[o..o + len]);
         }
-    })
+    };
+    // SAFETY: pieces are whole rows, and every row is copied in full.
+    unsafe { alloc::output_uninit_in(n, rows_per_piece * len, body) }
 }
 
 fn check_axes_perm(x: &Tensor, dims: &[usize]) {
@@ -148,21 +150,23 @@ impl Tensor {
         let row: usize = runs.iter().sum();
         let mut shape = first.to_vec();
         shape[ax] = tensors.iter().map(|t| t.shape()[ax]).sum();
-        let mut out = alloc::zeroed(outer * row);
-        if row > 0 {
-            let fill = |(o, dst): (usize, &mut [f32])| {
+        if row == 0 {
+            return Tensor::zeros(&shape);
+        }
+        // Whole output rows per piece: each row is the tensors' runs one after another.
+        let body = |start: usize, piece: &mut [MaybeUninit<f32>]| {
+            for (r, dst) in piece.chunks_mut(row).enumerate() {
+                let o = start / row + r;
                 let mut at = 0;
                 for (t, &run) in tensors.iter().zip(&runs) {
-                    dst[at..at + run].copy_from_slice(&t.data()[o * run..(o + 1) * run]);
+                    dst[at..at + run].write_copy_of_slice(&t.data()[o * run..(o + 1) * run]);
                     at += run;
                 }
-            };
-            if out.len() < PAR_MIN {
-                out.chunks_mut(row).enumerate().for_each(fill);
-            } else {
-                out.par_chunks_mut(row).enumerate().for_each(fill);
             }
-        }
+        };
+        let piece = (par::CHUNK / row).max(1) * row;
+        // SAFETY: pieces are whole rows, and the runs of each row add up to the row.
+        let out = unsafe { alloc::output_uninit_in(outer * row, piece, body) };
         Tensor::from_vec(out, &shape)
     }
 
@@ -239,27 +243,30 @@ impl Tensor {
             self.shape()[2],
             self.shape()[3],
         );
-        let mut out = alloc::zeroed(n * c * 4 * h * w);
-        if !out.is_empty() {
-            let src = self.data();
-            let body = |(r, rows): (usize, &mut [f32])| {
+        let len = n * c * 4 * h * w;
+        if len == 0 {
+            return Tensor::zeros(&[n, c, 2 * h, 2 * w]);
+        }
+        let src = self.data();
+        // Pieces of whole input lines, each the two output rows `4 w` values long.
+        let body = |start: usize, piece: &mut [MaybeUninit<f32>]| {
+            for (i, rows) in piece.chunks_mut(4 * w).enumerate() {
+                let r = start / (4 * w) + i;
                 let line = &src[r * w..(r + 1) * w];
                 let (top, bottom) = rows.split_at_mut(2 * w);
                 for (pair, &v) in top.chunks_exact_mut(2).zip(line) {
-                    pair[0] = v;
-                    pair[1] = v;
+                    pair[0].write(v);
+                    pair[1].write(v);
                 }
-                bottom.copy_from_slice(top);
-            };
-            if out.len() < PAR_MIN {
-                out.chunks_mut(4 * w).enumerate().for_each(body);
-            } else {
-                out.par_chunks_mut(4 * w)
-                    .with_min_len(64)
-                    .enumerate()
-                    .for_each(body);
+                for (b, t) in bottom.iter_mut().zip(top.iter()) {
+                    // SAFETY: every element of `top` was written just above.
+                    b.write(unsafe { t.assume_init() });
+                }
             }
-        }
+        };
+        let piece = (par::CHUNK / (4 * w)).max(1) * 4 * w;
+        // SAFETY: pieces are whole pairs of output rows, each written in full.
+        let out = unsafe { alloc::output_uninit_in(len, piece, body) };
         Tensor::from_vec(out, &[n, c, 2 * h, 2 * w])
     }
 
@@ -273,25 +280,25 @@ impl Tensor {
             "sum_pool2x: expected NCHW with even H and W, got shape {s:?}"
         );
         let (n, c, h, w) = (s[0], s[1], s[2] / 2, s[3] / 2);
-        let mut out = alloc::zeroed(n * c * h * w);
-        if !out.is_empty() {
-            let src = self.data();
-            let body = |(r, line): (usize, &mut [f32])| {
+        let len = n * c * h * w;
+        if len == 0 {
+            return Tensor::zeros(&[n, c, h, w]);
+        }
+        let src = self.data();
+        // Pieces of whole output lines, each from two input lines.
+        let body = |start: usize, piece: &mut [MaybeUninit<f32>]| {
+            for (i, line) in piece.chunks_mut(w).enumerate() {
+                let r = start / w + i;
                 let top = &src[2 * r * 2 * w..(2 * r + 1) * 2 * w];
                 let bottom = &src[(2 * r + 1) * 2 * w..(2 * r + 2) * 2 * w];
                 for (x, o) in line.iter_mut().enumerate() {
-                    *o = (top[2 * x] + top[2 * x + 1]) + (bottom[2 * x] + bottom[2 * x + 1]);
+                    o.write((top[2 * x] + top[2 * x + 1]) + (bottom[2 * x] + bottom[2 * x + 1]));
                 }
-            };
-            if out.len() * 4 < PAR_MIN {
-                out.chunks_mut(w).enumerate().for_each(body);
-            } else {
-                out.par_chunks_mut(w)
-                    .with_min_len(64)
-                    .enumerate()
-                    .for_each(body);
             }
-        }
+        };
+        let piece = (par::CHUNK / w).max(1) * w;
+        // SAFETY: pieces are whole output lines, each written in full.
+        let out = unsafe { alloc::output_uninit_in(len, piece, body) };
         Tensor::from_vec(out, &[n, c, h, w])
     }
 }

@@ -10,6 +10,9 @@
 //! assert_eq!(rstd.shape(), &[1, 1]);
 //! ```
 
+use std::mem::MaybeUninit;
+
+use super::alloc;
 use crate::kernels::norm;
 use crate::Tensor;
 
@@ -76,28 +79,25 @@ fn forward(
     let (n, c, hw) = split(OP, x, groups);
     check_channel_vector(OP, "gamma", gamma, x);
     check_channel_vector(OP, "beta", beta, x);
-    let mut y = Tensor::zeros(x.shape());
     let mut mean = Tensor::zeros(&[n, groups]);
     let mut rstd = Tensor::zeros(&[n, groups]);
-    let kernel = if silu {
-        norm::group_norm_silu_forward
-    } else {
-        norm::group_norm_forward
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        norm::forward_impl(
+            op,
+            x.data(),
+            (n, c, hw, groups),
+            eps,
+            gamma.map(|t| t.data()),
+            beta.map(|t| t.data()),
+            y,
+            mean.data_mut(),
+            rstd.data_mut(),
+            silu,
+        )
     };
-    kernel(
-        x.data(),
-        n,
-        c,
-        hw,
-        groups,
-        eps,
-        gamma.map(|t| t.data()),
-        beta.map(|t| t.data()),
-        y.data_mut(),
-        mean.data_mut(),
-        rstd.data_mut(),
-    );
-    (y, mean, rstd)
+    // SAFETY: the kernel writes every element of its output.
+    let y = unsafe { alloc::filled_by(x.data().len(), fill) };
+    (Tensor::from_vec(y, x.shape()), mean, rstd)
 }
 
 /// Group norm backward: with `xhat = (x - mean) * rstd` and `g = dy * gamma[c]`, per (image,
@@ -175,42 +175,25 @@ fn backward(
         );
     }
     check_channel_vector(OP, "gamma", gamma, x);
-    let mut dx = Tensor::zeros(x.shape());
     let mut dgamma = Tensor::zeros(&[c]);
     let mut dbeta = Tensor::zeros(&[c]);
-    let (dxd, dgd, dbd) = (dx.data_mut(), dgamma.data_mut(), dbeta.data_mut());
-    match silu_beta {
-        None => norm::group_norm_backward(
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        norm::backward_impl(
+            op,
             x.data(),
             grad_out.data(),
-            n,
-            c,
-            hw,
-            groups,
-            mean.data(),
-            rstd.data(),
+            (n, c, hw, groups),
+            (mean.data(), rstd.data()),
             gamma.map(|t| t.data()),
-            dxd,
-            Some(dgd),
-            Some(dbd),
-        ),
-        Some(beta) => norm::group_norm_silu_backward(
-            x.data(),
-            grad_out.data(),
-            n,
-            c,
-            hw,
-            groups,
-            mean.data(),
-            rstd.data(),
-            gamma.map(|t| t.data()),
-            beta.map(|t| t.data()),
-            dxd,
-            Some(dgd),
-            Some(dbd),
-        ),
-    }
-    (dx, dgamma, dbeta)
+            silu_beta.map(|b| b.map(|t| t.data())),
+            dx,
+            Some(dgamma.data_mut()),
+            Some(dbeta.data_mut()),
+        )
+    };
+    // SAFETY: the kernel writes every element of the input gradient.
+    let dx = unsafe { alloc::filled_by(x.data().len(), fill) };
+    (Tensor::from_vec(dx, x.shape()), dgamma, dbeta)
 }
 
 #[cfg(test)]

@@ -71,8 +71,7 @@ fn backward_data_winograd(
     if !(transposes(p) && winograd::applies(&tp)) {
         return false;
     }
-    let flipped = flip_kernel(p, weight);
-    let u = winograd::transform_weights(p.c_in, p.c_out, &flipped);
+    let u = winograd::transform_weights_adjoint(p.c_in, p.c_out, weight);
     winograd::forward(&tp, grad_output, &u, None, grad_input);
     true
 }

@@ -13,7 +13,11 @@
 //! blocks with rayon; the gamma/beta gradients are per-(image, channel) partials added over the
 //! images in order, so every result is bitwise identical for any number of threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use crate::ops::alloc::{as_uninit, assume_init};
 
 /// Runs `f` compiled for AVX2 when the CPU has it (and the portable path is not forced), so
 /// that the f64 accumulations vectorise four lanes wide; otherwise as is. Both give the same
@@ -80,7 +84,7 @@ pub fn group_norm_forward(
         eps,
         gamma,
         beta,
-        out,
+        as_uninit(out),
         mean_out,
         rstd_out,
         false,
@@ -111,22 +115,24 @@ pub fn group_norm_silu_forward(
         eps,
         gamma,
         beta,
-        out,
+        as_uninit(out),
         mean_out,
         rstd_out,
         true,
     );
 }
 
+/// The group norm (with SiLU if `silu`) into `out`, every element of which is written (so it
+/// may start uninitialised).
 #[allow(clippy::too_many_arguments)]
-fn forward_impl(
+pub(crate) fn forward_impl(
     op: &str,
     x: &[f32],
     (n, c, hw, groups): (usize, usize, usize, usize),
     eps: f32,
     gamma: Option<&[f32]>,
     beta: Option<&[f32]>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     mean_out: &mut [f32],
     rstd_out: &mut [f32],
     silu: bool,
@@ -168,9 +174,11 @@ fn forward_impl(
                 let (mean, bt) = (mean as f32, bt as f32);
                 simd(|| {
                     for (y, &v) in yr.iter_mut().zip(xr) {
-                        *y = (v - mean) * scale + bt;
+                        y.write((v - mean) * scale + bt);
                     }
                 });
+                // SAFETY: every element of the row was just written.
+                let yr = unsafe { assume_init(yr) };
                 if silu {
                     crate::ops::simd::silu_inplace(yr, isa);
                 }
@@ -264,7 +272,7 @@ pub fn group_norm_backward(
         (mean, rstd),
         gamma,
         None,
-        grad_x,
+        as_uninit(grad_x),
         grad_gamma,
         grad_beta,
     );
@@ -298,16 +306,17 @@ pub fn group_norm_silu_backward(
         (mean, rstd),
         gamma,
         Some(beta),
-        grad_x,
+        as_uninit(grad_x),
         grad_gamma,
         grad_beta,
     );
 }
 
 /// The group norm's backward pass; with `silu_beta` `Some(beta)`, `grad_out` is first mapped
-/// through the SiLU's derivative at the recomputed normalised values.
+/// through the SiLU's derivative at the recomputed normalised values. Every element of
+/// `grad_x` is written (so it may start uninitialised).
 #[allow(clippy::too_many_arguments)]
-fn backward_impl(
+pub(crate) fn backward_impl(
     op: &str,
     x: &[f32],
     grad_out: &[f32],
@@ -315,7 +324,7 @@ fn backward_impl(
     (mean, rstd): (&[f32], &[f32]),
     gamma: Option<&[f32]>,
     silu_beta: Option<Option<&[f32]>>,
-    grad_x: &mut [f32],
+    grad_x: &mut [MaybeUninit<f32>],
     grad_gamma: Option<&mut [f32]>,
     grad_beta: Option<&mut [f32]>,
 ) {
@@ -402,7 +411,7 @@ fn backward_impl(
                     let out = &mut dxb[ch * hw..][..hw];
                     simd(|| {
                         for ((o, &d), &v) in out.iter_mut().zip(dr).zip(xr) {
-                            *o = d * a + (v - mu) * b + c0;
+                            o.write(d * a + (v - mu) * b + c0);
                         }
                     });
                 }

@@ -49,7 +49,7 @@ use products::Filters;
 use transforms::{
     filter_fold, transform_grad_output_on, transform_input_on, transform_output_on, FILTER_BLOCK,
 };
-pub(crate) use transforms::{transform_weights, weight_plane};
+pub(crate) use transforms::{transform_weights, transform_weights_adjoint, weight_plane};
 
 /// Transformed values per chunk of images, in `V` (and likewise in `M`): 1 MiB, so that a
 /// chunk's buffers stay in the outer caches. Measured against 0.5, 2 and 4 MiB on 64 channels
@@ -92,14 +92,14 @@ fn tiles(p: &Conv2dParams) -> (usize, usize) {
 
 /// [`blocks_by_channel`] for the 36 planes of `V`, `M` or `U`, as one array of rows per
 /// channel (one allocation rather than one per channel).
-fn rows_by_channel(
-    data: &mut [f32],
+fn rows_by_channel<T>(
+    data: &mut [T],
     plane: usize,
     channels: usize,
     len: usize,
-) -> Vec<[&mut [f32]; XI]> {
+) -> Vec<[&mut [T]; XI]> {
     let mut planes = data.chunks_exact_mut(plane);
-    let mut rest: [&mut [f32]; XI] = std::array::from_fn(|_| planes.next().unwrap());
+    let mut rest: [&mut [T]; XI] = std::array::from_fn(|_| planes.next().unwrap());
     (0..channels)
         .map(|_| {
             std::array::from_fn(|xi| {
@@ -136,27 +136,28 @@ fn blocks_by_channel<T>(
 const PLANE_SKEW: usize = 16;
 
 thread_local! {
-    /// Each thread keeps its transformed inputs and products between calls, so a steady
-    /// stream of convolutions neither allocates nor zeroes them (every value is written
-    /// before it is read: the input transform fills `V`, the products overwrite `M`).
-    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Each thread keeps its transformed inputs and products (and, in the weight gradient,
+    /// the transformed gradient) between calls, so a steady stream of convolutions neither
+    /// allocates nor zeroes them (every value is written before it is read: the input
+    /// transform fills `V`, the products overwrite `M`, the first chunk overwrites `dU`).
+    static BUFFERS: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
-/// Runs `f` on this thread's buffers grown to `v_len` and `m_len` values (fresh ones if they
-/// are in use higher up the stack, as when rayon runs another chunk while this one waits).
-fn with_buffers<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    let run = |bufs: &mut (Vec<f32>, Vec<f32>)| {
-        if bufs.0.len() < v_len {
-            bufs.0.resize(v_len, 0.0);
+/// Runs `f` on this thread's three buffers grown to `lens` values (fresh ones if they are in
+/// use higher up the stack, as when rayon runs another chunk while this one waits).
+fn with_buffers<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
+    let run = |bufs: &mut [Vec<f32>; 3]| {
+        for (b, &len) in bufs.iter_mut().zip(&lens) {
+            if b.len() < len {
+                b.resize(len, 0.0);
+            }
         }
-        if bufs.1.len() < m_len {
-            bufs.1.resize(m_len, 0.0);
-        }
-        f(&mut bufs.0[..v_len], &mut bufs.1[..m_len])
+        let [a, b, c] = bufs;
+        f([&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]])
     };
     BUFFERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => run(&mut bufs),
-        Err(_) => run(&mut (Vec::new(), Vec::new())),
+        Err(_) => run(&mut Default::default()),
     })
 }
 
@@ -257,12 +258,12 @@ pub(crate) fn forward(
             .par_chunks(chunk * in_len)
             .zip(output.par_chunks_mut(chunk * out_len))
             .for_each(|(inp, out)| {
-                with_buffers(v_len, m_len, |v, m| {
+                with_buffers([v_len, m_len, 0], |[v, m, _]| {
                     forward_chunk(p, u, bias, (inp, out), (v, m, stride), false);
                 });
             });
     } else {
-        with_buffers(v_len, m_len, |v, m| {
+        with_buffers([v_len, m_len, 0], |[v, m, _]| {
             for (inp, out) in input
                 .chunks(chunk * in_len)
                 .zip(output.chunks_mut(chunk * out_len))
@@ -331,8 +332,7 @@ pub(crate) fn backward_weight(
     let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let u_plane = p.c_out * p.c_in + PLANE_SKEW;
-    let mut du = vec![0.0f32; XI * u_plane];
-    with_buffers(XI * v_plane, XI * m_plane, |v, m| {
+    with_buffers([XI * v_plane, XI * m_plane, XI * u_plane], |[v, m, du]| {
         for (k, (inp, dyc)) in input
             .chunks(chunk * in_len)
             .zip(grad_output.chunks(chunk * out_len))
@@ -373,14 +373,23 @@ pub(crate) fn backward_weight(
                 stride,
                 v_plane,
                 if k == 0 { 0.0 } else { 1.0 },
-                &mut du,
+                du,
                 p.c_in,
                 u_plane,
             );
         }
+        if p.batch == 0 {
+            // No chunk overwrote the reused buffer.
+            du.fill(0.0);
+        }
+        fold_filter_gradients(du, u_plane, grad_weight);
     });
-    // dWt = G^T dU G, in parallel over blocks of filters, each block's 36 runs read
-    // contiguously.
+}
+
+/// `dWt = G^T dU G` for every filter of `grad_weight` (`[c_out, c_in, 3, 3]`, overwritten) from
+/// `du` (planes of `u_plane` values), in parallel over blocks of filters, each block's 36 runs
+/// read contiguously.
+fn fold_filter_gradients(du: &[f32], u_plane: usize, grad_weight: &mut [f32]) {
     grad_weight
         .par_chunks_mut(9 * FILTER_BLOCK)
         .enumerate()

@@ -2,11 +2,14 @@
 //! input, output and output-gradient transforms of whole rows of tiles in place, vectorised
 //! across tiles (see the parent module for the matrices).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 use wide::f32x8;
 
 use super::{rows_by_channel, XI};
 use crate::kernels::cpu::Isa;
+use crate::ops::alloc;
 use crate::ops::simd::{self, SimdF32};
 
 /// `G (g0, g1, g2)^T` for the three taps of one filter row or column, in f64.
@@ -40,30 +43,76 @@ pub(crate) fn weight_plane(c_out: usize, c_in: usize) -> usize {
 /// f64 and rounded once), planes of [`weight_plane`] values; `weight` is `[c_out, c_in, 3, 3]`.
 /// In parallel over blocks of filters.
 pub(crate) fn transform_weights(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        weight.len(),
+        c_out * c_in * 9,
+        "winograd filters: weight length"
+    );
+    transform_filters(c_out, c_in, |co, ci| {
+        let g = &weight[9 * (co * c_in + ci)..][..9];
+        std::array::from_fn(|t| f64::from(g[t]))
+    })
+}
+
+/// [`transform_weights`] for the convolution that computes the input gradient of `weight`
+/// (`[c_in, c_out, 3, 3]`, so the result has `c_out` outputs over `c_in` inputs): filter
+/// `(co, ci)` is `weight[ci, co]` turned by 180 degrees, read in place rather than copied.
+pub(crate) fn transform_weights_adjoint(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        weight.len(),
+        c_out * c_in * 9,
+        "winograd filters: weight length"
+    );
+    transform_filters(c_out, c_in, |co, ci| {
+        let g = &weight[9 * (ci * c_out + co)..][..9];
+        std::array::from_fn(|t| f64::from(g[8 - t]))
+    })
+}
+
+/// `U[xi][co * c_in + ci] = (G g G^T)[xi]` for the `c_out * c_in` filters `g = filter(co, ci)`
+/// (row-major 3x3), in parallel over blocks of filters; every value of the result is written
+/// once.
+fn transform_filters(
+    c_out: usize,
+    c_in: usize,
+    filter: impl Fn(usize, usize) -> [f64; 9] + Sync,
+) -> Vec<f32> {
+    let count = c_out * c_in;
     let plane = weight_plane(c_out, c_in);
-    let mut u = vec![0.0f32; XI * plane];
-    rows_by_channel(&mut u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
-        .into_par_iter()
-        .zip(weight.par_chunks(9 * FILTER_BLOCK))
-        .for_each(|(mut runs, filters)| {
-            let mut block = [[0.0f32; FILTER_BLOCK]; XI];
-            for (k, g) in filters.chunks_exact(9).enumerate() {
-                let g = |i: usize| f64::from(g[i]);
-                // Gg: 6 x 3, one filter column at a time; then (Gg) G^T one row at a time.
-                let cols: [[f64; 6]; 3] =
-                    std::array::from_fn(|j| filter_column([g(j), g(3 + j), g(6 + j)]));
-                for i in 0..6 {
-                    let row = filter_column([cols[0][i], cols[1][i], cols[2][i]]);
-                    for (j, &v) in row.iter().enumerate() {
-                        block[i * 6 + j][k] = v as f32;
+    let fill = |u: &mut [MaybeUninit<f32>]| {
+        rows_by_channel(u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(b, mut runs)| {
+                let first = b * FILTER_BLOCK;
+                let mut block = [[0.0f32; FILTER_BLOCK]; XI];
+                let (mut co, mut ci) = (first / c_in, first % c_in);
+                // Filter k fills column k of the block.
+                #[allow(clippy::needless_range_loop)]
+                for k in 0..FILTER_BLOCK.min(count - first) {
+                    let g = filter(co, ci);
+                    // Gg: 6 x 3, one filter column at a time; then (Gg) G^T one row at a time.
+                    let cols: [[f64; 6]; 3] =
+                        std::array::from_fn(|j| filter_column([g[j], g[3 + j], g[6 + j]]));
+                    for i in 0..6 {
+                        let row = filter_column([cols[0][i], cols[1][i], cols[2][i]]);
+                        for (j, &v) in row.iter().enumerate() {
+                            block[i * 6 + j][k] = v as f32;
+                        }
+                    }
+                    ci += 1;
+                    if ci == c_in {
+                        (co, ci) = (co + 1, 0);
                     }
                 }
-            }
-            for (run, values) in runs.iter_mut().zip(&block) {
-                run.copy_from_slice(values);
-            }
-        });
-    u
+                for (run, values) in runs.iter_mut().zip(&block) {
+                    run.write_copy_of_slice(values);
+                }
+            });
+    };
+    // SAFETY: the blocks' runs tile all XI planes, and every run is written in full (zeros
+    // past the last filter).
+    unsafe { alloc::filled_by(XI * plane, fill) }
 }
 
 /// `B^T d` for six values `d` (one column or row of a patch).
