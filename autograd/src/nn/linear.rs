@@ -4,7 +4,7 @@ use tensor::rng::Rng;
 
 use super::init::uniform_fan_in;
 use super::{Ctx, Module, ParamStore};
-use crate::ops::attention::scaled_dot_product_attention;
+use crate::ops::attention::multi_head_attention;
 use crate::{Param, Var};
 
 /// `y = x W^T + b` over the last axis of `x`, with `W` `[out, in]` (PyTorch's `nn.Linear`).
@@ -35,8 +35,9 @@ impl Module for Linear {
 }
 
 /// Multi-head self-attention over a sequence `[B, L, C]`: projections `to_q`, `to_k`, `to_v`
-/// (`[C, C]`), `heads` heads of `C / heads` channels each attending with
-/// [`scaled_dot_product_attention`], and the output projection `to_out.0` (the names of
+/// (`[C, C]`), `heads` heads of `C / heads` channels each attending (with
+/// [`multi_head_attention`], which leaves the heads side by side in the channels), and the
+/// output projection `to_out.0` (the names of
 /// diffusers' `Attention`).
 pub struct SelfAttention {
     /// Query projection.
@@ -76,18 +77,16 @@ impl SelfAttention {
 
 impl Module for SelfAttention {
     fn forward(&self, ctx: &mut Ctx, x: &Var) -> Var {
-        let (b, l, c) = match x.shape() {
-            &[b, l, c] => (b, l, c),
-            other => panic!("SelfAttention: expected [B, L, C], got {other:?}"),
-        };
-        let (h, d) = (self.heads, c / self.heads);
-        let split_heads = |t: Var| t.reshape(&[b, l, h, d]).permute(&[0, 2, 1, 3]);
-        let q = split_heads(self.to_q.forward(ctx, x));
-        let k = split_heads(self.to_k.forward(ctx, x));
-        let v = split_heads(self.to_v.forward(ctx, x));
-        let o = scaled_dot_product_attention(&q, &k, &v)
-            .permute(&[0, 2, 1, 3])
-            .reshape(&[b, l, c]);
+        assert!(
+            x.shape().len() == 3,
+            "SelfAttention: expected [B, L, C], got {:?}",
+            x.shape()
+        );
+        // The heads stay side by side in the projections' channels: [B, L, H d].
+        let q = self.to_q.forward(ctx, x);
+        let k = self.to_k.forward(ctx, x);
+        let v = self.to_v.forward(ctx, x);
+        let o = multi_head_attention(&q, &k, &v, self.heads);
         self.to_out.forward(ctx, &o)
     }
 }

@@ -1,6 +1,8 @@
 //! Scaled dot-product attention as one op (fused forward and backward kernels).
 
-use tensor::ops::attention::{attention, attention_backward};
+use tensor::ops::attention::{
+    attention, attention_backward, attention_heads, attention_heads_backward,
+};
 use tensor::Tensor;
 
 use crate::{Backward, Var};
@@ -46,6 +48,55 @@ pub fn scaled_dot_product_attention(q: &Var, k: &Var, v: &Var) -> Var {
         v: v.value().clone(),
         o: o.clone(),
         lse,
+        scale,
+    };
+    Var::from_op(o, rule, &[q, k, v])
+}
+
+/// [`AttentionRule`] for heads side by side in the channel axis.
+struct HeadsRule {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    heads: usize,
+    scale: f32,
+}
+
+impl Backward for HeadsRule {
+    fn name(&self) -> &'static str {
+        "multi_head_attention"
+    }
+
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
+        let (dq, dk, dv) = attention_heads_backward(
+            &self.q, &self.k, &self.v, &self.o, &self.lse, g, self.heads, self.scale,
+        );
+        vec![Some(dq), Some(dk), Some(dv)]
+    }
+}
+
+/// [`scaled_dot_product_attention`] over `heads` heads that sit side by side in the channels
+/// of `q [B, Lq, H d]`, `k [B, Lk, H d]` and `v [B, Lk, H dv]`, as the projections of a
+/// multi-head attention layer produce them: the same as splitting the heads out
+/// (`[B, H, L, d]`), attending, and merging them back into `[B, Lq, H dv]`, without the copies
+/// (see [`tensor::ops::attention::attention_heads`]). Scale `1/sqrt(d)`. Panics if the shapes
+/// disagree.
+pub fn multi_head_attention(q: &Var, k: &Var, v: &Var, heads: usize) -> Var {
+    let c = *q
+        .shape()
+        .last()
+        .expect("multi_head_attention: q needs dimensions");
+    let scale = 1.0 / ((c / heads.max(1)) as f32).sqrt();
+    let (o, lse) = attention_heads(q.value(), k.value(), v.value(), heads, scale);
+    let rule = HeadsRule {
+        q: q.value().clone(),
+        k: k.value().clone(),
+        v: v.value().clone(),
+        o: o.clone(),
+        lse,
+        heads,
         scale,
     };
     Var::from_op(o, rule, &[q, k, v])
@@ -117,6 +168,61 @@ mod tests {
                     "{what}: {x} vs {y}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn multi_head_attention_passes_gradcheck() {
+        let q = randn(&[2, 3, 8], 11);
+        let k = randn(&[2, 5, 8], 12);
+        let v = randn(&[2, 5, 6], 13);
+        gradcheck(
+            |x| multi_head_attention(&x[0], &x[1], &x[2], 2),
+            &[q, k, v],
+            Tolerance::default(),
+        )
+        .unwrap();
+    }
+
+    /// The same values and gradients, bit for bit, as splitting the heads with permutations.
+    #[test]
+    fn multi_head_attention_equals_split_heads() {
+        let (q, k, v) = (
+            randn(&[2, 7, 12], 14),
+            randn(&[2, 9, 12], 15),
+            randn(&[2, 9, 6], 16),
+        );
+        let g = randn(&[2, 7, 6], 17);
+        let run = |fused: bool| {
+            let graph = Graph::new();
+            let (qv, kv, vv) = (
+                graph.leaf(q.clone()),
+                graph.leaf(k.clone()),
+                graph.leaf(v.clone()),
+            );
+            let o = if fused {
+                multi_head_attention(&qv, &kv, &vv, 3)
+            } else {
+                let split = |t: &Var| {
+                    let s = t.shape().to_vec();
+                    t.reshape(&[s[0], s[1], 3, s[2] / 3]).permute(&[0, 2, 1, 3])
+                };
+                scaled_dot_product_attention(&split(&qv), &split(&kv), &split(&vv))
+                    .permute(&[0, 2, 1, 3])
+                    .reshape(&[2, 7, 6])
+            };
+            o.backward_with(g.clone());
+            [
+                o.value().clone(),
+                qv.grad().unwrap(),
+                kv.grad().unwrap(),
+                vv.grad().unwrap(),
+            ]
+        };
+        let (fused, split) = (run(true), run(false));
+        for (what, (a, b)) in ["o", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&split)) {
+            assert_eq!(a.shape(), b.shape(), "{what}");
+            assert_eq!(a.data(), b.data(), "{what}");
         }
     }
 }

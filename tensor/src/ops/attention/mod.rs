@@ -110,9 +110,12 @@ fn dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Dims {
     }
 }
 
+mod heads;
 mod rows;
 #[cfg(test)]
 mod tests;
+
+pub use heads::{attention_heads, attention_heads_backward};
 
 use rows::{backward_rows, forward_rows, with_head, BlockGrads, HeadKv, Scratch, ROWS};
 
