@@ -63,9 +63,8 @@ pub(crate) fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
                 g.shape(),
                 "gradient accumulation: shapes disagree"
             );
-            for (e, v) in existing.data_mut().iter_mut().zip(g.data()) {
-                *e += v;
-            }
+            // In parallel, in place (a copy first only if the storage is shared).
+            existing.add_assign(&g);
         }
     }
 }
