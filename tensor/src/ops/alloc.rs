@@ -52,6 +52,19 @@ pub(crate) fn init_chunk(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { assume_init(piece) }
 }
 
+/// `buf` filled with zeros, as initialised values: chunk by chunk in parallel when it is large
+/// (a single `memset` on the calling thread would leave the other threads idle).
+pub(crate) fn init_zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    if buf.len() < PAR_MIN {
+        return init_chunk(buf);
+    }
+    buf.par_chunks_mut(CHUNK).for_each(|piece| {
+        init_chunk(piece);
+    });
+    // SAFETY: every chunk was just initialised.
+    unsafe { assume_init(buf) }
+}
+
 /// `piece`, every element of which has been written, as initialised values.
 ///
 /// # Safety

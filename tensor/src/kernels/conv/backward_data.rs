@@ -9,7 +9,7 @@ use super::im2col::{col2im_rows, Geometry};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
-use crate::ops::alloc::{as_uninit, init_chunk};
+use crate::ops::alloc::{as_uninit, init_zeroed};
 
 /// conv2d backward-data (the adjoint of the forward pass in `X`):
 /// `dX[n, ci, y, x] = sum_{co, a, b, i, j : i*s + a - p = y, j*s + b - p = x} dY[n, co, i, j] * Wt[co, ci, a, b]`.
@@ -46,7 +46,7 @@ pub fn conv2d_backward_data_uninit(
     grad_input: &mut [MaybeUninit<f32>],
 ) {
     if !backward_data_winograd(p, grad_output, weight, grad_input) {
-        backward_data_other(p, grad_output, weight, init_chunk(grad_input));
+        backward_data_other(p, grad_output, weight, init_zeroed(grad_input));
     }
 }
 

@@ -9,7 +9,7 @@ use super::im2col::{im2col_rows, Geometry};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
-use crate::ops::alloc::{as_uninit, init_chunk};
+use crate::ops::alloc::{as_uninit, init_zeroed};
 
 /// conv2d forward on NCHW images:
 /// `Y[n, co, i, j] = bias[co] + sum_{ci, a, b} Wt[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]`
@@ -56,7 +56,7 @@ pub fn conv2d_forward_uninit(
         input,
         weight,
         bias,
-        init_chunk(output),
+        init_zeroed(output),
     );
 }
 

@@ -47,10 +47,13 @@ impl<'a> Filters<'a> {
         let plane = weight_plane(c_out, c_in);
         let packed = direct::available().then(|| {
             let pp = direct::packed_rows_len(c_out, c_in);
-            // Every value is overwritten below.
+            // Every value is overwritten below; the buffer keeps the length of the largest
+            // filters it has held (so switching between layers never zeroes it again).
             let mut packed = SPARE.with(Cell::take);
-            packed.resize(XI * pp, 0.0);
-            packed
+            if packed.len() < XI * pp {
+                packed.resize(XI * pp, 0.0);
+            }
+            packed[..XI * pp]
                 .par_chunks_mut(pp)
                 .zip(u.par_chunks(plane))
                 .for_each(|(dst, src)| direct::pack_rows_into(src, c_out, c_in, c_in, 0, dst));
