@@ -55,6 +55,12 @@ fn cases() -> Vec<Conv2dParams> {
         params(1, 16, 16, 5, 35, 3, 3, 1, 1),
         params(3, 16, 16, 2, 16, 3, 3, 1, 1),
         params(12, 16, 20, 32, 32, 3, 3, 1, 1),
+        // The gather's register path (images at most 32 wide): 8x8, 16x16, and widths that
+        // leave a partial tile (13, 30) with heights that do too (7, 10).
+        params(2, 16, 16, 8, 8, 3, 3, 1, 1),
+        params(1, 16, 17, 16, 16, 3, 3, 1, 1),
+        params(2, 18, 16, 7, 13, 3, 3, 1, 1),
+        params(1, 16, 16, 10, 30, 3, 3, 1, 1),
         // Input channels a multiple of 32: the direct weight gradient reads its columns in
         // place from the padded image (stride 1 and 2, odd widths, several tiles of rows).
         params(2, 32, 12, 9, 11, 3, 3, 1, 1),

@@ -5,6 +5,7 @@
 use std::mem::MaybeUninit;
 
 use super::{tiles, Conv2dParams};
+use crate::kernels::cpu::{self, Isa};
 use crate::ops::transpose::transpose4x4;
 
 /// `dst = src` for runs of the lengths a row of tiles has in practice, as fixed-size moves
@@ -59,6 +60,19 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
 ) {
     let (th, tw) = tiles(p);
     let w = p.w;
+    #[cfg(target_arch = "x86_64")]
+    if w <= 32 && cpu::isa() == Isa::Avx512 {
+        assert!(
+            x.len() == p.h * w
+                && rows.len() >= N * N
+                && rows[..N * N].iter().all(|r| r.len() >= col0 + th * tw),
+            "winograd gather: image or rows too short"
+        );
+        // SAFETY: AVX-512F is available (cpu::isa), the image is h x w with w <= 32, and every
+        // row holds the th * tw columns from col0 (asserted above).
+        unsafe { gather_rows_avx512::<N, OFF>(p, x, rows, col0) };
+        return;
+    }
     let run = tw + 1;
     for (y, row) in x.chunks_exact(w).enumerate() {
         let at = |k: usize| (4 * (y + OFF) + k) * run;
@@ -78,6 +92,69 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
             for j in 0..N {
                 let src = &phases[(4 * r + j % 4) * run + j / 4..];
                 copy_run(&mut rows[i * N + j][at..at + tw], src);
+            }
+        }
+    }
+}
+
+/// [`gather`] for images at most 32 wide, without the phase buffer: each image row is held in
+/// two 16-lane registers, and the run `x[y][4 tx + j - OFF]` (`tx < tw`, zero outside the
+/// image) that row `(i, j)` of tile row `ty` needs (`y = 4 ty + i - OFF`) is one two-source
+/// permutation with zero masking, stored straight into the row.
+///
+/// # Safety
+/// AVX-512F must be available; `x` must be `h x w` with `w <= 32`, and `rows[..N * N]` must
+/// each hold at least `col0 + th * tw` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
+    p: &Conv2dParams,
+    x: &[f32],
+    rows: &mut [&mut [f32]],
+    col0: usize,
+) {
+    use std::arch::x86_64::*;
+    let (th, tw) = tiles(p);
+    let (h, w) = (p.h, p.w);
+    // For run j: lane t takes column 4t + j - OFF of the row (a lane of the 32-lane pair
+    // `lo | hi`), kept where that column is inside the image and t < tw.
+    let mut idx = [_mm512_setzero_si512(); N];
+    let mut keep = [0u16; N];
+    for j in 0..N {
+        let mut lanes = [0i32; 16];
+        for (t, lane) in lanes.iter_mut().enumerate().take(tw) {
+            let c = (4 * t + j) as isize - OFF as isize;
+            if c >= 0 && (c as usize) < w {
+                *lane = c as i32;
+                keep[j] |= 1 << t;
+            }
+        }
+        idx[j] = _mm512_loadu_si512(lanes.as_ptr().cast());
+    }
+    let store: u16 = if tw >= 16 { u16::MAX } else { (1u16 << tw) - 1 };
+    let lo_mask: u16 = if w >= 16 { u16::MAX } else { (1u16 << w) - 1 };
+    let hi_mask: u16 = if w <= 16 {
+        0
+    } else {
+        ((1u32 << (w - 16)) - 1) as u16
+    };
+    for ty in 0..th {
+        let at = col0 + ty * tw;
+        for i in 0..N {
+            let y = (4 * ty + i) as isize - OFF as isize;
+            let inside = y >= 0 && (y as usize) < h;
+            let (lo, hi) = if inside {
+                let row = x.as_ptr().add(y as usize * w);
+                (
+                    _mm512_maskz_loadu_ps(lo_mask, row),
+                    _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16)),
+                )
+            } else {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            };
+            for j in 0..N {
+                let run = _mm512_maskz_permutex2var_ps(keep[j], lo, idx[j], hi);
+                _mm512_mask_storeu_ps(rows[i * N + j].as_mut_ptr().add(at), store, run);
             }
         }
     }
