@@ -173,6 +173,19 @@ pub(super) fn scatter_tiles(
 ) {
     let (th, tw) = tiles(p);
     let (h, w) = (p.h, p.w);
+    #[cfg(target_arch = "x86_64")]
+    if w <= 32 && cpu::isa() == Isa::Avx512 {
+        assert!(
+            y.len() == h * w
+                && rows.len() >= 16
+                && rows[..16].iter().all(|r| r.len() >= col0 + th * tw),
+            "winograd scatter: image or rows too short"
+        );
+        // SAFETY: AVX-512F is available (cpu::isa), the image is h x w with w <= 32, and every
+        // row holds the th * tw columns from col0 (asserted above).
+        unsafe { scatter_rows_avx512(p, rows, col0, bias, y) };
+        return;
+    }
     for ty in 0..th {
         let at = col0 + ty * tw;
         for a in 0..4 {
@@ -198,6 +211,76 @@ pub(super) fn scatter_tiles(
                 for (d, &v) in dst.iter_mut().zip(&row[..w]) {
                     d.write(v);
                 }
+            }
+        }
+    }
+}
+
+/// [`scatter_tiles`] for images at most 32 wide: for each image row, the four runs
+/// `rows[a * 4 + b]` (`b = 0..4`, `tw <= 8` tiles each) are loaded, interleaved into the row's
+/// `4 tw` values by two rounds of two-source permutations, offset by the bias and stored.
+///
+/// # Safety
+/// AVX-512F must be available; `y` must be `h x w` with `w <= 32`, and `rows[..16]` must each
+/// hold at least `col0 + th * tw` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scatter_rows_avx512(
+    p: &Conv2dParams,
+    rows: &[&mut [f32]],
+    col0: usize,
+    bias: f32,
+    y: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    let (th, tw) = tiles(p);
+    let (h, w) = (p.h, p.w);
+    let lane = |i: usize| i as i32;
+    // Pairs: run b0 in lanes 0..8 of the result, run b1 in lanes 8..16 (lanes 16.. of the
+    // two-source index pick the second register).
+    let pair: [i32; 16] = std::array::from_fn(|k| if k < 8 { lane(k) } else { lane(16 + k - 8) });
+    // Output value 4 tx + b: run b at tile tx, from `[r0 | r1]` (lanes 0..16) or
+    // `[r2 | r3]` (lanes 16..32); the first 16 values, then the next 16.
+    let out = |k: usize| {
+        let (tx, b) = (k / 4, k % 4);
+        lane(if b < 2 {
+            b * 8 + tx
+        } else {
+            16 + (b - 2) * 8 + tx
+        })
+    };
+    let lo_idx: [i32; 16] = std::array::from_fn(out);
+    let hi_idx: [i32; 16] = std::array::from_fn(|k| out(16 + k));
+    let (pair, lo_idx, hi_idx) = (
+        _mm512_loadu_si512(pair.as_ptr().cast()),
+        _mm512_loadu_si512(lo_idx.as_ptr().cast()),
+        _mm512_loadu_si512(hi_idx.as_ptr().cast()),
+    );
+    let run_mask: u16 = ((1u32 << tw) - 1) as u16;
+    let lo_mask: u16 = if w >= 16 { u16::MAX } else { (1u16 << w) - 1 };
+    let hi_mask: u16 = if w <= 16 {
+        0
+    } else {
+        ((1u32 << (w - 16)) - 1) as u16
+    };
+    let b = _mm512_set1_ps(bias);
+    let out_ptr = y.as_mut_ptr().cast::<f32>();
+    for ty in 0..th {
+        let at = col0 + ty * tw;
+        for a in 0..4 {
+            let yy = 4 * ty + a;
+            if yy >= h {
+                break;
+            }
+            let run = |r: usize| _mm512_maskz_loadu_ps(run_mask, rows[a * 4 + r].as_ptr().add(at));
+            let ab = _mm512_permutex2var_ps(run(0), pair, run(1));
+            let cd = _mm512_permutex2var_ps(run(2), pair, run(3));
+            let dst = out_ptr.add(yy * w);
+            let lo = _mm512_add_ps(_mm512_permutex2var_ps(ab, lo_idx, cd), b);
+            _mm512_mask_storeu_ps(dst, lo_mask, lo);
+            if hi_mask != 0 {
+                let hi = _mm512_add_ps(_mm512_permutex2var_ps(ab, hi_idx, cd), b);
+                _mm512_mask_storeu_ps(dst.wrapping_add(16), hi_mask, hi);
             }
         }
     }
