@@ -18,18 +18,46 @@ struct AttentionRule {
     o: Tensor,
     lse: Tensor,
     scale: f32,
+    /// `None`: one head per leading index (`[.., L, d]`); `Some(h)`: `h` heads side by side in
+    /// the channels (`[B, L, h d]`).
+    heads: Option<usize>,
 }
 
 impl Backward for AttentionRule {
     fn name(&self) -> &'static str {
-        "scaled_dot_product_attention"
+        match self.heads {
+            None => "scaled_dot_product_attention",
+            Some(_) => "multi_head_attention",
+        }
     }
 
     fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
-        let (dq, dk, dv) =
-            attention_backward(&self.q, &self.k, &self.v, &self.o, &self.lse, g, self.scale);
+        let (q, k, v, o, lse) = (&self.q, &self.k, &self.v, &self.o, &self.lse);
+        let (dq, dk, dv) = match self.heads {
+            None => attention_backward(q, k, v, o, lse, g, self.scale),
+            Some(h) => attention_heads_backward(q, k, v, o, lse, g, h, self.scale),
+        };
         vec![Some(dq), Some(dk), Some(dv)]
     }
+}
+
+/// Runs the forward kernel for `heads` (see [`AttentionRule::heads`]) and records the op.
+fn attend(q: &Var, k: &Var, v: &Var, d: usize, heads: Option<usize>) -> Var {
+    let scale = 1.0 / (d as f32).sqrt();
+    let (o, lse) = match heads {
+        None => attention(q.value(), k.value(), v.value(), scale),
+        Some(h) => attention_heads(q.value(), k.value(), v.value(), h, scale),
+    };
+    let rule = AttentionRule {
+        q: q.value().clone(),
+        k: k.value().clone(),
+        v: v.value().clone(),
+        o: o.clone(),
+        lse,
+        scale,
+        heads,
+    };
+    Var::from_op(o, rule, &[q, k, v])
 }
 
 /// Scaled dot-product attention (Vaswani et al., 2017):
@@ -40,41 +68,7 @@ pub fn scaled_dot_product_attention(q: &Var, k: &Var, v: &Var) -> Var {
         .shape()
         .last()
         .expect("scaled_dot_product_attention: q needs dimensions");
-    let scale = 1.0 / (d as f32).sqrt();
-    let (o, lse) = attention(q.value(), k.value(), v.value(), scale);
-    let rule = AttentionRule {
-        q: q.value().clone(),
-        k: k.value().clone(),
-        v: v.value().clone(),
-        o: o.clone(),
-        lse,
-        scale,
-    };
-    Var::from_op(o, rule, &[q, k, v])
-}
-
-/// [`AttentionRule`] for heads side by side in the channel axis.
-struct HeadsRule {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Tensor,
-    heads: usize,
-    scale: f32,
-}
-
-impl Backward for HeadsRule {
-    fn name(&self) -> &'static str {
-        "multi_head_attention"
-    }
-
-    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
-        let (dq, dk, dv) = attention_heads_backward(
-            &self.q, &self.k, &self.v, &self.o, &self.lse, g, self.heads, self.scale,
-        );
-        vec![Some(dq), Some(dk), Some(dv)]
-    }
+    attend(q, k, v, d, None)
 }
 
 /// [`scaled_dot_product_attention`] over `heads` heads that sit side by side in the channels
@@ -88,18 +82,7 @@ pub fn multi_head_attention(q: &Var, k: &Var, v: &Var, heads: usize) -> Var {
         .shape()
         .last()
         .expect("multi_head_attention: q needs dimensions");
-    let scale = 1.0 / ((c / heads.max(1)) as f32).sqrt();
-    let (o, lse) = attention_heads(q.value(), k.value(), v.value(), heads, scale);
-    let rule = HeadsRule {
-        q: q.value().clone(),
-        k: k.value().clone(),
-        v: v.value().clone(),
-        o: o.clone(),
-        lse,
-        heads,
-        scale,
-    };
-    Var::from_op(o, rule, &[q, k, v])
+    attend(q, k, v, c / heads.max(1), Some(heads))
 }
 
 #[cfg(test)]
@@ -123,6 +106,27 @@ mod tests {
         .unwrap();
     }
 
+    /// `[o, dq, dk, dv]` of `attend(q, k, v)` with output gradient `g`.
+    fn value_and_grads(
+        (q, k, v, g): (&Tensor, &Tensor, &Tensor, &Tensor),
+        attend: impl Fn(&Var, &Var, &Var) -> Var,
+    ) -> [Tensor; 4] {
+        let graph = Graph::new();
+        let (qv, kv, vv) = (
+            graph.leaf(q.clone()),
+            graph.leaf(k.clone()),
+            graph.leaf(v.clone()),
+        );
+        let o = attend(&qv, &kv, &vv);
+        o.backward_with(g.clone());
+        [
+            o.value().clone(),
+            qv.grad().unwrap(),
+            kv.grad().unwrap(),
+            vv.grad().unwrap(),
+        ]
+    }
+
     /// The fused op agrees with attention composed from a product, a softmax and a product,
     /// in value and in every gradient.
     #[test]
@@ -133,30 +137,14 @@ mod tests {
             randn(&[3, 2, 11, 5], 6),
         );
         let g = randn(&[3, 2, 9, 5], 7);
-        let run = |fused: bool| {
-            let graph = Graph::new();
-            let (qv, kv, vv) = (
-                graph.leaf(q.clone()),
-                graph.leaf(k.clone()),
-                graph.leaf(v.clone()),
-            );
-            let o = if fused {
-                scaled_dot_product_attention(&qv, &kv, &vv)
-            } else {
-                qv.matmul_t(&kv, false, true)
-                    .mul_scalar(1.0 / 8f32.sqrt())
-                    .softmax()
-                    .matmul(&vv)
-            };
-            o.backward_with(g.clone());
-            [
-                o.value().clone(),
-                qv.grad().unwrap(),
-                kv.grad().unwrap(),
-                vv.grad().unwrap(),
-            ]
-        };
-        let (fused, composed) = (run(true), run(false));
+        let inputs = (&q, &k, &v, &g);
+        let fused = value_and_grads(inputs, scaled_dot_product_attention);
+        let composed = value_and_grads(inputs, |q, k, v| {
+            q.matmul_t(k, false, true)
+                .mul_scalar(1.0 / 8f32.sqrt())
+                .softmax()
+                .matmul(v)
+        });
         for (what, (a, b)) in ["o", "dq", "dk", "dv"]
             .iter()
             .zip(fused.iter().zip(&composed))
@@ -193,33 +181,17 @@ mod tests {
             randn(&[2, 9, 6], 16),
         );
         let g = randn(&[2, 7, 6], 17);
-        let run = |fused: bool| {
-            let graph = Graph::new();
-            let (qv, kv, vv) = (
-                graph.leaf(q.clone()),
-                graph.leaf(k.clone()),
-                graph.leaf(v.clone()),
-            );
-            let o = if fused {
-                multi_head_attention(&qv, &kv, &vv, 3)
-            } else {
-                let split = |t: &Var| {
-                    let s = t.shape().to_vec();
-                    t.reshape(&[s[0], s[1], 3, s[2] / 3]).permute(&[0, 2, 1, 3])
-                };
-                scaled_dot_product_attention(&split(&qv), &split(&kv), &split(&vv))
-                    .permute(&[0, 2, 1, 3])
-                    .reshape(&[2, 7, 6])
+        let inputs = (&q, &k, &v, &g);
+        let fused = value_and_grads(inputs, |q, k, v| multi_head_attention(q, k, v, 3));
+        let split = value_and_grads(inputs, |q, k, v| {
+            let split = |t: &Var| {
+                let s = t.shape().to_vec();
+                t.reshape(&[s[0], s[1], 3, s[2] / 3]).permute(&[0, 2, 1, 3])
             };
-            o.backward_with(g.clone());
-            [
-                o.value().clone(),
-                qv.grad().unwrap(),
-                kv.grad().unwrap(),
-                vv.grad().unwrap(),
-            ]
-        };
-        let (fused, split) = (run(true), run(false));
+            scaled_dot_product_attention(&split(q), &split(k), &split(v))
+                .permute(&[0, 2, 1, 3])
+                .reshape(&[2, 7, 6])
+        });
         for (what, (a, b)) in ["o", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&split)) {
             assert_eq!(a.shape(), b.shape(), "{what}");
             assert_eq!(a.data(), b.data(), "{what}");

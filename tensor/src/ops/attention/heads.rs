@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::{backward_head, forward_head, lanes_of, with_head, Dims, HeadInputs};
+use super::{backward_head, forward_head, with_head, Dims, HeadInputs};
 use crate::kernels::cpu::{isa, Isa};
 use crate::ops::alloc;
 use crate::ops::par::SendPtr;
@@ -93,10 +93,16 @@ fn dims_heads(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> (Di
     (dm, qs[0])
 }
 
-/// The layouts of a call's query-side (`Lq` rows) and key-side (`Lk` rows) tensors.
-fn layouts(dm: Dims, heads: usize) -> [Layout; 3] {
+/// The layouts of a call's tensors: queries (`Lq` rows of `d`), keys (`Lk` of `d`), values
+/// (`Lk` of `dv`) and outputs (`Lq` of `dv`).
+fn layouts(dm: Dims, heads: usize) -> [Layout; 4] {
     let at = |len, width| Layout { heads, len, width };
-    [at(dm.lq, dm.d), at(dm.lk, dm.d), at(dm.lk, dm.dv)]
+    [
+        at(dm.lq, dm.d),
+        at(dm.lk, dm.d),
+        at(dm.lk, dm.dv),
+        at(dm.lq, dm.dv),
+    ]
 }
 
 /// Per-task copies of one head's rows.
@@ -140,15 +146,8 @@ fn forward_with(
     scale: f32,
     isa: Isa,
 ) -> (Tensor, Tensor) {
-    let dm = Dims {
-        lanes: lanes_of(isa),
-        ..dm
-    };
-    let [lq_d, lk_d, lk_dv] = layouts(dm, heads);
-    let lq_dv = Layout {
-        width: dm.dv,
-        ..lq_d
-    };
+    let dm = dm.for_isa(isa);
+    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads);
     let mut lse = alloc::zeroed(dm.n * dm.lq);
     let fill = |o: &mut [std::mem::MaybeUninit<f32>]| {
         if dm.lq == 0 {
@@ -226,15 +225,8 @@ fn backward_with(
     scale: f32,
     isa: Isa,
 ) -> (Tensor, Tensor, Tensor) {
-    let dm = Dims {
-        lanes: lanes_of(isa),
-        ..dm
-    };
-    let [lq_d, lk_d, lk_dv] = layouts(dm, heads);
-    let lq_dv = Layout {
-        width: dm.dv,
-        ..lq_d
-    };
+    let dm = dm.for_isa(isa);
+    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads);
     // Every element of the three gradients is written once, through the pointers: the heads'
     // rows tile each tensor.
     let mut dq = alloc::with_capacity(q.data().len());

@@ -59,6 +59,14 @@ struct Dims {
 }
 
 impl Dims {
+    /// These sizes with the vector width of `isa`'s kernels.
+    fn for_isa(self, isa: Isa) -> Dims {
+        Dims {
+            lanes: lanes_of(isa),
+            ..self
+        }
+    }
+
     /// `n` rounded up to whole vectors.
     fn pad(self, n: usize) -> usize {
         n.div_ceil(self.lanes) * self.lanes
@@ -239,10 +247,7 @@ fn attention_with(
     scale: f32,
     isa: Isa,
 ) -> (Tensor, Tensor) {
-    let dm = Dims {
-        lanes: lanes_of(isa),
-        ..dm
-    };
+    let dm = dm.for_isa(isa);
     let lead = &q.shape()[..q.shape().len() - 2];
     let mut o_shape = lead.to_vec();
     o_shape.extend([dm.lq, dm.dv]);
@@ -337,10 +342,7 @@ fn attention_backward_with(
     scale: f32,
     isa: Isa,
 ) -> (Tensor, Tensor, Tensor) {
-    let dm = Dims {
-        lanes: lanes_of(isa),
-        ..dims("attention_backward", q, k, v)
-    };
+    let dm = dims("attention_backward", q, k, v).for_isa(isa);
     let lead = &q.shape()[..q.shape().len() - 2];
     let mut o_shape = lead.to_vec();
     o_shape.extend([dm.lq, dm.dv]);
