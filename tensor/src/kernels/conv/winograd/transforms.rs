@@ -43,12 +43,7 @@ pub(crate) fn weight_plane(c_out: usize, c_in: usize) -> usize {
 /// f64 and rounded once), planes of [`weight_plane`] values; `weight` is `[c_out, c_in, 3, 3]`.
 /// In parallel over blocks of filters.
 pub(crate) fn transform_weights(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
-    assert_eq!(
-        weight.len(),
-        c_out * c_in * 9,
-        "winograd filters: weight length"
-    );
-    transform_filters(c_out, c_in, |co, ci| {
+    transform_filters(c_out, c_in, weight.len(), |co, ci| {
         let g = &weight[9 * (co * c_in + ci)..][..9];
         std::array::from_fn(|t| f64::from(g[t]))
     })
@@ -58,26 +53,23 @@ pub(crate) fn transform_weights(c_out: usize, c_in: usize, weight: &[f32]) -> Ve
 /// (`[c_in, c_out, 3, 3]`, so the result has `c_out` outputs over `c_in` inputs): filter
 /// `(co, ci)` is `weight[ci, co]` turned by 180 degrees, read in place rather than copied.
 pub(crate) fn transform_weights_adjoint(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
-    assert_eq!(
-        weight.len(),
-        c_out * c_in * 9,
-        "winograd filters: weight length"
-    );
-    transform_filters(c_out, c_in, |co, ci| {
+    transform_filters(c_out, c_in, weight.len(), |co, ci| {
         let g = &weight[9 * (ci * c_out + co)..][..9];
         std::array::from_fn(|t| f64::from(g[8 - t]))
     })
 }
 
 /// `U[xi][co * c_in + ci] = (G g G^T)[xi]` for the `c_out * c_in` filters `g = filter(co, ci)`
-/// (row-major 3x3), in parallel over blocks of filters; every value of the result is written
-/// once.
+/// (row-major 3x3) of a weight tensor of `weight_len` values, in parallel over blocks of
+/// filters; every value of the result is written once.
 fn transform_filters(
     c_out: usize,
     c_in: usize,
+    weight_len: usize,
     filter: impl Fn(usize, usize) -> [f64; 9] + Sync,
 ) -> Vec<f32> {
     let count = c_out * c_in;
+    assert_eq!(weight_len, count * 9, "winograd filters: weight length");
     let plane = weight_plane(c_out, c_in);
     let fill = |u: &mut [MaybeUninit<f32>]| {
         rows_by_channel(u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
