@@ -1,6 +1,7 @@
 //! `ddpm bench`: kernel benchmarks that report medians and their ratio to the FMA peak
 //! measured in the same process (or, for memory-bound kernels, to a plain copy).
 
+mod attention;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -40,6 +41,8 @@ enum Which {
     Peak,
     /// GEMM `C = op(A) * op(B)`: GFLOP/s and fraction of peak.
     Gemm(gemm::GemmArgs),
+    /// Multi-head attention forward and backward: GFLOP/s of its products and fraction of peak.
+    Attention(attention::AttentionArgs),
     /// conv2d forward, backward-data and backward-weight: GFLOP/s and fraction of peak.
     Conv(conv::ConvArgs),
     /// Element-wise ops and reductions on 16M elements: GB/s and fraction of a plain copy.
@@ -65,6 +68,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             Ok(())
         }
         Some(Which::Gemm(g)) => gemm::run(&g, threads, &report),
+        Some(Which::Attention(a)) => attention::run(&a, threads, &report),
         Some(Which::Conv(c)) => conv::run(&c, threads, &report),
         Some(Which::Elementwise) => elementwise::run(threads, &report),
         Some(Which::Unet(u)) => unet::run(&u, threads, &report),

@@ -2,15 +2,15 @@
 //! query, key and value projections produce them: `q [B, Lq, H d]`, `k [B, Lk, H d]`,
 //! `v [B, Lk, H dv]`, head `h` of token `i` being channels `h d .. (h + 1) d`. The usual route
 //! splits the heads with a permutation to `[B, H, L, d]` (a copy of each tensor), runs
-//! [`attention`](super::attention) and merges them back with another; here each head's rows are
-//! gathered into a small per-task buffer (in cache, a few KiB) and its outputs scattered back,
-//! so the four layout passes over memory per layer (and their four in the backward pass)
-//! disappear. Every head is computed by the same code as in [`attention`](super::attention),
-//! so the results are bitwise the same as the permuted route's.
+//! attention and merges them back with another; here the kernels read each head's rows in
+//! place and write its outputs in place, so the four layout passes over memory per layer (and
+//! their four in the backward pass) never happen. [`attention`](super::attention) is the case
+//! of one head per batch entry.
 
 use rayon::prelude::*;
 
-use super::{backward_head, forward_head, with_head, Dims, HeadInputs};
+use super::kernel::{with_workspace, BackwardInputs, Rows, RowsOut};
+use super::{run_pass_on, Dims, Pass};
 use crate::kernels::cpu::{isa, Isa};
 use crate::ops::alloc;
 use crate::ops::par::SendPtr;
@@ -26,37 +26,30 @@ struct Layout {
 }
 
 impl Layout {
-    /// Offset of row `i` of head `t`.
-    fn row(self, t: usize, i: usize) -> usize {
+    /// Offset of row 0 of head `t`.
+    fn start(self, t: usize) -> usize {
         let (b, h) = (t / self.heads, t % self.heads);
-        (b * self.len + i) * self.heads * self.width + h * self.width
+        b * self.len * self.heads * self.width + h * self.width
     }
 
-    /// Head `t` of `src` as a contiguous `[L, w]` block in `dst`.
-    fn gather(self, src: &[f32], t: usize, dst: &mut Vec<f32>) {
-        dst.clear();
-        for i in 0..self.len {
-            let at = self.row(t, i);
-            dst.extend_from_slice(&src[at..at + self.width]);
+    /// Head `t`'s rows in `data`.
+    fn rows(self, data: &[f32], t: usize) -> Rows<'_> {
+        Rows {
+            data,
+            start: self.start(t),
+            stride: self.heads * self.width,
+            width: self.width,
         }
     }
 
-    /// Writes the contiguous `[L, w]` block `src` as head `t` of the tensor at `dst`.
-    ///
-    /// # Safety
-    /// `dst` must point to a tensor of this layout, and no other thread may write head `t`.
-    unsafe fn scatter(self, src: &[f32], t: usize, dst: &SendPtr) {
-        assert_eq!(
-            src.len(),
-            self.len * self.width,
-            "attention heads: block size"
-        );
-        for (i, row) in src.chunks_exact(self.width).enumerate() {
-            // SAFETY: the row lies inside the tensor (the caller's layout) and belongs to
-            // head `t` alone.
-            unsafe {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), dst.0.add(self.row(t, i)), self.width)
-            };
+    /// Head `t`'s rows in the output at `data` (`len` values).
+    fn rows_out(self, data: &SendPtr, len: usize, t: usize) -> RowsOut<'_> {
+        RowsOut {
+            data,
+            len,
+            start: self.start(t),
+            stride: self.heads * self.width,
+            width: self.width,
         }
     }
 }
@@ -105,16 +98,6 @@ fn layouts(dm: Dims, heads: usize) -> [Layout; 4] {
     ]
 }
 
-/// Per-task copies of one head's rows.
-#[derive(Default)]
-struct HeadBuffers {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    o: Vec<f32>,
-    g: Vec<f32>,
-}
-
 /// Attention with `heads` heads side by side in the channels of `q [B, Lq, H d]`,
 /// `k [B, Lk, H d]` and `v [B, Lk, H dv]`: returns `O [B, Lq, H dv]` (head `h` of each output
 /// token in channels `h dv .. (h + 1) dv`) and the row log-sum-exps `[B, H, Lq]`, exactly as
@@ -135,20 +118,26 @@ pub fn attention_heads(
             v.shape()
         )
     });
-    forward_with(dm, batch, heads, (q, k, v), scale, isa())
+    let (o, lse) = forward_with(dm, batch, heads, (q, k, v), scale, isa());
+    (
+        Tensor::from_vec(o, &[batch, dm.lq, heads * dm.dv]),
+        Tensor::from_vec(lse, &[batch, heads, dm.lq]),
+    )
 }
 
-fn forward_with(
+/// The forward pass in the `[B, L, H w]` layouts: `o` and `lse` as flat vectors.
+pub(super) fn forward_with(
     dm: Dims,
     batch: usize,
     heads: usize,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     scale: f32,
     isa: Isa,
-) -> (Tensor, Tensor) {
+) -> (Vec<f32>, Vec<f32>) {
     let dm = dm.for_isa(isa);
     let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads);
     let mut lse = alloc::zeroed(dm.n * dm.lq);
+    let len = batch * dm.lq * heads * dm.dv;
     let fill = |o: &mut [std::mem::MaybeUninit<f32>]| {
         if dm.lq == 0 {
             return;
@@ -156,29 +145,36 @@ fn forward_with(
         super::super::flops::add((2 * dm.n * dm.lq * dm.lk * (dm.d + dm.dv)) as u64);
         let out = SendPtr(o.as_mut_ptr().cast::<f32>());
         let (qd, kd, vd) = (q.data(), k.data(), v.data());
-        lse.par_chunks_mut(dm.lq).enumerate().for_each_init(
-            HeadBuffers::default,
-            |buf, (t, lh)| {
-                lq_d.gather(qd, t, &mut buf.q);
-                lk_d.gather(kd, t, &mut buf.k);
-                lk_dv.gather(vd, t, &mut buf.v);
-                buf.o.clear();
-                buf.o.resize(dm.lq * dm.dv, 0.0);
-                let (qh, oh) = (&buf.q, &mut buf.o);
-                with_head(dm, &buf.k, &buf.v, |kv, wide, one| {
-                    forward_head(isa, dm, qh, kv, scale, (oh, lh), (wide, one))
-                });
-                // SAFETY: `out` is the [B, Lq, H dv] output, and head t is this task's alone.
-                unsafe { lq_dv.scatter(&buf.o, t, &out) };
-            },
-        );
+        lse.par_chunks_mut(dm.lq).enumerate().for_each(|(t, lh)| {
+            let (qr, kr, vr) = (lq_d.rows(qd, t), lk_d.rows(kd, t), lk_dv.rows(vd, t));
+            let or = lq_dv.rows_out(&out, len, t);
+            let run = |rows: std::ops::Range<usize>, lse: &mut [f32]| {
+                with_workspace(dm, kr, vr, |ws| {
+                    let pass = Pass::Forward { q: qr, o: or, lse };
+                    // SAFETY: rows `rows` of head t are this task's alone.
+                    unsafe { run_pass_on(isa, dm, rows, scale, ws, pass) }
+                })
+            };
+            if dm.blocks() == 1 {
+                run(0..dm.lq, lh);
+                return;
+            }
+            // Few heads: the head's blocks of query rows in parallel.
+            let mut parts = Vec::new();
+            let mut rest = lh;
+            for b in 0..dm.blocks() {
+                let (part, tail) = rest.split_at_mut(dm.rows(b).len());
+                parts.push((dm.rows(b), part));
+                rest = tail;
+            }
+            parts
+                .into_par_iter()
+                .for_each(|(rows, part)| run(rows, part));
+        });
     };
-    // SAFETY: the heads' rows tile the output, and every head is scattered in full.
-    let o = unsafe { alloc::filled_by(batch * dm.lq * heads * dm.dv, fill) };
-    (
-        Tensor::from_vec(o, &[batch, dm.lq, heads * dm.dv]),
-        Tensor::from_vec(lse, &[batch, heads, dm.lq]),
-    )
+    // SAFETY: the heads' rows tile the output, and every row of every head is written.
+    let o = unsafe { alloc::filled_by(len, fill) };
+    (o, lse)
 }
 
 /// The gradients `(dQ, dK, dV)` of [`attention_heads`] (in its layouts) given its inputs, its
@@ -214,80 +210,103 @@ pub fn attention_heads_backward(
         g.shape(),
         lse.shape()
     );
-    backward_with(dm, heads, (q, k, v), (o, lse, g), scale, isa())
+    let (dq, dk, dv) = backward_with(dm, heads, (q, k, v), (o, lse, g), scale, isa());
+    (
+        Tensor::from_vec(dq, q.shape()),
+        Tensor::from_vec(dk, k.shape()),
+        Tensor::from_vec(dv, v.shape()),
+    )
 }
 
-fn backward_with(
+/// The backward pass in the `[B, L, H w]` layouts: `dq`, `dk`, `dv` as flat vectors.
+pub(super) fn backward_with(
     dm: Dims,
     heads: usize,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (o, lse, g): (&Tensor, &Tensor, &Tensor),
     scale: f32,
     isa: Isa,
-) -> (Tensor, Tensor, Tensor) {
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dm = dm.for_isa(isa);
     let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads);
+    let lens = [q.data().len(), k.data().len(), v.data().len()];
     // Every element of the three gradients is written once, through the pointers: the heads'
     // rows tile each tensor.
-    let mut dq = alloc::with_capacity(q.data().len());
-    let mut dk = alloc::with_capacity(k.data().len());
-    let mut dv = alloc::with_capacity(v.data().len());
+    let mut grads = lens.map(alloc::with_capacity);
     if dm.lq == 0 {
-        dq.resize(q.data().len(), 0.0);
-        dk.resize(k.data().len(), 0.0);
-        dv.resize(v.data().len(), 0.0);
-    } else {
-        let ptrs = [&mut dq, &mut dk, &mut dv].map(|t| SendPtr(t.as_mut_ptr()));
-        let (qd, kd, vd, od, ld, gd) =
-            (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
-        let lp = dm.pad(dm.lk);
-        (0..dm.n).into_par_iter().for_each_init(
-            || (HeadBuffers::default(), Vec::new(), Vec::new()),
-            |(buf, dqh, dkv), t| {
-                lq_d.gather(qd, t, &mut buf.q);
-                lk_d.gather(kd, t, &mut buf.k);
-                lk_dv.gather(vd, t, &mut buf.v);
-                lq_dv.gather(od, t, &mut buf.o);
-                lq_dv.gather(gd, t, &mut buf.g);
-                let head = HeadInputs {
-                    q: &buf.q,
-                    o: &buf.o,
-                    g: &buf.g,
-                    lse: &ld[t * dm.lq..(t + 1) * dm.lq],
-                };
-                dqh.clear();
-                dqh.resize(dm.lq * dm.d, 0.0);
-                let total = with_head(dm, &buf.k, &buf.v, |kv, wide, one| {
-                    backward_head(isa, dm, head, kv, scale, dqh, (wide, one))
-                });
-                // SAFETY (all three scatters): the pointers are the [B, L, H w] gradients, and
-                // head t is this task's alone.
-                unsafe { lq_d.scatter(dqh, t, &ptrs[0]) };
-                for (layout, dt, width, ptr) in [
-                    (lk_d, &total.dkt, dm.d, &ptrs[1]),
-                    (lk_dv, &total.dvt, dm.dv, &ptrs[2]),
-                ] {
-                    // The head's rows from the transposed (padded) sums.
-                    dkv.clear();
-                    for j in 0..dm.lk {
-                        dkv.extend((0..width).map(|c| dt[c * lp + j]));
-                    }
-                    unsafe { layout.scatter(dkv, t, ptr) };
+        for (t, n) in grads.iter_mut().zip(lens) {
+            t.resize(n, 0.0);
+        }
+        let [dq, dk, dv] = grads;
+        return (dq, dk, dv);
+    }
+    let ptrs = grads.each_mut().map(|t| SendPtr(t.as_mut_ptr()));
+    let (qd, kd, vd, od, ld, gd) = (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
+    (0..dm.n).into_par_iter().for_each(|t| {
+        let (kr, vr) = (lk_d.rows(kd, t), lk_dv.rows(vd, t));
+        let x = BackwardInputs {
+            q: lq_d.rows(qd, t),
+            o: lq_dv.rows(od, t),
+            g: lq_dv.rows(gd, t),
+            lse: &ld[t * dm.lq..(t + 1) * dm.lq],
+        };
+        let dq = lq_d.rows_out(&ptrs[0], lens[0], t);
+        // One block of the head's query rows: its key and value gradients.
+        let run = |rows: std::ops::Range<usize>, keep: &mut dyn FnMut(&[f32], &[f32])| {
+            with_workspace(dm, kr, vr, |ws| {
+                ws.dk.fill(0.0);
+                ws.dv.fill(0.0);
+                let pass = Pass::Backward { x, dq };
+                // SAFETY: rows `rows` of head t are this task's alone.
+                unsafe { run_pass_on(isa, dm, rows, scale, ws, pass) };
+                keep(&ws.dk, &ws.dv);
+            })
+        };
+        let write = |dk: &[f32], dv: &[f32]| {
+            for (layout, ptr, len, grad, w) in [
+                (lk_d, &ptrs[1], lens[1], dk, dm.d),
+                (lk_dv, &ptrs[2], lens[2], dv, dm.dv),
+            ] {
+                let out = layout.rows_out(ptr, len, t);
+                for (j, row) in grad.chunks_exact(w).enumerate() {
+                    // SAFETY: head t's rows are this task's alone.
+                    unsafe { out.put(j, row.iter().copied()) };
                 }
-            },
-        );
-        // SAFETY: every head of every gradient was scattered in full above.
-        unsafe {
-            dq.set_len(q.data().len());
-            dk.set_len(k.data().len());
-            dv.set_len(v.data().len());
+            }
+        };
+        if dm.blocks() == 1 {
+            run(0..dm.lq, &mut |dk, dv| write(dk, dv));
+            return;
+        }
+        // Few heads: the blocks in parallel, their key and value gradients added in block
+        // order (independent of the thread count).
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..dm.blocks())
+            .into_par_iter()
+            .map(|b| {
+                let mut part = (Vec::new(), Vec::new());
+                run(dm.rows(b), &mut |dk, dv| part = (dk.to_vec(), dv.to_vec()));
+                part
+            })
+            .collect();
+        let (mut dk, mut dv) = (vec![0.0; dm.lk * dm.d], vec![0.0; dm.lk * dm.dv]);
+        for (pk, pv) in &parts {
+            for (t, x) in dk.iter_mut().zip(pk) {
+                *t += x;
+            }
+            for (t, x) in dv.iter_mut().zip(pv) {
+                *t += x;
+            }
+        }
+        write(&dk, &dv);
+    });
+    // SAFETY: every head of every gradient was written in full above.
+    unsafe {
+        for (t, n) in grads.iter_mut().zip(lens) {
+            t.set_len(n);
         }
     }
-    (
-        Tensor::from_vec(dq, q.shape()),
-        Tensor::from_vec(dk, k.shape()),
-        Tensor::from_vec(dv, v.shape()),
-    )
+    let [dq, dk, dv] = grads;
+    (dq, dk, dv)
 }
 
 #[cfg(test)]

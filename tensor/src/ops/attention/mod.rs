@@ -1,11 +1,11 @@
 //! Fused scaled dot-product attention: `O = softmax(s Q K^T) V`, forward and backward, without
-//! ever holding the `L_q x L_k` score matrix of more than one row.
+//! ever writing the `L_q x L_k` score matrix to memory.
 //!
 //! The composed form (a batched product, a softmax, another product) writes the whole score
 //! matrix to memory, reads it back twice, and keeps the probabilities for the backward pass:
 //! with 16 heads of 8 channels over 256 positions and a batch of 16 that is 64 MiB per layer,
-//! while Q, K and V together are 6 MiB. Here each query row is finished in cache, as in
-//! FlashAttention (Dao et al., 2022, Algorithms 1 and 2, with one row per block):
+//! while Q, K and V together are 6 MiB. Here each block of query rows is finished in cache, as
+//! in FlashAttention (Dao et al., 2022, Algorithms 1 and 2):
 //!
 //! - forward, for query row `i`: `s_j = s q_i . k_j`, `m = max_j s_j`,
 //!   `l = sum_j e^(s_j - m)`, `o_i = sum_j e^(s_j - m) v_j / l`, and the row's log-sum-exp
@@ -15,10 +15,9 @@
 //!   (the softmax Jacobian), then `dq_i = s sum_j ds_j k_j`, `dk_j += s ds_j q_i` and
 //!   `dv_j += p_j g_i`.
 //!
-//! K and V are transposed once per head so that every inner loop runs over key positions in
-//! 8-lane vectors. Work is split over heads (and, when there are few heads, over fixed blocks
-//! of query rows whose key and value gradients are added in block order), so results are
-//! bitwise the same for any number of threads.
+//! The kernels (`kernel.rs`) put one query per vector lane. Work is split over heads (and,
+//! when there are few heads, over fixed blocks of query rows whose key and value gradients are
+//! added in block order), so results are bitwise the same for any number of threads.
 //!
 //! ```
 //! use tensor::ops::attention::attention;
@@ -32,10 +31,8 @@
 //! assert!((lse.data()[0] - 2f32.ln()).abs() < 1e-6);
 //! ```
 
-use rayon::prelude::*;
 use wide::f32x8;
 
-use super::alloc;
 use super::simd::{self, SimdF32};
 use crate::kernels::cpu::{isa, Isa};
 use crate::Tensor;
@@ -65,11 +62,6 @@ impl Dims {
             lanes: lanes_of(isa),
             ..self
         }
-    }
-
-    /// `n` rounded up to whole vectors.
-    fn pad(self, n: usize) -> usize {
-        n.div_ceil(self.lanes) * self.lanes
     }
 
     /// Query-row blocks per head: 1 unless there are few heads (depends on the shape only).
@@ -119,101 +111,91 @@ fn dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Dims {
 }
 
 mod heads;
-mod rows;
+mod kernel;
 #[cfg(test)]
 mod tests;
 
 pub use heads::{attention_heads, attention_heads_backward};
 
-use rows::{backward_rows, forward_rows, with_head, BlockGrads, HeadKv, Scratch, ROWS};
+use kernel::{backward_rows, forward_rows, BackwardInputs, Rows, RowsOut, Workspace};
 
-/// Row scratch for both tile heights (see [`rows::with_head`]).
-type RowScratch<'a> = (&'a mut Scratch<ROWS>, &'a mut Scratch<1>);
+/// What to run over a block of query rows of one head, with its own inputs and outputs.
+enum Pass<'a> {
+    /// Writes the block's rows of `o` and their log-sum-exps `lse`.
+    Forward {
+        q: Rows<'a>,
+        o: RowsOut<'a>,
+        lse: &'a mut [f32],
+    },
+    /// Writes the block's rows of `dq` and adds its key and value gradients to the workspace's.
+    Backward {
+        x: BackwardInputs<'a>,
+        dq: RowsOut<'a>,
+    },
+}
 
-/// Declares `$name`, which runs `$generic::<$v>` compiled with `$features`.
+/// # Safety
+/// The pass's output rows must be this task's alone.
+#[inline(always)]
+unsafe fn run_pass<V: SimdF32>(
+    dm: Dims,
+    rows: std::ops::Range<usize>,
+    scale: f32,
+    ws: &mut Workspace,
+    pass: Pass<'_>,
+) {
+    debug_assert_eq!(V::LANES, dm.lanes);
+    // SAFETY: the caller's rows.
+    unsafe {
+        match pass {
+            Pass::Forward { q, o, lse } => forward_rows::<V>(dm, rows, q, scale, ws, o, lse),
+            Pass::Backward { x, dq } => backward_rows::<V>(dm, rows, x, scale, ws, dq),
+        }
+    }
+}
+
+/// Declares `$name`, which runs `run_pass::<$v>` compiled with `$features`.
 macro_rules! with_features {
     ($name:ident, $features:literal, $v:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
             dm: Dims,
             rows: std::ops::Range<usize>,
-            q: &[f32],
-            kv: &HeadKv,
             scale: f32,
+            ws: &mut Workspace,
             pass: Pass<'_>,
-            sc: RowScratch<'_>,
-        ) -> Option<BlockGrads> {
-            run_pass::<$v>(dm, rows, q, kv, scale, pass, sc)
+        ) {
+            // SAFETY: the caller's rows.
+            unsafe { run_pass::<$v>(dm, rows, scale, ws, pass) }
         }
     };
 }
 
-/// The pass to run over a block of query rows, with its own inputs and outputs.
-enum Pass<'a> {
-    /// Writes the block's rows of `o` and `lse`.
-    Forward {
-        o: &'a mut [f32],
-        lse: &'a mut [f32],
-    },
-    /// Writes the block's rows of `dq` (and returns the key and value gradients), given the
-    /// head's `o`, `lse` and output gradient `g`.
-    Backward {
-        o: &'a [f32],
-        lse: &'a [f32],
-        g: &'a [f32],
-        dq: &'a mut [f32],
-    },
-}
-
-#[inline(always)]
-fn run_pass<V: SimdF32>(
-    dm: Dims,
-    rows: std::ops::Range<usize>,
-    q: &[f32],
-    kv: &HeadKv,
-    scale: f32,
-    pass: Pass<'_>,
-    sc: RowScratch<'_>,
-) -> Option<BlockGrads> {
-    debug_assert_eq!(V::LANES, dm.lanes);
-    match pass {
-        Pass::Forward { o, lse } => {
-            forward_rows::<V>(dm, rows, q, kv, scale, o, lse, sc);
-            None
-        }
-        Pass::Backward { o, lse, g, dq } => Some(backward_rows::<V>(
-            dm, rows, q, kv, o, lse, g, scale, dq, sc,
-        )),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
 with_features!(run_pass_avx512, "avx512f,avx2,fma", simd::Avx512);
-#[cfg(target_arch = "x86_64")]
 with_features!(run_pass_avx2, "avx2,fma", simd::Avx2);
 
 /// [`run_pass`] on the implementation for `isa` (which the CPU must have).
-#[allow(clippy::too_many_arguments)]
-fn run_pass_on(
+///
+/// # Safety
+/// The pass's output rows must be this task's alone.
+unsafe fn run_pass_on(
     isa: Isa,
     dm: Dims,
     rows: std::ops::Range<usize>,
-    q: &[f32],
-    kv: &HeadKv,
     scale: f32,
+    ws: &mut Workspace,
     pass: Pass<'_>,
-    sc: RowScratch<'_>,
-) -> Option<BlockGrads> {
-    match isa {
-        // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { run_pass_avx512(dm, rows, q, kv, scale, pass, sc) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { run_pass_avx2(dm, rows, q, kv, scale, pass, sc) },
-        _ => run_pass::<f32x8>(dm, rows, q, kv, scale, pass, sc),
+) {
+    // SAFETY: `isa` is the CPU's (cpu::isa) or a lesser one; the caller's rows.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => run_pass_avx512(dm, rows, scale, ws, pass),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => run_pass_avx2(dm, rows, scale, ws, pass),
+            _ => run_pass::<f32x8>(dm, rows, scale, ws, pass),
+        }
     }
 }
 
@@ -239,6 +221,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> (Tensor, Ten
     attention_with(dm, q, k, v, scale, isa())
 }
 
+/// The shapes of `o` and `lse` for `q`'s leading axes.
+fn output_shapes(dm: Dims, q: &Tensor) -> (Vec<usize>, Vec<usize>) {
+    let lead = &q.shape()[..q.shape().len() - 2];
+    let mut o_shape = lead.to_vec();
+    o_shape.extend([dm.lq, dm.dv]);
+    let mut lse_shape = lead.to_vec();
+    lse_shape.push(dm.lq);
+    (o_shape, lse_shape)
+}
+
 fn attention_with(
     dm: Dims,
     q: &Tensor,
@@ -247,71 +239,13 @@ fn attention_with(
     scale: f32,
     isa: Isa,
 ) -> (Tensor, Tensor) {
-    let dm = dm.for_isa(isa);
-    let lead = &q.shape()[..q.shape().len() - 2];
-    let mut o_shape = lead.to_vec();
-    o_shape.extend([dm.lq, dm.dv]);
-    let mut lse_shape = lead.to_vec();
-    lse_shape.push(dm.lq);
-    let mut o = alloc::zeroed(dm.n * dm.lq * dm.dv);
-    let mut lse = alloc::zeroed(dm.n * dm.lq);
-    if dm.lq > 0 {
-        super::flops::add((2 * dm.n * dm.lq * dm.lk * (dm.d + dm.dv)) as u64);
-        let (qd, kd, vd) = (q.data(), k.data(), v.data());
-        o.par_chunks_mut(dm.lq * dm.dv)
-            .zip(lse.par_chunks_mut(dm.lq))
-            .enumerate()
-            .for_each(|(h, (oh, lh))| {
-                let kh = &kd[h * dm.lk * dm.d..(h + 1) * dm.lk * dm.d];
-                let vh = &vd[h * dm.lk * dm.dv..(h + 1) * dm.lk * dm.dv];
-                let qh = &qd[h * dm.lq * dm.d..(h + 1) * dm.lq * dm.d];
-                with_head(dm, kh, vh, |kv, wide, one| {
-                    forward_head(isa, dm, qh, kv, scale, (oh, lh), (wide, one))
-                });
-            });
-    }
+    // Each head is a batch entry of one head: `[n, L, 1 d]` in the layout of `attention_heads`.
+    let (o, lse) = heads::forward_with(dm, dm.n, 1, (q, k, v), scale, isa);
+    let (o_shape, lse_shape) = output_shapes(dm, q);
     (
         Tensor::from_vec(o, &o_shape),
         Tensor::from_vec(lse, &lse_shape),
     )
-}
-
-/// The forward pass of one head into its `o` and `lse`: in one go with this thread's scratch,
-/// or, for a head split into blocks of query rows (few heads), the blocks in parallel.
-fn forward_head(
-    isa: Isa,
-    dm: Dims,
-    qh: &[f32],
-    kv: &HeadKv,
-    scale: f32,
-    (oh, lh): (&mut [f32], &mut [f32]),
-    sc: RowScratch<'_>,
-) {
-    if dm.blocks() == 1 {
-        let pass = Pass::Forward { o: oh, lse: lh };
-        run_pass_on(isa, dm, 0..dm.lq, qh, kv, scale, pass, sc);
-        return;
-    }
-    let blocks: Vec<_> = (0..dm.blocks()).map(|b| dm.rows(b)).collect();
-    let mut o_parts = Vec::new();
-    let mut l_parts = Vec::new();
-    let (mut orest, mut lrest) = (&mut oh[..], &mut lh[..]);
-    for r in &blocks {
-        let (a, b) = orest.split_at_mut(r.len() * dm.dv);
-        let (c, d) = lrest.split_at_mut(r.len());
-        o_parts.push(a);
-        l_parts.push(c);
-        (orest, lrest) = (b, d);
-    }
-    blocks
-        .into_par_iter()
-        .zip(o_parts)
-        .zip(l_parts)
-        .for_each(|((rows, ob), lb)| {
-            let pass = Pass::Forward { o: ob, lse: lb };
-            let (mut wide, mut one) = (Scratch::new(dm), Scratch::new(dm));
-            run_pass_on(isa, dm, rows, qh, kv, scale, pass, (&mut wide, &mut one));
-        });
 }
 
 /// The gradients `(dQ, dK, dV)` of [`attention`] given its inputs, its outputs `o` and `lse`,
@@ -342,12 +276,8 @@ fn attention_backward_with(
     scale: f32,
     isa: Isa,
 ) -> (Tensor, Tensor, Tensor) {
-    let dm = dims("attention_backward", q, k, v).for_isa(isa);
-    let lead = &q.shape()[..q.shape().len() - 2];
-    let mut o_shape = lead.to_vec();
-    o_shape.extend([dm.lq, dm.dv]);
-    let mut lse_shape = lead.to_vec();
-    lse_shape.push(dm.lq);
+    let dm = dims("attention_backward", q, k, v);
+    let (o_shape, lse_shape) = output_shapes(dm, q);
     assert!(
         o.shape() == o_shape && g.shape() == o_shape && lse.shape() == lse_shape,
         "attention_backward: expected o and g {o_shape:?} and lse {lse_shape:?}, got o {:?}, \
@@ -356,116 +286,10 @@ fn attention_backward_with(
         g.shape(),
         lse.shape()
     );
-    let mut dq = alloc::zeroed(dm.n * dm.lq * dm.d);
-    let mut dk = alloc::zeroed(dm.n * dm.lk * dm.d);
-    let mut dv = alloc::zeroed(dm.n * dm.lk * dm.dv);
-    if dm.lq > 0 {
-        let (qd, kd, vd, od, ld, gd) =
-            (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
-        let lp = dm.pad(dm.lk);
-        dq.par_chunks_mut(dm.lq * dm.d)
-            .zip(dk.par_chunks_mut(dm.lk * dm.d))
-            .zip(dv.par_chunks_mut(dm.lk * dm.dv))
-            .enumerate()
-            .for_each(|(h, ((dqh, dkh), dvh))| {
-                let kh = &kd[h * dm.lk * dm.d..(h + 1) * dm.lk * dm.d];
-                let vh = &vd[h * dm.lk * dm.dv..(h + 1) * dm.lk * dm.dv];
-                let head = HeadInputs {
-                    q: &qd[h * dm.lq * dm.d..(h + 1) * dm.lq * dm.d],
-                    o: &od[h * dm.lq * dm.dv..(h + 1) * dm.lq * dm.dv],
-                    g: &gd[h * dm.lq * dm.dv..(h + 1) * dm.lq * dm.dv],
-                    lse: &ld[h * dm.lq..(h + 1) * dm.lq],
-                };
-                let total = with_head(dm, kh, vh, |kv, wide, one| {
-                    backward_head(isa, dm, head, kv, scale, dqh, (wide, one))
-                });
-                for j in 0..dm.lk {
-                    for c in 0..dm.d {
-                        dkh[j * dm.d + c] = total.dkt[c * lp + j];
-                    }
-                    for c in 0..dm.dv {
-                        dvh[j * dm.dv + c] = total.dvt[c * lp + j];
-                    }
-                }
-            });
-    }
+    let (dq, dk, dv) = heads::backward_with(dm, 1, (q, k, v), (o, lse, g), scale, isa);
     (
         Tensor::from_vec(dq, q.shape()),
         Tensor::from_vec(dk, k.shape()),
         Tensor::from_vec(dv, v.shape()),
     )
-}
-
-/// One head's query rows, outputs, output gradient and log-sum-exps.
-#[derive(Clone, Copy)]
-struct HeadInputs<'a> {
-    q: &'a [f32],
-    o: &'a [f32],
-    g: &'a [f32],
-    lse: &'a [f32],
-}
-
-/// The backward pass of one head: writes its `dq` and returns its key and value gradients
-/// (transposed). In one go with this thread's scratch, or, for a head split into blocks of
-/// query rows (few heads), the blocks in parallel and their partials added in block order
-/// (independent of the thread count).
-fn backward_head(
-    isa: Isa,
-    dm: Dims,
-    head: HeadInputs<'_>,
-    kv: &HeadKv,
-    scale: f32,
-    dqh: &mut [f32],
-    sc: RowScratch<'_>,
-) -> BlockGrads {
-    let pass = |dq| Pass::Backward {
-        o: head.o,
-        lse: head.lse,
-        g: head.g,
-        dq,
-    };
-    let expect = "the backward pass returns gradients";
-    if dm.blocks() == 1 {
-        return run_pass_on(isa, dm, 0..dm.lq, head.q, kv, scale, pass(dqh), sc).expect(expect);
-    }
-    let blocks: Vec<_> = (0..dm.blocks()).map(|b| dm.rows(b)).collect();
-    let mut dq_parts = Vec::new();
-    let mut rest = dqh;
-    for r in &blocks {
-        let (a, b) = rest.split_at_mut(r.len() * dm.d);
-        dq_parts.push(a);
-        rest = b;
-    }
-    let parts: Vec<BlockGrads> = blocks
-        .into_par_iter()
-        .zip(dq_parts)
-        .map(|(rows, dqb)| {
-            let (mut wide, mut one) = (Scratch::new(dm), Scratch::new(dm));
-            run_pass_on(
-                isa,
-                dm,
-                rows,
-                head.q,
-                kv,
-                scale,
-                pass(dqb),
-                (&mut wide, &mut one),
-            )
-            .expect(expect)
-        })
-        .collect();
-    let lp = dm.pad(dm.lk);
-    let mut total = BlockGrads {
-        dkt: vec![0.0; dm.d * lp],
-        dvt: vec![0.0; dm.dv * lp],
-    };
-    for part in &parts {
-        for (t, x) in total.dkt.iter_mut().zip(&part.dkt) {
-            *t += x;
-        }
-        for (t, x) in total.dvt.iter_mut().zip(&part.dvt) {
-            *t += x;
-        }
-    }
-    total
 }

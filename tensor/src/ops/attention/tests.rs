@@ -1,6 +1,6 @@
 //! Tests of the fused attention against f64 references, on every instruction set.
 
-use super::rows::exp_nonpositive;
+use super::kernel::exp_nonpositive;
 use super::*;
 use crate::ops::testutil::{assert_close, Lcg};
 

@@ -124,4 +124,30 @@ impl SimdF32 for Avx2 {
             Avx2(_mm256_or_ps(mag, _mm256_and_ps(sign, s.0)))
         }
     }
+    #[inline(always)]
+    fn lane_sums8(v: [Self; 8]) -> [f32; 8] {
+        let mut out = [0.0; 8];
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums8(v.map(|x| x.0))) };
+        out
+    }
+}
+
+/// Lane `i` of the result is the sum of the lanes of `v[i]`: two rounds of pairwise
+/// horizontal adds leave each vector's two 128-bit halves summed to one value apiece, and the
+/// halves are then added across.
+///
+/// # Safety
+/// The CPU must have AVX.
+#[inline(always)]
+pub(super) unsafe fn sums8(v: [__m256; 8]) -> __m256 {
+    let t0 = _mm256_hadd_ps(v[0], v[1]);
+    let t1 = _mm256_hadd_ps(v[2], v[3]);
+    let t2 = _mm256_hadd_ps(v[4], v[5]);
+    let t3 = _mm256_hadd_ps(v[6], v[7]);
+    // u0 = [sums of the low halves of v0..v3 | of their high halves], u1 likewise for v4..v7.
+    let u0 = _mm256_hadd_ps(t0, t1);
+    let u1 = _mm256_hadd_ps(t2, t3);
+    let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+    let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+    _mm256_add_ps(lo, hi)
 }

@@ -155,4 +155,19 @@ impl SimdF32 for Avx512 {
             Avx512(_mm512_castsi512_ps(_mm512_or_si512(mag, sgn)))
         }
     }
+    #[inline(always)]
+    fn lane_sums8(v: [Self; 8]) -> [f32; 8] {
+        let mut out = [0.0; 8];
+        unsafe {
+            // Each vector's two 256-bit halves added, then the eight-lane reduction (a loop,
+            // not a closure: a closure would not inherit the caller's target features).
+            let mut halves = [_mm256_setzero_ps(); 8];
+            for (h, x) in halves.iter_mut().zip(v) {
+                let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x.0));
+                *h = _mm256_add_ps(_mm512_castps512_ps256(x.0), _mm256_castpd_ps(hi));
+            }
+            _mm256_storeu_ps(out.as_mut_ptr(), super::avx2::sums8(halves));
+        }
+        out
+    }
 }

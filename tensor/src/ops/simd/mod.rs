@@ -52,6 +52,25 @@ pub(crate) trait SimdF32:
     fn abs_(self) -> Self;
     /// `self` with the sign of `s`.
     fn copysign_(self, s: Self) -> Self;
+    /// The sum of each vector's lanes, for eight vectors at once. Each sum is added in a
+    /// fixed order (a tree that may differ between implementations).
+    #[inline(always)]
+    fn lane_sums8(v: [Self; 8]) -> [f32; 8] {
+        let mut out = [0.0; 8];
+        for (o, x) in out.iter_mut().zip(v) {
+            let mut buf = [0.0f32; 16];
+            x.store(&mut buf);
+            let mut n = Self::LANES;
+            while n > 1 {
+                n /= 2;
+                for i in 0..n {
+                    buf[i] += buf[i + n];
+                }
+            }
+            *o = buf[0];
+        }
+        out
+    }
 }
 
 impl SimdF32 for f32x8 {

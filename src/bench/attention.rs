@@ -1,0 +1,84 @@
+//! `ddpm bench attention`: multi-head attention forward and backward for one shape, as GFLOP/s
+//! of its matrix products (`2 Lq Lk (d + dv)` per head forward, twice that backward) and as a
+//! fraction of the FMA peak. The default shape is the `bench` UNet's attention at 16x16.
+
+use clap::Args;
+use serde_json::Value;
+use tensor::ops::attention::{attention_heads, attention_heads_backward};
+use tensor::Tensor;
+
+use super::timing::{median_seconds, peak};
+use super::Report;
+
+/// The attention's shape: `q`, `k`, `v` are `[batch, tokens, channels]`, `heads` side by side.
+#[derive(Args, Clone)]
+pub struct AttentionArgs {
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Tokens (pixels) per image, as queries and as keys.
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// Channels of the queries, keys and values (all heads).
+    #[arg(long, default_value_t = 128)]
+    channels: usize,
+    /// Heads (the channels split evenly).
+    #[arg(long, default_value_t = 16)]
+    heads: usize,
+}
+
+/// Measures the peak, then the forward and backward passes.
+pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), String> {
+    let (b, l, c, h) = (args.batch, args.tokens, args.channels, args.heads);
+    if b == 0 || l == 0 || c == 0 || h == 0 {
+        return Err("attention sizes must be positive".into());
+    }
+    if c % h != 0 {
+        return Err(format!("{c} channels do not split into {h} heads"));
+    }
+    let scale = 1.0 / ((c / h) as f32).sqrt();
+    let shape = [b, l, c];
+    let q = Tensor::rand_uniform(&shape, 2, 0);
+    let k = Tensor::rand_uniform(&shape, 2, 1);
+    let v = Tensor::rand_uniform(&shape, 2, 2);
+    let g = Tensor::rand_uniform(&shape, 2, 3);
+    let peak_gflops = peak(threads, report);
+    let (o, lse) = attention_heads(&q, &k, &v, h, scale);
+    let forward = median_seconds(|| {
+        std::hint::black_box(attention_heads(&q, &k, &v, h, scale));
+    });
+    let backward = median_seconds(|| {
+        std::hint::black_box(attention_heads_backward(&q, &k, &v, &o, &lse, &g, h, scale));
+    });
+    // Per head: Q K^T and P V forward (d = dv = c / h), four products of that size backward.
+    let forward_flops = 2.0 * (b * h * l * l) as f64 * (2 * (c / h)) as f64;
+    for (pass, seconds, flops) in [
+        ("forward", forward, forward_flops),
+        ("backward", backward, 2.0 * forward_flops),
+    ] {
+        let gflops = flops / seconds / 1e9;
+        let fraction = gflops / peak_gflops;
+        report.line(
+            &[
+                ("bench", "attention".into()),
+                ("pass", pass.into()),
+                ("batch", b.into()),
+                ("tokens", l.into()),
+                ("channels", c.into()),
+                ("heads", h.into()),
+                ("threads", threads.into()),
+                ("ms", Value::from(seconds * 1e3)),
+                ("gflops", gflops.into()),
+                ("peak_gflops", peak_gflops.into()),
+                ("fraction_of_peak", fraction.into()),
+            ],
+            &format!(
+                "attention {pass:<8} [{b}, {l}, {c}] heads={h} threads={threads}  {:>8.3} ms  \
+                 {gflops:>6.1} GFLOP/s  {:>5.1}% of peak",
+                seconds * 1e3,
+                fraction * 100.0
+            ),
+        );
+    }
+    Ok(())
+}

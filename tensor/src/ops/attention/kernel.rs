@@ -1,0 +1,468 @@
+//! The per-head kernels of [`super`], written once for any [`SimdF32`] of `L` lanes. Query rows
+//! are taken `L` at a time, **one query per lane**: the softmax over keys is then lane-wise
+//! (no horizontal max or sum), and every product broadcasts one key or value entry across the
+//! block's queries, so no lane is wasted however few channels a head has (8 in the benchmark
+//! UNet, where a vector over channels would leave half of a 16-lane register empty).
+//!
+//! For a block with its scaled queries transposed to `qt [d][L]`:
+//! - forward: `s_j = sum_c k_jc qt_c` (the block's scores against key `j`), `m = max_j s_j`,
+//!   `p_j = e^(s_j - m)`, `l = sum_j p_j`, `o_c = (sum_j p_j v_jc) / l` and `lse = m + ln l`;
+//! - backward, with `gt [dv][L]` the output gradient transposed and `D = g . o` per query:
+//!   `p_j = e^(s_j - lse)`, `dp_j = sum_c v_jc gt_c`, `ds_j = p_j (dp_j - D)` and
+//!   `dq_c = scale sum_j ds_j k_jc`; then, once per chunk of blocks, the key and value gradients
+//!   `dk_jc += sum_i ds_ij qt_ic` and `dv_jc += sum_i p_ij gt_ic` over the chunk's queries `i`
+//!   (lane-wise products over the blocks, then one sum across lanes).
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::Dims;
+use crate::ops::par::SendPtr;
+use crate::ops::simd::SimdF32;
+use crate::ops::vmath;
+
+/// Keys per register tile of the score loops (independent accumulators).
+const KEYS: usize = 8;
+/// Channels per register tile of the loops over keys (independent accumulators).
+const CHANS: usize = 8;
+/// Floats of probabilities (and as many of score gradients) a backward chunk keeps.
+const CHUNK_FLOATS: usize = 1 << 16;
+
+/// Rows of a matrix inside a larger tensor: row `i` is `data[start + i stride..][..width]`.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) start: usize,
+    pub(super) stride: usize,
+    pub(super) width: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    fn row(self, i: usize) -> &'a [f32] {
+        let at = self.start + i * self.stride;
+        &self.data[at..at + self.width]
+    }
+}
+
+/// Rows of an output tensor written by several tasks, each its own rows (as [`Rows`]).
+#[derive(Clone, Copy)]
+pub(super) struct RowsOut<'a> {
+    pub(super) data: &'a SendPtr,
+    pub(super) len: usize,
+    pub(super) start: usize,
+    pub(super) stride: usize,
+    pub(super) width: usize,
+}
+
+impl RowsOut<'_> {
+    /// Writes `values` (`width` of them) as row `i`.
+    ///
+    /// # Safety
+    /// No other task may write row `i` meanwhile.
+    #[inline(always)]
+    pub(super) unsafe fn put(self, i: usize, values: impl Iterator<Item = f32>) {
+        let at = self.start + i * self.stride;
+        assert!(
+            at + self.width <= self.len,
+            "attention: output row out of range"
+        );
+        for (c, x) in values.take(self.width).enumerate() {
+            // SAFETY: in range (checked above); the caller owns the row.
+            unsafe { *self.data.0.add(at + c) = x };
+        }
+    }
+}
+
+/// Blocks of `lanes` query rows per backward chunk for `dm` (at least one; depends on the
+/// shape and the vector width only, so the sums' order does not depend on the threads).
+fn chunk_blocks(dm: Dims) -> usize {
+    (CHUNK_FLOATS / (dm.lk * dm.lanes)).clamp(1, 16)
+}
+
+/// Per-thread buffers, reused from head to head while the sizes stay the same.
+pub(super) struct Workspace {
+    dims: Dims,
+    /// The head's keys `[lk, d]` and values `[lk, dv]`, contiguous.
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Per block of a chunk: the scaled queries `[d][L]`, output gradients `[dv][L]`,
+    /// probabilities and scores' gradients `[lk][L]`.
+    qt: Vec<f32>,
+    gt: Vec<f32>,
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    /// One block's results `[max(d, dv)][L]` before they are written out, and one value per
+    /// lane.
+    out: Vec<f32>,
+    lane: Vec<f32>,
+    /// The key and value gradients `[lk, d]`, `[lk, dv]` summed so far.
+    pub(super) dk: Vec<f32>,
+    pub(super) dv: Vec<f32>,
+}
+
+impl Workspace {
+    fn new(dm: Dims) -> Workspace {
+        let (l, c) = (dm.lanes, chunk_blocks(dm));
+        Workspace {
+            dims: dm,
+            k: vec![0.0; dm.lk * dm.d],
+            v: vec![0.0; dm.lk * dm.dv],
+            qt: vec![0.0; c * dm.d * l],
+            gt: vec![0.0; c * dm.dv * l],
+            p: vec![0.0; c * dm.lk * l],
+            ds: vec![0.0; c * dm.lk * l],
+            out: vec![0.0; dm.d.max(dm.dv) * l],
+            lane: vec![0.0; l],
+            dk: vec![0.0; dm.lk * dm.d],
+            dv: vec![0.0; dm.lk * dm.dv],
+        }
+    }
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Option<Workspace>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's workspace for `dm` holding the head's keys `k` and values `v`
+/// (rebuilt when the sizes change; a fresh one if it is in use higher up the stack, as when
+/// rayon runs another task while this one waits).
+pub(super) fn with_workspace<T>(
+    dm: Dims,
+    k: Rows<'_>,
+    v: Rows<'_>,
+    f: impl FnOnce(&mut Workspace) -> T,
+) -> T {
+    let run = |slot: &mut Option<Workspace>| {
+        if slot.as_ref().is_none_or(|w| w.dims != dm) {
+            *slot = Some(Workspace::new(dm));
+        }
+        let w = slot.as_mut().expect("just filled");
+        for (j, row) in w.k.chunks_exact_mut(dm.d).enumerate() {
+            row.copy_from_slice(k.row(j));
+        }
+        for (j, row) in w.v.chunks_exact_mut(dm.dv).enumerate() {
+            row.copy_from_slice(v.row(j));
+        }
+        f(w)
+    };
+    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => run(&mut slot),
+        Err(_) => run(&mut None),
+    })
+}
+
+/// `e^x` for the shifted scores `x <= 0` of a softmax: the range reduction and degree-7
+/// polynomial of [`vmath::exp_reduced`] with one power-of-two scaling, since `x` never
+/// overflows, and 0 below -87 (where `e^x` is below the smallest normal f32; the general
+/// version returns subnormals there). Relative error within 2 ulp; NaN stays NaN; `-inf`
+/// gives 0.
+#[inline(always)]
+pub(super) fn exp_nonpositive<V: SimdF32>(x: V) -> V {
+    // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
+    let xc = V::splat(-87.0).max_(x);
+    let (n, em1) = vmath::exp_reduced(xc);
+    let y = (em1 + V::splat(1.0)) * n.pow2i();
+    V::select(x.lt(V::splat(-87.0)), V::splat(0.0), y)
+}
+
+/// Rows `i0..i0 + nb` (`nb <= L`) of `x`, times `scale`, transposed into `out [width][L]`;
+/// the lanes past `nb` are 0.
+#[inline(always)]
+fn load_block(x: Rows<'_>, i0: usize, nb: usize, scale: f32, l: usize, out: &mut [f32]) {
+    let out = &mut out[..x.width * l];
+    for lane in 0..l {
+        if lane < nb {
+            for (c, &val) in x.row(i0 + lane).iter().enumerate() {
+                out[c * l + lane] = val * scale;
+            }
+        } else {
+            for c in 0..x.width {
+                out[c * l + lane] = 0.0;
+            }
+        }
+    }
+}
+
+/// `[a_{j0+u} . bt for u < U]`, each a vector over the block's lanes: rows `j0..j0 + U` of
+/// `a [.., w]` against the transposed block `bt [w][L]` (one broadcast entry of `a` per FMA).
+#[inline(always)]
+fn row_dots<V: SimdF32, const U: usize>(a: &[f32], w: usize, j0: usize, bt: &[f32]) -> [V; U] {
+    let l = V::LANES;
+    let a = &a[j0 * w..(j0 + U) * w];
+    let bt = &bt[..w * l];
+    let mut acc = [V::splat(0.0); U];
+    for c in 0..w {
+        let b = V::load(&bt[c * l..]);
+        for (u, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: u < U and c < w, inside `a` (length U w, sliced above).
+            let x = unsafe { *a.get_unchecked(u * w + c) };
+            *acc = V::splat(x).mul_add(b, *acc);
+        }
+    }
+    acc
+}
+
+/// `[sum_j pt_j a_{j, c0+u} for u < U]`, each a vector over the block's lanes: the block
+/// `pt [n][L]` against columns `c0..c0 + U` of `a [n, w]`.
+#[inline(always)]
+fn col_sums<V: SimdF32, const U: usize>(pt: &[f32], a: &[f32], w: usize, c0: usize) -> [V; U] {
+    let l = V::LANES;
+    let n = a.len() / w;
+    let pt = &pt[..n * l];
+    let mut acc = [V::splat(0.0); U];
+    for j in 0..n {
+        let p = V::load(&pt[j * l..]);
+        let row = &a[j * w + c0..j * w + c0 + U];
+        for (acc, &x) in acc.iter_mut().zip(row) {
+            *acc = V::splat(x).mul_add(p, *acc);
+        }
+    }
+    acc
+}
+
+/// `[sum over blocks b < nb of x_b[j] * y_b[c0 + u] for u < U]`, lane-wise (summed across
+/// lanes by the caller): `x [blocks][n][L]`, `y [blocks][w][L]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_products<V: SimdF32, const U: usize>(
+    x: &[f32],
+    n: usize,
+    j: usize,
+    y: &[f32],
+    w: usize,
+    c0: usize,
+    nb: usize,
+) -> [V; U] {
+    let l = V::LANES;
+    let mut acc = [V::splat(0.0); U];
+    for b in 0..nb {
+        let xv = V::load(&x[(b * n + j) * l..]);
+        let yb = &y[(b * w + c0) * l..(b * w + c0 + U) * l];
+        for (u, acc) in acc.iter_mut().enumerate() {
+            *acc = xv.mul_add(V::load(&yb[u * l..]), *acc);
+        }
+    }
+    acc
+}
+
+/// The sum of the lanes, added pairwise in a fixed tree.
+#[inline(always)]
+fn hsum<V: SimdF32>(v: V) -> f32 {
+    let mut buf = [0.0f32; 16];
+    v.store(&mut buf);
+    let mut n = V::LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            buf[i] += buf[i + n];
+        }
+    }
+    buf[0]
+}
+
+/// `out [w][L] = (sum_j pt_j a_jc) * factor` for every column `c` of `a [n, w]`.
+#[inline(always)]
+fn block_times<V: SimdF32>(pt: &[f32], a: &[f32], w: usize, factor: V, out: &mut [f32]) {
+    let l = V::LANES;
+    let mut c0 = 0;
+    while c0 + CHANS <= w {
+        let acc = col_sums::<V, CHANS>(pt, a, w, c0);
+        for (u, x) in acc.into_iter().enumerate() {
+            (x * factor).store(&mut out[(c0 + u) * l..]);
+        }
+        c0 += CHANS;
+    }
+    for c in c0..w {
+        let [x] = col_sums::<V, 1>(pt, a, w, c);
+        (x * factor).store(&mut out[c * l..]);
+    }
+}
+
+/// Writes the first `nb` lanes of the block `out [width][L]` as rows `i0..` of `dst`.
+///
+/// # Safety
+/// The rows must be this task's alone.
+#[inline(always)]
+unsafe fn write_block(out: &[f32], l: usize, dst: RowsOut<'_>, i0: usize, nb: usize) {
+    for lane in 0..nb {
+        let row = (0..dst.width).map(|c| out[c * l + lane]);
+        // SAFETY: the caller's rows.
+        unsafe { dst.put(i0 + lane, row) };
+    }
+}
+
+/// The forward pass over query rows `rows` of one head (its keys and values in `ws`):
+/// writes those rows of `o` and their log-sum-exps `lse[..rows.len()]`.
+///
+/// # Safety
+/// Rows `rows` of `o` must be this task's alone.
+#[inline(always)]
+pub(super) unsafe fn forward_rows<V: SimdF32>(
+    dm: Dims,
+    rows: Range<usize>,
+    q: Rows<'_>,
+    scale: f32,
+    ws: &mut Workspace,
+    o: RowsOut<'_>,
+    lse: &mut [f32],
+) {
+    let (l, lk) = (V::LANES, dm.lk);
+    let mut i0 = rows.start;
+    while i0 < rows.end {
+        let nb = (rows.end - i0).min(l);
+        load_block(q, i0, nb, scale, l, &mut ws.qt);
+        // Scores, and their maximum per lane.
+        let mut mx = V::splat(f32::NEG_INFINITY);
+        let mut j0 = 0;
+        while j0 + KEYS <= lk {
+            let s = row_dots::<V, KEYS>(&ws.k, dm.d, j0, &ws.qt);
+            for (u, x) in s.iter().enumerate() {
+                x.store(&mut ws.p[(j0 + u) * l..]);
+            }
+            let m01 = s[0].max_(s[1]).max_(s[2].max_(s[3]));
+            let m23 = s[4].max_(s[5]).max_(s[6].max_(s[7]));
+            mx = mx.max_(m01.max_(m23));
+            j0 += KEYS;
+        }
+        for j in j0..lk {
+            let [s] = row_dots::<V, 1>(&ws.k, dm.d, j, &ws.qt);
+            s.store(&mut ws.p[j * l..]);
+            mx = mx.max_(s);
+        }
+        // Probabilities (unnormalised) and their sums, alternating between two accumulators.
+        let mut sums = [V::splat(0.0); 2];
+        for (j, pj) in ws.p[..lk * l].chunks_exact_mut(l).enumerate() {
+            let e = exp_nonpositive(V::load(pj) - mx);
+            e.store(pj);
+            sums[j % 2] = sums[j % 2] + e;
+        }
+        let sum = sums[0] + sums[1];
+        block_times::<V>(&ws.p, &ws.v, dm.dv, V::splat(1.0) / sum, &mut ws.out);
+        // SAFETY: the caller's rows.
+        unsafe { write_block(&ws.out, l, o, i0, nb) };
+        let (mut mb, mut sb) = ([0.0f32; 16], [0.0f32; 16]);
+        mx.store(&mut mb);
+        sum.store(&mut sb);
+        for lane in 0..nb {
+            lse[i0 - rows.start + lane] = mb[lane] + sb[lane].ln();
+        }
+        i0 += nb;
+    }
+}
+
+/// One head's inputs to the backward pass besides the keys and values: queries, outputs,
+/// output gradients (rows of each) and the rows' log-sum-exps.
+#[derive(Clone, Copy)]
+pub(super) struct BackwardInputs<'a> {
+    pub(super) q: Rows<'a>,
+    pub(super) o: Rows<'a>,
+    pub(super) g: Rows<'a>,
+    pub(super) lse: &'a [f32],
+}
+
+/// The backward pass over query rows `rows` of one head (its keys and values in `ws`): writes
+/// those rows of `dq` and adds their contributions to `ws.dk` and `ws.dv`.
+///
+/// # Safety
+/// Rows `rows` of `dq` must be this task's alone.
+#[inline(always)]
+pub(super) unsafe fn backward_rows<V: SimdF32>(
+    dm: Dims,
+    rows: Range<usize>,
+    x: BackwardInputs<'_>,
+    scale: f32,
+    ws: &mut Workspace,
+    dq: RowsOut<'_>,
+) {
+    let (l, lk, d, dv) = (V::LANES, dm.lk, dm.d, dm.dv);
+    let chunk = chunk_blocks(dm);
+    let mut b = 0;
+    let mut i0 = rows.start;
+    while i0 < rows.end {
+        let nb = (rows.end - i0).min(l);
+        load_block(x.q, i0, nb, scale, l, &mut ws.qt[b * d * l..]);
+        load_block(x.g, i0, nb, 1.0, l, &mut ws.gt[b * dv * l..]);
+        // D = g . o per query; padding lanes get lse = +inf, so that their p and ds are 0.
+        for lane in 0..l {
+            ws.lane[lane] = if lane < nb {
+                let (gi, oi) = (x.g.row(i0 + lane), x.o.row(i0 + lane));
+                gi.iter().zip(oi).map(|(a, b)| a * b).sum::<f32>()
+            } else {
+                0.0
+            };
+        }
+        let dvec = V::load(&ws.lane);
+        for lane in 0..l {
+            ws.lane[lane] = if lane < nb {
+                x.lse[i0 + lane]
+            } else {
+                f32::INFINITY
+            };
+        }
+        let lsev = V::load(&ws.lane);
+        let (qt, gt) = (&ws.qt[b * d * l..], &ws.gt[b * dv * l..]);
+        let (pb, dsb) = (
+            &mut ws.p[b * lk * l..(b + 1) * lk * l],
+            &mut ws.ds[b * lk * l..(b + 1) * lk * l],
+        );
+        // p and ds for a tile of keys: the scores first, then the probabilities' gradients.
+        let mut j0 = 0;
+        while j0 < lk {
+            let keys = if j0 + KEYS <= lk { KEYS } else { 1 };
+            let s: [V; KEYS] = if keys == KEYS {
+                row_dots::<V, KEYS>(&ws.k, d, j0, qt)
+            } else {
+                [row_dots::<V, 1>(&ws.k, d, j0, qt)[0]; KEYS]
+            };
+            for (u, &s) in s.iter().enumerate().take(keys) {
+                exp_nonpositive(s - lsev).store(&mut pb[(j0 + u) * l..]);
+            }
+            let dp: [V; KEYS] = if keys == KEYS {
+                row_dots::<V, KEYS>(&ws.v, dv, j0, gt)
+            } else {
+                [row_dots::<V, 1>(&ws.v, dv, j0, gt)[0]; KEYS]
+            };
+            for (u, &dp) in dp.iter().enumerate().take(keys) {
+                let at = (j0 + u) * l;
+                (V::load(&pb[at..]) * (dp - dvec)).store(&mut dsb[at..]);
+            }
+            j0 += keys;
+        }
+        block_times::<V>(dsb, &ws.k, d, V::splat(scale), &mut ws.out);
+        // SAFETY: the caller's rows.
+        unsafe { write_block(&ws.out, l, dq, i0, nb) };
+        b += 1;
+        i0 += nb;
+        if b == chunk || i0 >= rows.end {
+            add_key_grads::<V>(dm, b, ws);
+            b = 0;
+        }
+    }
+}
+
+/// Adds the chunk's key and value gradients (its first `nb` blocks) to `ws.dk` and `ws.dv`.
+#[inline(always)]
+fn add_key_grads<V: SimdF32>(dm: Dims, nb: usize, ws: &mut Workspace) {
+    let lk = dm.lk;
+    for (x, y, w, grad) in [
+        (&ws.ds, &ws.qt, dm.d, &mut ws.dk),
+        (&ws.p, &ws.gt, dm.dv, &mut ws.dv),
+    ] {
+        for j in 0..lk {
+            let row = &mut grad[j * w..(j + 1) * w];
+            let mut c0 = 0;
+            while c0 + CHANS <= w {
+                let sums = V::lane_sums8(block_products::<V, CHANS>(x, lk, j, y, w, c0, nb));
+                for (g, s) in row[c0..c0 + CHANS].iter_mut().zip(sums) {
+                    *g += s;
+                }
+                c0 += CHANS;
+            }
+            for (c, g) in row.iter_mut().enumerate().skip(c0) {
+                let [acc] = block_products::<V, 1>(x, lk, j, y, w, c, nb);
+                *g += hsum(acc);
+            }
+        }
+    }
+}
