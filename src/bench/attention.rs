@@ -2,7 +2,7 @@
 //! of its matrix products (`2 Lq Lk (d + dv)` per head forward, twice that backward) and as a
 //! fraction of the FMA peak. The default shape is the `bench` UNet's attention at 16x16.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::Value;
 use tensor::ops::attention::{attention_heads, attention_heads_backward};
 use tensor::Tensor;
@@ -25,6 +25,16 @@ pub struct AttentionArgs {
     /// Heads (the channels split evenly).
     #[arg(long, default_value_t = 16)]
     heads: usize,
+    /// Time only this pass.
+    #[arg(long, value_enum)]
+    pass: Option<Pass>,
+}
+
+/// The passes `--pass` chooses from.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pass {
+    Forward,
+    Backward,
 }
 
 /// Measures the peak, then the forward and backward passes.
@@ -44,18 +54,23 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
     let g = Tensor::rand_uniform(&shape, 2, 3);
     let peak_gflops = peak(threads, report);
     let (o, lse) = attention_heads(&q, &k, &v, h, scale);
-    let forward = median_seconds(|| {
-        std::hint::black_box(attention_heads(&q, &k, &v, h, scale));
-    });
-    let backward = median_seconds(|| {
-        std::hint::black_box(attention_heads_backward(&q, &k, &v, &o, &lse, &g, h, scale));
-    });
+    let want = |p: Pass| args.pass.is_none_or(|only| only == p);
     // Per head: Q K^T and P V forward (d = dv = c / h), four products of that size backward.
     let forward_flops = 2.0 * (b * h * l * l) as f64 * (2 * (c / h)) as f64;
-    for (pass, seconds, flops) in [
-        ("forward", forward, forward_flops),
-        ("backward", backward, 2.0 * forward_flops),
-    ] {
+    let mut timed = Vec::new();
+    if want(Pass::Forward) {
+        let seconds = median_seconds(|| {
+            std::hint::black_box(attention_heads(&q, &k, &v, h, scale));
+        });
+        timed.push(("forward", seconds, forward_flops));
+    }
+    if want(Pass::Backward) {
+        let seconds = median_seconds(|| {
+            std::hint::black_box(attention_heads_backward(&q, &k, &v, &o, &lse, &g, h, scale));
+        });
+        timed.push(("backward", seconds, 2.0 * forward_flops));
+    }
+    for (pass, seconds, flops) in timed {
         let gflops = flops / seconds / 1e9;
         let fraction = gflops / peak_gflops;
         report.line(

@@ -23,17 +23,14 @@ pub(crate) fn exp_reduced<V: SimdF32>(x: V) -> (V, V) {
 
 /// e^x. Range reduction x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts so that
 /// n*ln2_hi is exact), e^r - 1 by its Taylor series to degree 7 (truncation below 1e-8), and
-/// 2^n applied as two factors 2^h 2^(n-h) so that results reach down into the subnormal range
-/// and up to f32::MAX. Above 88.72 the result is +inf; NaN stays NaN.
+/// 2^n applied by [`SimdF32::ldexp_`], so that results reach down into the subnormal range and
+/// up to f32::MAX. Above 88.72 the result is +inf (the scaling overflows); NaN stays NaN (the
+/// clamps return their second operand on NaN).
 #[inline(always)]
 pub(crate) fn exp<V: SimdF32>(x: V) -> V {
-    let xc = x.max_(V::splat(-104.0)).min_(V::splat(89.0));
+    let xc = V::splat(89.0).min_(V::splat(-104.0).max_(x));
     let (n, em1) = exp_reduced(xc);
-    // h = floor(n / 2) for integer n.
-    let h = (n * V::splat(0.5) - V::splat(0.25)).round_();
-    let y = (em1 + V::splat(1.0)) * h.pow2i() * (n - h).pow2i();
-    let y = V::select(x.gt(V::splat(88.722_84)), V::splat(f32::INFINITY), y);
-    V::select(x.is_nan_(), x, y)
+    (em1 + V::splat(1.0)).ldexp_(n)
 }
 
 /// ln x. With x = m 2^e and m scaled into [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s) where

@@ -43,6 +43,23 @@ impl<'a> Rows<'a> {
         let at = self.start + i * self.stride;
         &self.data[at..at + self.width]
     }
+
+    /// Asks for rows `rows` to be brought into cache (each row of a head is a separate cache
+    /// line of a larger tensor, so the next block's rows are fetched while this one computes).
+    #[inline(always)]
+    fn prefetch(self, rows: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        for i in rows {
+            let at = self.start + i * self.stride;
+            if at < self.data.len() {
+                // SAFETY: a prefetch of an address inside the slice; it never faults.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(at).cast());
+                }
+            }
+        }
+    }
 }
 
 /// Rows of an output tensor written by several tasks, each its own rows (as [`Rows`]).
@@ -139,10 +156,10 @@ pub(super) fn with_workspace<T>(
         }
         let w = slot.as_mut().expect("just filled");
         for (j, row) in w.k.chunks_exact_mut(dm.d).enumerate() {
-            row.copy_from_slice(k.row(j));
+            copy_short(k.row(j), row);
         }
         for (j, row) in w.v.chunks_exact_mut(dm.dv).enumerate() {
-            row.copy_from_slice(v.row(j));
+            copy_short(v.row(j), row);
         }
         f(w)
     };
@@ -152,18 +169,31 @@ pub(super) fn with_workspace<T>(
     })
 }
 
-/// `e^x` for the shifted scores `x <= 0` of a softmax: the range reduction and degree-7
-/// polynomial of [`vmath::exp_reduced`] with one power-of-two scaling, since `x` never
-/// overflows, and 0 below -87 (where `e^x` is below the smallest normal f32; the general
-/// version returns subnormals there). Relative error within 2 ulp; NaN stays NaN; `-inf`
-/// gives 0.
+/// `dst = src` for short rows: eight values at a time in registers (a call to `memmove` per
+/// row of a few values would cost more than the copy).
+#[inline(always)]
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let s: &[f32; 8] = s.try_into().expect("eight values");
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = *s;
+    }
+}
+
+/// `e^x` for the shifted scores `x <= 0` of a softmax: [`vmath::exp`] without the upper clamp
+/// (`x` never overflows). Relative error within 2 ulp down to the smallest normal f32 (about
+/// `e^-87.3`), a subnormal's ulp below; `-inf` (and anything below -104) gives 0; NaN stays
+/// NaN.
 #[inline(always)]
 pub(super) fn exp_nonpositive<V: SimdF32>(x: V) -> V {
     // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
-    let xc = V::splat(-87.0).max_(x);
+    let xc = V::splat(-104.0).max_(x);
     let (n, em1) = vmath::exp_reduced(xc);
-    let y = (em1 + V::splat(1.0)) * n.pow2i();
-    V::select(x.lt(V::splat(-87.0)), V::splat(0.0), y)
+    (em1 + V::splat(1.0)).ldexp_(n)
 }
 
 /// Rows `i0..i0 + nb` (`nb <= L`) of `x`, times `scale`, transposed into `out [width][L]`;
@@ -312,6 +342,7 @@ pub(super) unsafe fn forward_rows<V: SimdF32>(
     while i0 < rows.end {
         let nb = (rows.end - i0).min(l);
         load_block(q, i0, nb, scale, l, &mut ws.qt);
+        q.prefetch(i0 + nb..(i0 + nb + l).min(rows.end));
         // Scores, and their maximum per lane.
         let mut mx = V::splat(f32::NEG_INFINITY);
         let mut j0 = 0;
@@ -330,14 +361,25 @@ pub(super) unsafe fn forward_rows<V: SimdF32>(
             s.store(&mut ws.p[j * l..]);
             mx = mx.max_(s);
         }
-        // Probabilities (unnormalised) and their sums, alternating between two accumulators.
-        let mut sums = [V::splat(0.0); 2];
-        for (j, pj) in ws.p[..lk * l].chunks_exact_mut(l).enumerate() {
-            let e = exp_nonpositive(V::load(pj) - mx);
-            e.store(pj);
-            sums[j % 2] = sums[j % 2] + e;
+        // Probabilities (unnormalised) and their sums, even and odd keys apart (two chains of
+        // additions in flight).
+        let (mut even, mut odd) = (V::splat(0.0), V::splat(0.0));
+        let mut pairs = ws.p[..lk * l].chunks_exact_mut(2 * l);
+        for pj in &mut pairs {
+            let e0 = exp_nonpositive(V::load(pj) - mx);
+            let e1 = exp_nonpositive(V::load(&pj[l..]) - mx);
+            e0.store(pj);
+            e1.store(&mut pj[l..]);
+            even = even + e0;
+            odd = odd + e1;
         }
-        let sum = sums[0] + sums[1];
+        let last = pairs.into_remainder();
+        if !last.is_empty() {
+            let e0 = exp_nonpositive(V::load(last) - mx);
+            e0.store(last);
+            even = even + e0;
+        }
+        let sum = even + odd;
         block_times::<V>(&ws.p, &ws.v, dm.dv, V::splat(1.0) / sum, &mut ws.out);
         // SAFETY: the caller's rows.
         unsafe { write_block(&ws.out, l, o, i0, nb) };
@@ -383,6 +425,10 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
         let nb = (rows.end - i0).min(l);
         load_block(x.q, i0, nb, scale, l, &mut ws.qt[b * d * l..]);
         load_block(x.g, i0, nb, 1.0, l, &mut ws.gt[b * dv * l..]);
+        let next = i0 + nb..(i0 + nb + l).min(rows.end);
+        for r in [x.q, x.g, x.o] {
+            r.prefetch(next.clone());
+        }
         // D = g . o per query; padding lanes get lse = +inf, so that their p and ds are 0.
         for lane in 0..l {
             ws.lane[lane] = if lane < nb {

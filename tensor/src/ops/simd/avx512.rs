@@ -156,6 +156,11 @@ impl SimdF32 for Avx512 {
         }
     }
     #[inline(always)]
+    fn ldexp_(self, n: Self) -> Self {
+        // One instruction, rounded once (also into the subnormals).
+        Avx512(unsafe { _mm512_scalef_ps(self.0, n.0) })
+    }
+    #[inline(always)]
     fn lane_sums8(v: [Self; 8]) -> [f32; 8] {
         let mut out = [0.0; 8];
         unsafe {

@@ -52,6 +52,15 @@ pub(crate) trait SimdF32:
     fn abs_(self) -> Self;
     /// `self` with the sign of `s`.
     fn copysign_(self, s: Self) -> Self;
+    /// `self * 2^n` for lanes of `n` holding integers in [-252, 254], rounded once where the
+    /// result is a normal number; overflow gives infinity and underflow goes through the
+    /// subnormals to 0. By default two exact power-of-two factors, `2^h` then `2^(n - h)` with
+    /// `h = floor(n / 2)`, each within the range of [`SimdF32::pow2i`].
+    #[inline(always)]
+    fn ldexp_(self, n: Self) -> Self {
+        let h = (n * Self::splat(0.5) - Self::splat(0.25)).round_();
+        self * h.pow2i() * (n - h).pow2i()
+    }
     /// The sum of each vector's lanes, for eight vectors at once. Each sum is added in a
     /// fixed order (a tree that may differ between implementations).
     #[inline(always)]
