@@ -168,6 +168,32 @@ macro_rules! on_isa {
     };
 }
 
+/// The vectors at column `c` of rows `row(0), row(1), ..`. (Loops here and in [`column`], not
+/// `std::array::from_fn`: its closure does not inherit the caller's target features, and
+/// unless the inliner happens to fold it in, every vector op becomes a call.)
+#[inline(always)]
+fn load_rows<V: SimdF32, const N: usize>(
+    rows: &[&mut [f32]],
+    c: usize,
+    row: impl Fn(usize) -> usize,
+) -> [V; N] {
+    let mut out = [V::splat(0.0); N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = V::load(&rows[row(i)][c..]);
+    }
+    out
+}
+
+/// Entry `i` of each of the arrays in `t`.
+#[inline(always)]
+fn column<V: SimdF32, const N: usize, const M: usize>(t: &[[V; M]; N], i: usize) -> [V; N] {
+    let mut out = [V::splat(0.0); N];
+    for (o, row) in out.iter_mut().zip(t) {
+        *o = row[i];
+    }
+    out
+}
+
 /// `rows[xi][c] <- (B^T d B)[xi]` in place, where `rows[i * 6 + j][c]` holds `d[i][j]` of the
 /// tile in column `c`, for columns `0..len` (`len` a multiple of [`COLUMN_ALIGN`]).
 #[inline(always)]
@@ -175,11 +201,12 @@ fn transform_input<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
     let mut c = 0;
     while c < len {
         // B^T d (down each column j of the patch), then (B^T d) B (along each row i).
-        let t: [[V; 6]; 6] = std::array::from_fn(|j| {
-            input_column(std::array::from_fn(|i| V::load(&rows[i * 6 + j][c..])))
-        });
+        let mut t = [[V::splat(0.0); 6]; 6];
+        for (j, tj) in t.iter_mut().enumerate() {
+            *tj = input_column(load_rows(rows, c, |i| i * 6 + j));
+        }
         for i in 0..6 {
-            let v = input_column(std::array::from_fn(|j| t[j][i]));
+            let v = input_column(column(&t, i));
             for (j, vj) in v.into_iter().enumerate() {
                 vj.store(&mut rows[i * 6 + j][c..]);
             }
@@ -194,14 +221,12 @@ fn transform_input<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
 fn transform_output<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
     let mut c = 0;
     while c < len {
-        let t: [[V; 4]; 6] = std::array::from_fn(|j| {
-            output_column(std::array::from_fn(|i| V::load(&rows[i * 6 + j][c..])))
-        });
+        let mut t = [[V::splat(0.0); 4]; 6];
+        for (j, tj) in t.iter_mut().enumerate() {
+            *tj = output_column(load_rows(rows, c, |i| i * 6 + j));
+        }
         for a in 0..4 {
-            for (b, yb) in output_column(std::array::from_fn(|j| t[j][a]))
-                .into_iter()
-                .enumerate()
-            {
+            for (b, yb) in output_column(column(&t, a)).into_iter().enumerate() {
                 yb.store(&mut rows[a * 4 + b][c..]);
             }
         }
@@ -227,11 +252,12 @@ fn transform_grad_output<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
     let mut c = 0;
     while c < len {
         // A dY (down each column b of the block), then (A dY) A^T (along each row i).
-        let t: [[V; 6]; 4] = std::array::from_fn(|b| {
-            grad_column(std::array::from_fn(|a| V::load(&rows[a * 4 + b][c..])))
-        });
+        let mut t = [[V::splat(0.0); 6]; 4];
+        for (b, tb) in t.iter_mut().enumerate() {
+            *tb = grad_column(load_rows(rows, c, |a| a * 4 + b));
+        }
         for i in 0..6 {
-            let m = grad_column(std::array::from_fn(|b| t[b][i]));
+            let m = grad_column(column(&t, i));
             for (j, mj) in m.into_iter().enumerate() {
                 mj.store(&mut rows[i * 6 + j][c..]);
             }
