@@ -28,15 +28,27 @@ impl Backward for Conv2dRule {
 
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
         let (s, p) = (self.stride, self.padding);
-        let dx = needs[0].then(|| conv2d_backward_data(g, &self.weight, self.input.shape(), s, p));
         let want_bias = self.has_bias && needs[2];
-        let (dw, db) = if needs[1] || want_bias {
-            let (dw, db) =
-                conv2d_backward_weight(&self.input, g, self.weight.shape(), s, p, want_bias);
-            (needs[1].then_some(dw), db)
-        } else {
-            (None, None)
-        };
+        // The two gradients are independent: computed side by side, each op's serial steps and
+        // its last tasks' imbalance are filled with the other's work.
+        let (dx, (dw, db)) = rayon::join(
+            || needs[0].then(|| conv2d_backward_data(g, &self.weight, self.input.shape(), s, p)),
+            || {
+                if needs[1] || want_bias {
+                    let (dw, db) = conv2d_backward_weight(
+                        &self.input,
+                        g,
+                        self.weight.shape(),
+                        s,
+                        p,
+                        want_bias,
+                    );
+                    (needs[1].then_some(dw), db)
+                } else {
+                    (None, None)
+                }
+            },
+        );
         let mut grads = vec![dx, dw];
         if self.has_bias {
             grads.push(db);

@@ -28,25 +28,31 @@ impl Backward for MatmulRule {
 
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
         let (a, b, ta, tb) = (&self.a, &self.b, self.transa, self.transb);
-        let da = needs[0].then(|| {
-            let d = if ta {
-                b.matmul_t(g, tb, true)
-            } else {
-                g.matmul_t(b, false, !tb)
-            };
-            unbroadcast(d, a.shape())
-        });
-        let db = needs[1].then(|| {
-            if let Some(d) = shared_right_gradient(a, b, g, ta, tb) {
-                return d;
-            }
-            let d = if tb {
-                g.matmul_t(a, true, ta)
-            } else {
-                a.matmul_t(g, !ta, false)
-            };
-            unbroadcast(d, b.shape())
-        });
+        // The two gradients are independent: computed side by side (see the conv2d rule).
+        let da = || {
+            needs[0].then(|| {
+                let d = if ta {
+                    b.matmul_t(g, tb, true)
+                } else {
+                    g.matmul_t(b, false, !tb)
+                };
+                unbroadcast(d, a.shape())
+            })
+        };
+        let db = || {
+            needs[1].then(|| {
+                if let Some(d) = shared_right_gradient(a, b, g, ta, tb) {
+                    return d;
+                }
+                let d = if tb {
+                    g.matmul_t(a, true, ta)
+                } else {
+                    a.matmul_t(g, !ta, false)
+                };
+                unbroadcast(d, b.shape())
+            })
+        };
+        let (da, db) = rayon::join(da, db);
         vec![da, db]
     }
 }
