@@ -234,15 +234,20 @@ fn row_dots<V: SimdF32, const U: usize>(a: &[f32], w: usize, j0: usize, bt: &[f3
 }
 
 /// `[sum_j pt_j a_{j, c0+u} for u < U]`, each a vector over the block's lanes: the block
-/// `pt [n][L]` against columns `c0..c0 + U` of `a [n, w]`.
+/// `pt` (vector `j` at `j step`) against columns `c0..c0 + U` of `a [n, w]`.
 #[inline(always)]
-fn col_sums<V: SimdF32, const U: usize>(pt: &[f32], a: &[f32], w: usize, c0: usize) -> [V; U] {
+fn col_sums<V: SimdF32, const U: usize>(
+    (pt, step): (&[f32], usize),
+    a: &[f32],
+    w: usize,
+    c0: usize,
+) -> [V; U] {
     let l = V::LANES;
     let n = a.len() / w;
-    let pt = &pt[..n * l];
+    let pt = &pt[..(n - 1) * step + l];
     let mut acc = [V::splat(0.0); U];
     for j in 0..n {
-        let p = V::load(&pt[j * l..]);
+        let p = V::load(&pt[j * step..]);
         let row = &a[j * w + c0..j * w + c0 + U];
         for (acc, &x) in acc.iter_mut().zip(row) {
             *acc = V::splat(x).mul_add(p, *acc);
@@ -252,12 +257,11 @@ fn col_sums<V: SimdF32, const U: usize>(pt: &[f32], a: &[f32], w: usize, c0: usi
 }
 
 /// `[sum over blocks b < nb of x_b[j] * y_b[c0 + u] for u < U]`, lane-wise (summed across
-/// lanes by the caller): `x [blocks][n][L]`, `y [blocks][w][L]`.
+/// lanes by the caller): `x [n][blocks][L]` (the chunk's blocks side by side for each key)
+/// and `y [blocks][w][L]`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn block_products<V: SimdF32, const U: usize>(
-    x: &[f32],
-    n: usize,
+    (x, blocks): (&[f32], usize),
     j: usize,
     y: &[f32],
     w: usize,
@@ -265,9 +269,10 @@ fn block_products<V: SimdF32, const U: usize>(
     nb: usize,
 ) -> [V; U] {
     let l = V::LANES;
+    let x = &x[j * blocks * l..(j * blocks + nb) * l];
     let mut acc = [V::splat(0.0); U];
     for b in 0..nb {
-        let xv = V::load(&x[(b * n + j) * l..]);
+        let xv = V::load(&x[b * l..]);
         let yb = &y[(b * w + c0) * l..(b * w + c0 + U) * l];
         for (u, acc) in acc.iter_mut().enumerate() {
             *acc = xv.mul_add(V::load(&yb[u * l..]), *acc);
@@ -291,9 +296,16 @@ fn hsum<V: SimdF32>(v: V) -> f32 {
     buf[0]
 }
 
-/// `out [w][L] = (sum_j pt_j a_jc) * factor` for every column `c` of `a [n, w]`.
+/// `out [w][L] = (sum_j pt_j a_jc) * factor` for every column `c` of `a [n, w]` (`pt` as in
+/// [`col_sums`]).
 #[inline(always)]
-fn block_times<V: SimdF32>(pt: &[f32], a: &[f32], w: usize, factor: V, out: &mut [f32]) {
+fn block_times<V: SimdF32>(
+    pt: (&[f32], usize),
+    a: &[f32],
+    w: usize,
+    factor: V,
+    out: &mut [f32],
+) {
     let l = V::LANES;
     let mut c0 = 0;
     while c0 + CHANS <= w {
@@ -380,7 +392,7 @@ pub(super) unsafe fn forward_rows<V: SimdF32>(
             even = even + e0;
         }
         let sum = even + odd;
-        block_times::<V>(&ws.p, &ws.v, dm.dv, V::splat(1.0) / sum, &mut ws.out);
+        block_times::<V>((&ws.p, l), &ws.v, dm.dv, V::splat(1.0) / sum, &mut ws.out);
         // SAFETY: the caller's rows.
         unsafe { write_block(&ws.out, l, o, i0, nb) };
         let (mut mb, mut sb) = ([0.0f32; 16], [0.0f32; 16]);
@@ -448,10 +460,9 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
         }
         let lsev = V::load(&ws.lane);
         let (qt, gt) = (&ws.qt[b * d * l..], &ws.gt[b * dv * l..]);
-        let (pb, dsb) = (
-            &mut ws.p[b * lk * l..(b + 1) * lk * l],
-            &mut ws.ds[b * lk * l..(b + 1) * lk * l],
-        );
+        // Key j's vectors of block b at (j chunk + b) L: the chunk's blocks side by side.
+        let at = |j: usize| (j * chunk + b) * l;
+        let (pb, dsb) = (&mut ws.p, &mut ws.ds);
         // p and ds for a tile of keys: the scores first, then the probabilities' gradients.
         let mut j0 = 0;
         while j0 < lk {
@@ -462,7 +473,7 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
                 [row_dots::<V, 1>(&ws.k, d, j0, qt)[0]; KEYS]
             };
             for (u, &s) in s.iter().enumerate().take(keys) {
-                exp_nonpositive(s - lsev).store(&mut pb[(j0 + u) * l..]);
+                exp_nonpositive(s - lsev).store(&mut pb[at(j0 + u)..]);
             }
             let dp: [V; KEYS] = if keys == KEYS {
                 row_dots::<V, KEYS>(&ws.v, dv, j0, gt)
@@ -470,12 +481,12 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
                 [row_dots::<V, 1>(&ws.v, dv, j0, gt)[0]; KEYS]
             };
             for (u, &dp) in dp.iter().enumerate().take(keys) {
-                let at = (j0 + u) * l;
+                let at = at(j0 + u);
                 (V::load(&pb[at..]) * (dp - dvec)).store(&mut dsb[at..]);
             }
             j0 += keys;
         }
-        block_times::<V>(dsb, &ws.k, d, V::splat(scale), &mut ws.out);
+        block_times::<V>((&dsb[b * l..], chunk * l), &ws.k, d, V::splat(scale), &mut ws.out);
         // SAFETY: the caller's rows.
         unsafe { write_block(&ws.out, l, dq, i0, nb) };
         b += 1;
@@ -490,7 +501,7 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
 /// Adds the chunk's key and value gradients (its first `nb` blocks) to `ws.dk` and `ws.dv`.
 #[inline(always)]
 fn add_key_grads<V: SimdF32>(dm: Dims, nb: usize, ws: &mut Workspace) {
-    let lk = dm.lk;
+    let (lk, chunk) = (dm.lk, chunk_blocks(dm));
     for (x, y, w, grad) in [
         (&ws.ds, &ws.qt, dm.d, &mut ws.dk),
         (&ws.p, &ws.gt, dm.dv, &mut ws.dv),
@@ -499,14 +510,14 @@ fn add_key_grads<V: SimdF32>(dm: Dims, nb: usize, ws: &mut Workspace) {
             let row = &mut grad[j * w..(j + 1) * w];
             let mut c0 = 0;
             while c0 + CHANS <= w {
-                let sums = V::lane_sums8(block_products::<V, CHANS>(x, lk, j, y, w, c0, nb));
+                let sums = V::lane_sums8(block_products::<V, CHANS>((x, chunk), j, y, w, c0, nb));
                 for (g, s) in row[c0..c0 + CHANS].iter_mut().zip(sums) {
                     *g += s;
                 }
                 c0 += CHANS;
             }
             for (c, g) in row.iter_mut().enumerate().skip(c0) {
-                let [acc] = block_products::<V, 1>(x, lk, j, y, w, c, nb);
+                let [acc] = block_products::<V, 1>((x, chunk), j, y, w, c, nb);
                 *g += hsum(acc);
             }
         }
