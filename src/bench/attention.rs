@@ -4,7 +4,7 @@
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
-use tensor::ops::attention::{attention_heads, attention_heads_backward};
+use tensor::ops::attention::{attention_heads, attention_heads_backward, HeadLayout};
 use tensor::Tensor;
 
 use super::timing::{median_seconds, peak};
@@ -25,6 +25,10 @@ pub struct AttentionArgs {
     /// Heads (the channels split evenly).
     #[arg(long, default_value_t = 16)]
     heads: usize,
+    /// Lay the tensors out `[batch, channels, tokens]` (as 1x1 convolutions of an image give
+    /// them) instead of `[batch, tokens, channels]`.
+    #[arg(long)]
+    channels_first: bool,
     /// Time only this pass.
     #[arg(long, value_enum)]
     pass: Option<Pass>,
@@ -47,26 +51,39 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
         return Err(format!("{c} channels do not split into {h} heads"));
     }
     let scale = 1.0 / ((c / h) as f32).sqrt();
-    let shape = [b, l, c];
+    let (shape, order) = if args.channels_first {
+        ([b, c, l], HeadLayout::ChannelsFirst)
+    } else {
+        ([b, l, c], HeadLayout::TokensFirst)
+    };
     let q = Tensor::rand_uniform(&shape, 2, 0);
     let k = Tensor::rand_uniform(&shape, 2, 1);
     let v = Tensor::rand_uniform(&shape, 2, 2);
     let g = Tensor::rand_uniform(&shape, 2, 3);
     let peak_gflops = peak(threads, report);
-    let (o, lse) = attention_heads(&q, &k, &v, h, scale);
+    let (o, lse) = attention_heads(&q, &k, &v, (h, order), scale);
     let want = |p: Pass| args.pass.is_none_or(|only| only == p);
     // Per head: Q K^T and P V forward (d = dv = c / h), four products of that size backward.
     let forward_flops = 2.0 * (b * h * l * l) as f64 * (2 * (c / h)) as f64;
     let mut timed = Vec::new();
     if want(Pass::Forward) {
         let seconds = median_seconds(|| {
-            std::hint::black_box(attention_heads(&q, &k, &v, h, scale));
+            std::hint::black_box(attention_heads(&q, &k, &v, (h, order), scale));
         });
         timed.push(("forward", seconds, forward_flops));
     }
     if want(Pass::Backward) {
         let seconds = median_seconds(|| {
-            std::hint::black_box(attention_heads_backward(&q, &k, &v, &o, &lse, &g, h, scale));
+            std::hint::black_box(attention_heads_backward(
+                &q,
+                &k,
+                &v,
+                &o,
+                &lse,
+                &g,
+                (h, order),
+                scale,
+            ));
         });
         timed.push(("backward", seconds, 2.0 * forward_flops));
     }
@@ -81,6 +98,7 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
                 ("tokens", l.into()),
                 ("channels", c.into()),
                 ("heads", h.into()),
+                ("channels_first", args.channels_first.into()),
                 ("threads", threads.into()),
                 ("ms", Value::from(seconds * 1e3)),
                 ("gflops", gflops.into()),
@@ -88,8 +106,9 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
                 ("fraction_of_peak", fraction.into()),
             ],
             &format!(
-                "attention {pass:<8} [{b}, {l}, {c}] heads={h} threads={threads}  {:>8.3} ms  \
+                "attention {pass:<8} {:?} heads={h} threads={threads}  {:>8.3} ms  \
                  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak",
+                shape,
                 seconds * 1e3,
                 fraction * 100.0
             ),

@@ -4,7 +4,8 @@ use tensor::rng::Rng;
 
 use super::init::uniform_fan_in;
 use super::{Ctx, Module, ParamStore};
-use crate::ops::attention::multi_head_attention;
+use crate::ops::attention::{multi_head_attention, multi_head_attention_channels_first};
+use crate::ops::conv::conv2d;
 use crate::{Param, Var};
 
 /// `y = x W^T + b` over the last axis of `x`, with `W` `[out, in]` (PyTorch's `nn.Linear`).
@@ -21,6 +22,18 @@ impl Linear {
         let weight = store.param("weight", uniform_fan_in(rng, &[d_out, d_in], d_in));
         let bias = bias.then(|| store.param("bias", uniform_fan_in(rng, &[d_out], d_in)));
         Linear { weight, bias }
+    }
+}
+
+impl Linear {
+    /// The same map applied to every pixel of an image `x [B, in, H, W]`, giving
+    /// `[B, out, H, W]`: a 1x1 convolution with the weight viewed as `[out, in, 1, 1]` and the
+    /// bias added inside it (no transposes of the image to channels last and back).
+    pub fn forward_pixels(&self, ctx: &mut Ctx, x: &Var) -> Var {
+        let w = ctx.param(&self.weight);
+        let (out, inp) = (w.shape()[0], w.shape()[1]);
+        let bias = self.bias.as_ref().map(|b| ctx.param(b));
+        conv2d(x, &w.reshape(&[out, inp, 1, 1]), bias.as_ref(), 1, 0)
     }
 }
 
@@ -91,6 +104,27 @@ impl Module for SelfAttention {
     }
 }
 
+impl SelfAttention {
+    /// The same attention over the pixels of an image `x [B, C, H, W]` as tokens, giving
+    /// `[B, C, H, W]`: equal to flattening the pixels into a sequence `[B, H W, C]`, running
+    /// [`Module::forward`] and turning the result back, but the projections are 1x1
+    /// convolutions and the heads are read channels first, so the image is never transposed.
+    pub fn forward_pixels(&self, ctx: &mut Ctx, x: &Var) -> Var {
+        let (n, c, h, w) = match *x.shape() {
+            [n, c, h, w] => (n, c, h, w),
+            ref other => {
+                panic!("SelfAttention::forward_pixels: expected [N, C, H, W], got {other:?}")
+            }
+        };
+        let tokens = |y: Var| y.reshape(&[n, c, h * w]);
+        let q = tokens(self.to_q.forward_pixels(ctx, x));
+        let k = tokens(self.to_k.forward_pixels(ctx, x));
+        let v = tokens(self.to_v.forward_pixels(ctx, x));
+        let o = multi_head_attention_channels_first(&q, &k, &v, self.heads);
+        self.to_out.forward_pixels(ctx, &o.reshape(&[n, c, h, w]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +174,46 @@ mod tests {
         for (name, p) in store.params() {
             assert!(p.grad().is_some(), "{name} got no gradient");
         }
+    }
+
+    /// On an image, the pixels as tokens: the same values and parameter gradients as the
+    /// sequence form on the image turned to `[B, H W, C]` (up to rounding), and a gradcheck.
+    #[test]
+    fn self_attention_on_pixels_matches_the_sequence_form() {
+        let store = ParamStore::new();
+        let attn = SelfAttention::new(&store, &mut Rng::new(3, 0), 8, 2, true);
+        let x = randn(&[2, 8, 3, 5], 4);
+        let run = |pixels: bool| {
+            for (_, p) in store.params() {
+                p.zero_grad();
+            }
+            let mut ctx = Ctx::eval();
+            let input = ctx.graph.leaf(x.clone());
+            let y = if pixels {
+                attn.forward_pixels(&mut ctx, &input)
+            } else {
+                let tokens = input.reshape(&[2, 8, 15]).permute(&[0, 2, 1]);
+                let y = attn.forward(&mut ctx, &tokens);
+                y.permute(&[0, 2, 1]).reshape(&[2, 8, 3, 5])
+            };
+            // A weighted sum, so that every output element has its own gradient.
+            let w = Var::constant(randn(&[2, 8, 3, 5], 5));
+            y.mul(&w).sum_all().backward();
+            let mut out = vec![y.value().clone()];
+            out.extend(store.params().into_iter().map(|(_, p)| p.grad().unwrap()));
+            out
+        };
+        for (a, b) in run(true).iter().zip(&run(false)) {
+            assert_eq!(a.shape(), b.shape());
+            for (x, y) in a.data().iter().zip(b.data()) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+        gradcheck(
+            |v| attn.forward_pixels(&mut Ctx::eval_on(&v[0]), &v[0]),
+            std::slice::from_ref(&x),
+            Tolerance::default(),
+        )
+        .unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! Scaled dot-product attention as one op (fused forward and backward kernels).
 
 use tensor::ops::attention::{
-    attention, attention_backward, attention_heads, attention_heads_backward,
+    attention, attention_backward, attention_heads, attention_heads_backward, HeadLayout,
 };
 use tensor::Tensor;
 
@@ -18,16 +18,17 @@ struct AttentionRule {
     o: Tensor,
     lse: Tensor,
     scale: f32,
-    /// `None`: one head per leading index (`[.., L, d]`); `Some(h)`: `h` heads side by side in
-    /// the channels (`[B, L, h d]`).
-    heads: Option<usize>,
+    /// `None`: one head per leading index (`[.., L, d]`); `Some((h, layout))`: `h` heads side
+    /// by side in the channels (`[B, L, h d]`, or `[B, h d, L]` channels first).
+    heads: Option<(usize, HeadLayout)>,
 }
 
 impl Backward for AttentionRule {
     fn name(&self) -> &'static str {
         match self.heads {
             None => "scaled_dot_product_attention",
-            Some(_) => "multi_head_attention",
+            Some((_, HeadLayout::TokensFirst)) => "multi_head_attention",
+            Some((_, HeadLayout::ChannelsFirst)) => "multi_head_attention_channels_first",
         }
     }
 
@@ -35,18 +36,18 @@ impl Backward for AttentionRule {
         let (q, k, v, o, lse) = (&self.q, &self.k, &self.v, &self.o, &self.lse);
         let (dq, dk, dv) = match self.heads {
             None => attention_backward(q, k, v, o, lse, g, self.scale),
-            Some(h) => attention_heads_backward(q, k, v, o, lse, g, h, self.scale),
+            Some(heads) => attention_heads_backward(q, k, v, o, lse, g, heads, self.scale),
         };
         vec![Some(dq), Some(dk), Some(dv)]
     }
 }
 
 /// Runs the forward kernel for `heads` (see [`AttentionRule::heads`]) and records the op.
-fn attend(q: &Var, k: &Var, v: &Var, d: usize, heads: Option<usize>) -> Var {
+fn attend(q: &Var, k: &Var, v: &Var, d: usize, heads: Option<(usize, HeadLayout)>) -> Var {
     let scale = 1.0 / (d as f32).sqrt();
     let (o, lse) = match heads {
         None => attention(q.value(), k.value(), v.value(), scale),
-        Some(h) => attention_heads(q.value(), k.value(), v.value(), h, scale),
+        Some(heads) => attention_heads(q.value(), k.value(), v.value(), heads, scale),
     };
     let rule = AttentionRule {
         q: q.value().clone(),
@@ -82,7 +83,31 @@ pub fn multi_head_attention(q: &Var, k: &Var, v: &Var, heads: usize) -> Var {
         .shape()
         .last()
         .expect("multi_head_attention: q needs dimensions");
-    attend(q, k, v, c / heads.max(1), Some(heads))
+    attend(
+        q,
+        k,
+        v,
+        c / heads.max(1),
+        Some((heads, HeadLayout::TokensFirst)),
+    )
+}
+
+/// [`multi_head_attention`] on channels-first tensors, `q [B, H d, Lq]`, `k [B, H d, Lk]` and
+/// `v [B, H dv, Lk]` (an NCHW feature map's pixels as tokens, as 1x1 convolutions produce
+/// them), giving `[B, H dv, Lq]`: no transposes to tokens first and back. Scale `1/sqrt(d)`.
+/// Panics if the shapes disagree.
+pub fn multi_head_attention_channels_first(q: &Var, k: &Var, v: &Var, heads: usize) -> Var {
+    let c = *q
+        .shape()
+        .get(1)
+        .expect("multi_head_attention_channels_first: q needs [B, H d, L]");
+    attend(
+        q,
+        k,
+        v,
+        c / heads.max(1),
+        Some((heads, HeadLayout::ChannelsFirst)),
+    )
 }
 
 #[cfg(test)]
@@ -166,6 +191,19 @@ mod tests {
         let v = randn(&[2, 5, 6], 13);
         gradcheck(
             |x| multi_head_attention(&x[0], &x[1], &x[2], 2),
+            &[q, k, v],
+            Tolerance::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn multi_head_attention_channels_first_passes_gradcheck() {
+        let q = randn(&[2, 8, 3], 14);
+        let k = randn(&[2, 8, 5], 15);
+        let v = randn(&[2, 6, 5], 16);
+        gradcheck(
+            |x| multi_head_attention_channels_first(&x[0], &x[1], &x[2], 2),
             &[q, k, v],
             Tolerance::default(),
         )

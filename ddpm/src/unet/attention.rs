@@ -45,17 +45,14 @@ impl AttentionBlock {
 
     /// The block on `x` `[N, C, H, W]`.
     pub fn forward(&self, ctx: &mut Ctx, x: &Var) -> Var {
-        let (n, c, h, w) = match *x.shape() {
-            [n, c, h, w] => (n, c, h, w),
-            ref other => panic!("AttentionBlock: expected [N, C, H, W], got {other:?}"),
-        };
-        let tokens = self
-            .group_norm
-            .forward(ctx, x)
-            .reshape(&[n, c, h * w])
-            .permute(&[0, 2, 1]);
-        let o = self.attention.forward(ctx, &tokens);
-        let o = o.permute(&[0, 2, 1]).reshape(&[n, c, h, w]);
+        assert!(
+            x.shape().len() == 4,
+            "AttentionBlock: expected [N, C, H, W], got {:?}",
+            x.shape()
+        );
+        // The pixels are the tokens; the projections run on the image as 1x1 convolutions.
+        let normed = self.group_norm.forward(ctx, x);
+        let o = self.attention.forward_pixels(ctx, &normed);
         let out = x.add(&o);
         if self.rescale_output_factor == 1.0 {
             out

@@ -16,71 +16,114 @@ use crate::ops::alloc;
 use crate::ops::par::SendPtr;
 use crate::Tensor;
 
-/// Where the heads of a `[B, L, H w]` tensor lie: head `t = b H + h` has its row `i` (of `w`
-/// values) at `(b L + i) H w + h w`.
+/// Where the tokens and the heads' channels of a call's tensors lie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadLayout {
+    /// `[B, L, H w]`: each token's channels contiguous, as a linear layer produces them.
+    TokensFirst,
+    /// `[B, H w, L]`: each channel's tokens contiguous, as a 1x1 convolution of an NCHW image
+    /// produces them (`L = H W` pixels).
+    ChannelsFirst,
+}
+
+/// Where the heads of one tensor lie: head `t = b H + h` has entry `(i, c)` (token `i`,
+/// channel `c < w`) at `(b L + i) H w + h w + c` (tokens first) or `(b H w + h w + c) L + i`
+/// (channels first).
 #[derive(Clone, Copy)]
 struct Layout {
     heads: usize,
     len: usize,
     width: usize,
+    order: HeadLayout,
 }
 
 impl Layout {
-    /// Offset of row 0 of head `t`.
-    fn start(self, t: usize) -> usize {
+    /// Offset of entry (0, 0) of head `t`, and the strides between tokens and channels.
+    fn place(self, t: usize) -> (usize, usize, usize) {
         let (b, h) = (t / self.heads, t % self.heads);
-        b * self.len * self.heads * self.width + h * self.width
+        let hw = self.heads * self.width;
+        match self.order {
+            HeadLayout::TokensFirst => (b * self.len * hw + h * self.width, hw, 1),
+            HeadLayout::ChannelsFirst => ((b * hw + h * self.width) * self.len, 1, self.len),
+        }
     }
 
-    /// Head `t`'s rows in `data`.
+    /// Head `t` in `data`.
     fn rows(self, data: &[f32], t: usize) -> Rows<'_> {
+        let (start, row_stride, col_stride) = self.place(t);
         Rows {
             data,
-            start: self.start(t),
-            stride: self.heads * self.width,
+            start,
+            row_stride,
+            col_stride,
             width: self.width,
         }
     }
 
-    /// Head `t`'s rows in the output at `data` (`len` values).
+    /// Head `t` in the output at `data` (`len` values).
     fn rows_out(self, data: &SendPtr, len: usize, t: usize) -> RowsOut<'_> {
+        let (start, row_stride, col_stride) = self.place(t);
         RowsOut {
             data,
             len,
-            start: self.start(t),
-            stride: self.heads * self.width,
+            start,
+            row_stride,
+            col_stride,
             width: self.width,
+        }
+    }
+
+    /// The shape of a whole tensor of this layout with `batch` entries.
+    fn shape(self, batch: usize) -> [usize; 3] {
+        match self.order {
+            HeadLayout::TokensFirst => [batch, self.len, self.heads * self.width],
+            HeadLayout::ChannelsFirst => [batch, self.heads * self.width, self.len],
         }
     }
 }
 
-/// Checks `q [B, Lq, H d]`, `k [B, Lk, H d]`, `v [B, Lk, H dv]` and returns the per-head sizes.
-fn dims_heads(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> (Dims, usize) {
+/// Checks `q [B, Lq, H d]`, `k [B, Lk, H d]`, `v [B, Lk, H dv]` (or, channels first,
+/// `[B, H d, Lq]`, `[B, H d, Lk]`, `[B, H dv, Lk]`) and returns the per-head sizes.
+fn dims_heads(
+    op: &str,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    heads: usize,
+    order: HeadLayout,
+) -> (Dims, usize) {
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    // (tokens, channels) of each.
+    let (t, c) = match order {
+        HeadLayout::TokensFirst => (1, 2),
+        HeadLayout::ChannelsFirst => (2, 1),
+    };
     let ok = heads > 0
         && qs.len() == 3
         && ks.len() == 3
         && vs.len() == 3
         && qs[0] == ks[0]
         && ks[0] == vs[0]
-        && ks[1] == vs[1]
-        && qs[2] == ks[2]
-        && qs[2] % heads == 0
-        && vs[2] % heads == 0
-        && ks[1] > 0
-        && qs[2] > 0
-        && vs[2] > 0;
+        && ks[t] == vs[t]
+        && qs[c] == ks[c]
+        && qs[c] % heads == 0
+        && vs[c] % heads == 0
+        && ks[t] > 0
+        && qs[c] > 0
+        && vs[c] > 0;
+    let want = match order {
+        HeadLayout::TokensFirst => "q [B, Lq, H d], k [B, Lk, H d], v [B, Lk, H dv]",
+        HeadLayout::ChannelsFirst => "q [B, H d, Lq], k [B, H d, Lk], v [B, H dv, Lk]",
+    };
     assert!(
         ok,
-        "{op}: expected q [B, Lq, H d], k [B, Lk, H d], v [B, Lk, H dv] with {heads} heads \
-         and at least one key and channel, got q {qs:?}, k {ks:?}, v {vs:?}"
+        "{op}: expected {want} with {heads} heads and at least one key and channel, got q \
+         {qs:?}, k {ks:?}, v {vs:?}"
     );
     let dm = Dims {
         n: qs[0] * heads,
-        lq: qs[1],
-        lk: ks[1],
-        d: qs[2] / heads,
-        dv: vs[2] / heads,
+        lq: qs[t],
+        lk: ks[t],
+        d: qs[c] / heads,
+        dv: vs[c] / heads,
         lanes: 8,
     };
     (dm, qs[0])
@@ -88,8 +131,13 @@ fn dims_heads(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> (Di
 
 /// The layouts of a call's tensors: queries (`Lq` rows of `d`), keys (`Lk` of `d`), values
 /// (`Lk` of `dv`) and outputs (`Lq` of `dv`).
-fn layouts(dm: Dims, heads: usize) -> [Layout; 4] {
-    let at = |len, width| Layout { heads, len, width };
+fn layouts(dm: Dims, heads: usize, order: HeadLayout) -> [Layout; 4] {
+    let at = |len, width| Layout {
+        heads,
+        len,
+        width,
+        order,
+    };
     [
         at(dm.lq, dm.d),
         at(dm.lk, dm.d),
@@ -99,17 +147,18 @@ fn layouts(dm: Dims, heads: usize) -> [Layout; 4] {
 }
 
 /// Attention with `heads` heads side by side in the channels of `q [B, Lq, H d]`,
-/// `k [B, Lk, H d]` and `v [B, Lk, H dv]`: returns `O [B, Lq, H dv]` (head `h` of each output
-/// token in channels `h dv .. (h + 1) dv`) and the row log-sum-exps `[B, H, Lq]`, exactly as
-/// [`attention`](super::attention) on the heads split out. Panics if the shapes disagree.
+/// `k [B, Lk, H d]` and `v [B, Lk, H dv]` (or of `[B, H d, Lq]`, `[B, H d, Lk]`, `[B, H dv, Lk]`
+/// with `order` [`HeadLayout::ChannelsFirst`]): returns `O [B, Lq, H dv]` (or `[B, H dv, Lq]`;
+/// head `h` in channels `h dv .. (h + 1) dv`) and the row log-sum-exps `[B, H, Lq]`, exactly
+/// as [`attention`](super::attention) on the heads split out. Panics if the shapes disagree.
 pub fn attention_heads(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    heads: usize,
+    (heads, order): (usize, HeadLayout),
     scale: f32,
 ) -> (Tensor, Tensor) {
-    let (dm, batch) = dims_heads("attention_heads", q, k, v, heads);
+    let (dm, batch) = dims_heads("attention_heads", (q, k, v), heads, order);
     let _prof = crate::profile::scope("attention", || {
         format!(
             "q {:?} k {:?} v {:?} heads {heads}",
@@ -118,24 +167,25 @@ pub fn attention_heads(
             v.shape()
         )
     });
-    let (o, lse) = forward_with(dm, batch, heads, (q, k, v), scale, isa());
+    let (o, lse) = forward_with(dm, batch, (heads, order), (q, k, v), scale, isa());
+    let [.., lq_dv] = layouts(dm, heads, order);
     (
-        Tensor::from_vec(o, &[batch, dm.lq, heads * dm.dv]),
+        Tensor::from_vec(o, &lq_dv.shape(batch)),
         Tensor::from_vec(lse, &[batch, heads, dm.lq]),
     )
 }
 
-/// The forward pass in the `[B, L, H w]` layouts: `o` and `lse` as flat vectors.
+/// The forward pass in the layouts `order`: `o` and `lse` as flat vectors.
 pub(super) fn forward_with(
     dm: Dims,
     batch: usize,
-    heads: usize,
+    (heads, order): (usize, HeadLayout),
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     scale: f32,
     isa: Isa,
 ) -> (Vec<f32>, Vec<f32>) {
     let dm = dm.for_isa(isa);
-    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads);
+    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads, order);
     let mut lse = alloc::zeroed(dm.n * dm.lq);
     let len = batch * dm.lq * heads * dm.dv;
     let fill = |o: &mut [std::mem::MaybeUninit<f32>]| {
@@ -188,10 +238,10 @@ pub fn attention_heads_backward(
     o: &Tensor,
     lse: &Tensor,
     g: &Tensor,
-    heads: usize,
+    (heads, order): (usize, HeadLayout),
     scale: f32,
 ) -> (Tensor, Tensor, Tensor) {
-    let (dm, batch) = dims_heads("attention_heads_backward", q, k, v, heads);
+    let (dm, batch) = dims_heads("attention_heads_backward", (q, k, v), heads, order);
     let _prof = crate::profile::scope("attention_backward", || {
         format!(
             "q {:?} k {:?} v {:?} heads {heads}",
@@ -200,7 +250,8 @@ pub fn attention_heads_backward(
             v.shape()
         )
     });
-    let o_shape = [batch, dm.lq, heads * dm.dv];
+    let [.., lq_dv] = layouts(dm, heads, order);
+    let o_shape = lq_dv.shape(batch);
     let lse_shape = [batch, heads, dm.lq];
     assert!(
         o.shape() == o_shape && g.shape() == o_shape && lse.shape() == lse_shape,
@@ -210,7 +261,7 @@ pub fn attention_heads_backward(
         g.shape(),
         lse.shape()
     );
-    let (dq, dk, dv) = backward_with(dm, heads, (q, k, v), (o, lse, g), scale, isa());
+    let (dq, dk, dv) = backward_with(dm, (heads, order), (q, k, v), (o, lse, g), scale, isa());
     (
         Tensor::from_vec(dq, q.shape()),
         Tensor::from_vec(dk, k.shape()),
@@ -218,17 +269,17 @@ pub fn attention_heads_backward(
     )
 }
 
-/// The backward pass in the `[B, L, H w]` layouts: `dq`, `dk`, `dv` as flat vectors.
+/// The backward pass in the layouts `order`: `dq`, `dk`, `dv` as flat vectors.
 pub(super) fn backward_with(
     dm: Dims,
-    heads: usize,
+    (heads, order): (usize, HeadLayout),
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (o, lse, g): (&Tensor, &Tensor, &Tensor),
     scale: f32,
     isa: Isa,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dm = dm.for_isa(isa);
-    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads);
+    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads, order);
     let lens = [q.data().len(), k.data().len(), v.data().len()];
     // Every element of the three gradients is written once, through the pointers: the heads'
     // rows tile each tensor.
@@ -270,7 +321,7 @@ pub(super) fn backward_with(
                 let out = layout.rows_out(ptr, len, t);
                 for (j, row) in grad.chunks_exact(w).enumerate() {
                     // SAFETY: head t's rows are this task's alone.
-                    unsafe { out.put(j, row.iter().copied()) };
+                    unsafe { out.put(j, row) };
                 }
             }
         };
@@ -354,8 +405,9 @@ mod tests {
                     .build()
                     .unwrap();
                 let (o, l, (dq, dk, dvv)) = pool.install(|| {
-                    let (o, l) = attention_heads(&q, &k, &v, heads, 0.3);
-                    let grads = attention_heads_backward(&q, &k, &v, &o, &l, &g, heads, 0.3);
+                    let (o, l) = attention_heads(&q, &k, &v, (heads, TOKENS), 0.3);
+                    let grads =
+                        attention_heads_backward(&q, &k, &v, &o, &l, &g, (heads, TOKENS), 0.3);
                     (o, l, grads)
                 });
                 assert_eq!(o.shape(), &[batch, lq, heads * dv]);
@@ -372,6 +424,49 @@ mod tests {
     #[should_panic(expected = "attention_heads: expected q [B, Lq, H d]")]
     fn channels_not_divisible_by_heads_panic_with_the_shapes() {
         let x = Tensor::zeros(&[1, 4, 6]);
-        let _ = attention_heads(&x, &x, &x, 4, 1.0);
+        let _ = attention_heads(&x, &x, &x, (4, TOKENS), 1.0);
+    }
+
+    const TOKENS: HeadLayout = HeadLayout::TokensFirst;
+
+    /// `[B, L, C]` to `[B, C, L]` and back.
+    fn turn(t: &Tensor) -> Tensor {
+        t.permute(&[0, 2, 1])
+    }
+
+    /// Channels first gives bitwise the outputs and gradients of tokens first, turned, with
+    /// few heads and many, a last block of queries shorter than a vector, `d != dv`, on one
+    /// thread and two.
+    #[test]
+    fn channels_first_equals_tokens_first_bitwise() {
+        let mut rng = Lcg::new(12);
+        let cf = HeadLayout::ChannelsFirst;
+        for (batch, heads, lq, lk, d, dv) in [(1, 2, 150, 70, 8, 5), (3, 4, 33, 40, 4, 8)] {
+            let q = rng.tensor(&[batch, lq, heads * d]);
+            let k = rng.tensor(&[batch, lk, heads * d]);
+            let v = rng.tensor(&[batch, lk, heads * dv]);
+            let g = rng.tensor(&[batch, lq, heads * dv]);
+            let (o0, l0) = attention_heads(&q, &k, &v, (heads, TOKENS), 0.3);
+            let grads0 = attention_heads_backward(&q, &k, &v, &o0, &l0, &g, (heads, TOKENS), 0.3);
+            let (qc, kc, vc, gc) = (turn(&q), turn(&k), turn(&v), turn(&g));
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (o, l, (dq, dk, dvv)) = pool.install(|| {
+                    let (o, l) = attention_heads(&qc, &kc, &vc, (heads, cf), 0.3);
+                    let grads =
+                        attention_heads_backward(&qc, &kc, &vc, &o, &l, &gc, (heads, cf), 0.3);
+                    (o, l, grads)
+                });
+                assert_eq!(o.shape(), &[batch, heads * dv, lq]);
+                assert_eq!(turn(&o).data(), o0.data());
+                assert_eq!(l.data(), l0.data());
+                assert_eq!(turn(&dq).data(), grads0.0.data());
+                assert_eq!(turn(&dk).data(), grads0.1.data());
+                assert_eq!(turn(&dvv).data(), grads0.2.data());
+            }
+        }
     }
 }

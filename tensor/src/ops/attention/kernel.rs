@@ -28,65 +28,107 @@ const CHANS: usize = 8;
 /// Floats of probabilities (and as many of score gradients) a backward chunk keeps.
 const CHUNK_FLOATS: usize = 1 << 16;
 
-/// Rows of a matrix inside a larger tensor: row `i` is `data[start + i stride..][..width]`.
+/// A `[rows, width]` matrix inside a larger tensor: entry `(i, c)` is
+/// `data[start + i row_stride + c col_stride]`. Heads of `[B, L, H w]` tensors have
+/// `col_stride` 1 (each row contiguous); heads of `[B, H w, L]` tensors have `row_stride` 1
+/// (each channel contiguous).
 #[derive(Clone, Copy)]
 pub(super) struct Rows<'a> {
     pub(super) data: &'a [f32],
     pub(super) start: usize,
-    pub(super) stride: usize,
+    pub(super) row_stride: usize,
+    pub(super) col_stride: usize,
     pub(super) width: usize,
 }
 
-impl<'a> Rows<'a> {
+impl Rows<'_> {
+    /// Entry `(i, c)`.
     #[inline(always)]
-    fn row(self, i: usize) -> &'a [f32] {
-        let at = self.start + i * self.stride;
-        &self.data[at..at + self.width]
+    fn get(self, i: usize, c: usize) -> f32 {
+        self.data[self.start + i * self.row_stride + c * self.col_stride]
     }
 
-    /// Asks for rows `rows` to be brought into cache (each row of a head is a separate cache
-    /// line of a larger tensor, so the next block's rows are fetched while this one computes).
+    /// Row `i` into `dst` (`width` values).
+    #[inline(always)]
+    fn row_into(self, i: usize, dst: &mut [f32]) {
+        let at = self.start + i * self.row_stride;
+        if self.col_stride == 1 {
+            copy_short(&self.data[at..at + self.width], dst);
+        } else {
+            for (c, d) in dst[..self.width].iter_mut().enumerate() {
+                *d = self.data[at + c * self.col_stride];
+            }
+        }
+    }
+
+    /// The dot product of row `i` of `self` and of `other` (same width), added in order.
+    #[inline(always)]
+    fn row_dot(self, other: Rows<'_>, i: usize) -> f32 {
+        (0..self.width).fold(0.0, |acc, c| acc + self.get(i, c) * other.get(i, c))
+    }
+
+    /// Asks for the entries of rows `rows` to be brought into cache (a head's rows or channels
+    /// are scattered over a larger tensor, so the next block's are fetched while this one
+    /// computes): one address per row, or per channel when the channels are contiguous.
     #[inline(always)]
     fn prefetch(self, rows: Range<usize>) {
         #[cfg(target_arch = "x86_64")]
-        for i in rows {
-            let at = self.start + i * self.stride;
-            if at < self.data.len() {
-                // SAFETY: a prefetch of an address inside the slice; it never faults.
-                unsafe {
-                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                    _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(at).cast());
+        {
+            let fetch = |at: usize| {
+                if at < self.data.len() {
+                    // SAFETY: a prefetch of an address inside the slice; it never faults.
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(at).cast());
+                    }
+                }
+            };
+            if self.row_stride == 1 {
+                for c in 0..self.width {
+                    fetch(self.start + rows.start + c * self.col_stride);
+                }
+            } else {
+                for i in rows {
+                    fetch(self.start + i * self.row_stride);
                 }
             }
         }
     }
 }
 
-/// Rows of an output tensor written by several tasks, each its own rows (as [`Rows`]).
+/// An output matrix written by several tasks, each its own rows (laid out as [`Rows`]).
 #[derive(Clone, Copy)]
 pub(super) struct RowsOut<'a> {
     pub(super) data: &'a SendPtr,
     pub(super) len: usize,
     pub(super) start: usize,
-    pub(super) stride: usize,
+    pub(super) row_stride: usize,
+    pub(super) col_stride: usize,
     pub(super) width: usize,
 }
 
 impl RowsOut<'_> {
+    /// Writes entry `(i, c)`.
+    ///
+    /// # Safety
+    /// No other task may write row `i` meanwhile.
+    #[inline(always)]
+    unsafe fn set(self, i: usize, c: usize, x: f32) {
+        let at = self.start + i * self.row_stride + c * self.col_stride;
+        assert!(at < self.len, "attention: output entry out of range");
+        // SAFETY: in range (checked above); the caller owns the row.
+        unsafe { *self.data.0.add(at) = x };
+    }
+
     /// Writes `values` (`width` of them) as row `i`.
     ///
     /// # Safety
     /// No other task may write row `i` meanwhile.
     #[inline(always)]
-    pub(super) unsafe fn put(self, i: usize, values: impl Iterator<Item = f32>) {
-        let at = self.start + i * self.stride;
-        assert!(
-            at + self.width <= self.len,
-            "attention: output row out of range"
-        );
-        for (c, x) in values.take(self.width).enumerate() {
-            // SAFETY: in range (checked above); the caller owns the row.
-            unsafe { *self.data.0.add(at + c) = x };
+    pub(super) unsafe fn put(self, i: usize, values: &[f32]) {
+        for (c, &x) in values[..self.width].iter().enumerate() {
+            // SAFETY: the caller's row.
+            unsafe { self.set(i, c, x) };
         }
     }
 }
@@ -156,10 +198,10 @@ pub(super) fn with_workspace<T>(
         }
         let w = slot.as_mut().expect("just filled");
         for (j, row) in w.k.chunks_exact_mut(dm.d).enumerate() {
-            copy_short(k.row(j), row);
+            k.row_into(j, row);
         }
         for (j, row) in w.v.chunks_exact_mut(dm.dv).enumerate() {
-            copy_short(v.row(j), row);
+            v.row_into(j, row);
         }
         f(w)
     };
@@ -201,9 +243,21 @@ pub(super) fn exp_nonpositive<V: SimdF32>(x: V) -> V {
 #[inline(always)]
 fn load_block(x: Rows<'_>, i0: usize, nb: usize, scale: f32, l: usize, out: &mut [f32]) {
     let out = &mut out[..x.width * l];
+    if x.row_stride == 1 {
+        // Channels contiguous: each channel's run of the block's rows is one lane row.
+        for (c, lanes) in out.chunks_exact_mut(l).enumerate() {
+            let at = x.start + c * x.col_stride + i0;
+            for (o, &val) in lanes.iter_mut().zip(&x.data[at..at + nb]) {
+                *o = val * scale;
+            }
+            lanes[nb..].fill(0.0);
+        }
+        return;
+    }
     for lane in 0..l {
         if lane < nb {
-            for (c, &val) in x.row(i0 + lane).iter().enumerate() {
+            let at = x.start + (i0 + lane) * x.row_stride;
+            for (c, &val) in x.data[at..at + x.width].iter().enumerate() {
                 out[c * l + lane] = val * scale;
             }
         } else {
@@ -299,13 +353,7 @@ fn hsum<V: SimdF32>(v: V) -> f32 {
 /// `out [w][L] = (sum_j pt_j a_jc) * factor` for every column `c` of `a [n, w]` (`pt` as in
 /// [`col_sums`]).
 #[inline(always)]
-fn block_times<V: SimdF32>(
-    pt: (&[f32], usize),
-    a: &[f32],
-    w: usize,
-    factor: V,
-    out: &mut [f32],
-) {
+fn block_times<V: SimdF32>(pt: (&[f32], usize), a: &[f32], w: usize, factor: V, out: &mut [f32]) {
     let l = V::LANES;
     let mut c0 = 0;
     while c0 + CHANS <= w {
@@ -327,10 +375,21 @@ fn block_times<V: SimdF32>(
 /// The rows must be this task's alone.
 #[inline(always)]
 unsafe fn write_block(out: &[f32], l: usize, dst: RowsOut<'_>, i0: usize, nb: usize) {
+    if dst.row_stride == 1 {
+        // Channels contiguous: each lane row is one run of the output.
+        for (c, lanes) in out.chunks_exact(l).take(dst.width).enumerate() {
+            let at = dst.start + c * dst.col_stride + i0;
+            assert!(at + nb <= dst.len, "attention: output entry out of range");
+            // SAFETY: in range (checked above); the caller's rows.
+            unsafe { std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst.data.0.add(at), nb) };
+        }
+        return;
+    }
     for lane in 0..nb {
-        let row = (0..dst.width).map(|c| out[c * l + lane]);
-        // SAFETY: the caller's rows.
-        unsafe { dst.put(i0 + lane, row) };
+        for c in 0..dst.width {
+            // SAFETY: the caller's rows.
+            unsafe { dst.set(i0 + lane, c, out[c * l + lane]) };
+        }
     }
 }
 
@@ -444,8 +503,7 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
         // D = g . o per query; padding lanes get lse = +inf, so that their p and ds are 0.
         for lane in 0..l {
             ws.lane[lane] = if lane < nb {
-                let (gi, oi) = (x.g.row(i0 + lane), x.o.row(i0 + lane));
-                gi.iter().zip(oi).map(|(a, b)| a * b).sum::<f32>()
+                x.g.row_dot(x.o, i0 + lane)
             } else {
                 0.0
             };
@@ -486,7 +544,13 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
             }
             j0 += keys;
         }
-        block_times::<V>((&dsb[b * l..], chunk * l), &ws.k, d, V::splat(scale), &mut ws.out);
+        block_times::<V>(
+            (&dsb[b * l..], chunk * l),
+            &ws.k,
+            d,
+            V::splat(scale),
+            &mut ws.out,
+        );
         // SAFETY: the caller's rows.
         unsafe { write_block(&ws.out, l, dq, i0, nb) };
         b += 1;

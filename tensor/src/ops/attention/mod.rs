@@ -115,7 +115,7 @@ mod kernel;
 #[cfg(test)]
 mod tests;
 
-pub use heads::{attention_heads, attention_heads_backward};
+pub use heads::{attention_heads, attention_heads_backward, HeadLayout};
 
 use kernel::{backward_rows, forward_rows, BackwardInputs, Rows, RowsOut, Workspace};
 
@@ -240,7 +240,14 @@ fn attention_with(
     isa: Isa,
 ) -> (Tensor, Tensor) {
     // Each head is a batch entry of one head: `[n, L, 1 d]` in the layout of `attention_heads`.
-    let (o, lse) = heads::forward_with(dm, dm.n, 1, (q, k, v), scale, isa);
+    let (o, lse) = heads::forward_with(
+        dm,
+        dm.n,
+        (1, HeadLayout::TokensFirst),
+        (q, k, v),
+        scale,
+        isa,
+    );
     let (o_shape, lse_shape) = output_shapes(dm, q);
     (
         Tensor::from_vec(o, &o_shape),
@@ -286,7 +293,14 @@ fn attention_backward_with(
         g.shape(),
         lse.shape()
     );
-    let (dq, dk, dv) = heads::backward_with(dm, 1, (q, k, v), (o, lse, g), scale, isa);
+    let (dq, dk, dv) = heads::backward_with(
+        dm,
+        (1, HeadLayout::TokensFirst),
+        (q, k, v),
+        (o, lse, g),
+        scale,
+        isa,
+    );
     (
         Tensor::from_vec(dq, q.shape()),
         Tensor::from_vec(dk, k.shape()),
