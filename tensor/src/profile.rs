@@ -148,6 +148,15 @@ pub fn scope(op: &'static str, detail: impl FnOnce() -> String) -> Guard {
     })
 }
 
+/// Runs `f`, part of an op timed by a [`scope`] elsewhere (a piece it hands to another thread,
+/// as with `rayon::join`), without timing the ops inside `f` separately: on whichever thread
+/// `f` runs, they count as nested.
+pub fn untimed<R>(f: impl FnOnce() -> R) -> R {
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let _guard = Nested;
+    f()
+}
+
 /// `[a, b, c]` for a shape.
 pub fn shape(s: &[usize]) -> String {
     format!("{s:?}")
@@ -178,5 +187,26 @@ mod tests {
         assert!(entries
             .iter()
             .any(|e| e.op == "exp" && e.calls == 1 && e.detail == "[2, 3]"));
+    }
+
+    #[test]
+    fn untimed_work_on_other_threads_counts_in_the_outer_op_only() {
+        let _guard = crate::kernels::cpu::test_lock();
+        enable(false);
+        let _ = take();
+        let x = Tensor::ones(&[2, 3]);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        enable(true);
+        pool.install(|| {
+            let _outer = scope("pair", || "p".into());
+            rayon::join(|| untimed(|| x.exp()), || untimed(|| x.exp()));
+        });
+        enable(false);
+        let entries = take();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!((entries[0].op, entries[0].calls), ("pair", 1));
     }
 }

@@ -30,23 +30,39 @@ impl Backward for Conv2dRule {
         let (s, p) = (self.stride, self.padding);
         let want_bias = self.has_bias && needs[2];
         // The two gradients are independent: computed side by side, each op's serial steps and
-        // its last tasks' imbalance are filled with the other's work.
+        // its last tasks' imbalance are filled with the other's work. The profiler times the
+        // pair as one op (the two overlap).
+        let _prof = tensor::profile::scope("conv2d_backward", || {
+            let sh = tensor::profile::shape;
+            format!(
+                "{} * {} s{s} p{p}",
+                sh(self.input.shape()),
+                sh(self.weight.shape())
+            )
+        });
         let (dx, (dw, db)) = rayon::join(
-            || needs[0].then(|| conv2d_backward_data(g, &self.weight, self.input.shape(), s, p)),
             || {
-                if needs[1] || want_bias {
-                    let (dw, db) = conv2d_backward_weight(
-                        &self.input,
-                        g,
-                        self.weight.shape(),
-                        s,
-                        p,
-                        want_bias,
-                    );
-                    (needs[1].then_some(dw), db)
-                } else {
-                    (None, None)
-                }
+                tensor::profile::untimed(|| {
+                    needs[0]
+                        .then(|| conv2d_backward_data(g, &self.weight, self.input.shape(), s, p))
+                })
+            },
+            || {
+                tensor::profile::untimed(|| {
+                    if needs[1] || want_bias {
+                        let (dw, db) = conv2d_backward_weight(
+                            &self.input,
+                            g,
+                            self.weight.shape(),
+                            s,
+                            p,
+                            want_bias,
+                        );
+                        (needs[1].then_some(dw), db)
+                    } else {
+                        (None, None)
+                    }
+                })
             },
         );
         let mut grads = vec![dx, dw];

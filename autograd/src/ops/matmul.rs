@@ -52,7 +52,14 @@ impl Backward for MatmulRule {
                 unbroadcast(d, b.shape())
             })
         };
-        let (da, db) = rayon::join(da, db);
+        let _prof = tensor::profile::scope("matmul_backward", || {
+            let t = |f: bool| if f { "^T" } else { "" };
+            format!("{:?}{} @ {:?}{}", a.shape(), t(ta), b.shape(), t(tb))
+        });
+        let (da, db) = rayon::join(
+            || tensor::profile::untimed(da),
+            || tensor::profile::untimed(db),
+        );
         vec![da, db]
     }
 }
