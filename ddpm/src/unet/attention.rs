@@ -14,6 +14,10 @@ use tensor::rng::Rng;
 /// out = (x + (o W_o^T + b_o) reshaped back to [N, C, H, W]) / rescale_output_factor
 /// ```
 ///
+/// Computed without turning the image to `[N, H W, C]`: the projections are 1x1 convolutions
+/// and the heads are read channels first (`SelfAttention::forward_pixels`), the same values up
+/// to rounding.
+///
 /// Names follow diffusers: `group_norm`, `to_q`, `to_k`, `to_v`, `to_out.0` (all with bias).
 /// With one head (`attention_head_dim: None`) the scale is DDPM's `C^-1/2`.
 pub struct AttentionBlock {
