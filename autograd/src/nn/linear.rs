@@ -4,7 +4,7 @@ use tensor::rng::Rng;
 
 use super::init::uniform_fan_in;
 use super::{Ctx, Module, ParamStore};
-use crate::ops::attention::{multi_head_attention, multi_head_attention_channels_first};
+use crate::ops::attention::{multi_head_attention, multi_head_attention_qkv};
 use crate::ops::conv::conv2d;
 use crate::{Param, Var};
 
@@ -107,8 +107,10 @@ impl Module for SelfAttention {
 impl SelfAttention {
     /// The same attention over the pixels of an image `x [B, C, H, W]` as tokens, giving
     /// `[B, C, H, W]`: equal to flattening the pixels into a sequence `[B, H W, C]`, running
-    /// [`Module::forward`] and turning the result back, but the projections are 1x1
-    /// convolutions and the heads are read channels first, so the image is never transposed.
+    /// [`Module::forward`] and turning the result back (up to rounding). The three input
+    /// projections are one 1x1 convolution with their weights stacked, the heads are read
+    /// channels first from its output ([`multi_head_attention_qkv`]) and the output
+    /// projection is another 1x1 convolution, so the image is never transposed.
     pub fn forward_pixels(&self, ctx: &mut Ctx, x: &Var) -> Var {
         let (n, c, h, w) = match *x.shape() {
             [n, c, h, w] => (n, c, h, w),
@@ -116,11 +118,21 @@ impl SelfAttention {
                 panic!("SelfAttention::forward_pixels: expected [N, C, H, W], got {other:?}")
             }
         };
-        let tokens = |y: Var| y.reshape(&[n, c, h * w]);
-        let q = tokens(self.to_q.forward_pixels(ctx, x));
-        let k = tokens(self.to_k.forward_pixels(ctx, x));
-        let v = tokens(self.to_v.forward_pixels(ctx, x));
-        let o = multi_head_attention_channels_first(&q, &k, &v, self.heads);
+        let parts = [&self.to_q, &self.to_k, &self.to_v];
+        let weights: Vec<Var> = parts.iter().map(|p| ctx.param(&p.weight)).collect();
+        let weight = Var::concat(&weights.iter().collect::<Vec<_>>(), 0);
+        let with_bias = parts.iter().filter(|p| p.bias.is_some()).count();
+        assert!(
+            with_bias == 0 || with_bias == 3,
+            "SelfAttention::forward_pixels: to_q, to_k and to_v must all have a bias or none"
+        );
+        let biases: Option<Vec<Var>> = parts
+            .iter()
+            .map(|p| p.bias.as_ref().map(|b| ctx.param(b)))
+            .collect();
+        let bias = biases.map(|b| Var::concat(&b.iter().collect::<Vec<_>>(), 0));
+        let qkv = conv2d(x, &weight.reshape(&[3 * c, c, 1, 1]), bias.as_ref(), 1, 0);
+        let o = multi_head_attention_qkv(&qkv.reshape(&[n, 3 * c, h * w]), self.heads);
         self.to_out.forward_pixels(ctx, &o.reshape(&[n, c, h, w]))
     }
 }

@@ -1,7 +1,8 @@
 //! Scaled dot-product attention as one op (fused forward and backward kernels).
 
 use tensor::ops::attention::{
-    attention, attention_backward, attention_heads, attention_heads_backward, HeadLayout,
+    attention, attention_backward, attention_heads, attention_heads_backward, attention_qkv,
+    attention_qkv_backward, HeadLayout,
 };
 use tensor::Tensor;
 
@@ -110,6 +111,51 @@ pub fn multi_head_attention_channels_first(q: &Var, k: &Var, v: &Var, heads: usi
     )
 }
 
+/// [`multi_head_attention_qkv`]'s rule: the gradient of the one input, `qkv`, written by the
+/// kernels in place.
+struct QkvAttentionRule {
+    qkv: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    heads: usize,
+    scale: f32,
+}
+
+impl Backward for QkvAttentionRule {
+    fn name(&self) -> &'static str {
+        "multi_head_attention_qkv"
+    }
+
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
+        let d = attention_qkv_backward(&self.qkv, &self.o, &self.lse, g, self.heads, self.scale);
+        vec![Some(d)]
+    }
+}
+
+/// [`multi_head_attention_channels_first`] with the queries, keys and values stacked in the
+/// channels of one tensor, `qkv [B, 3 C, L]` (queries `0..C`, keys `C..2C`, values `2C..3C`),
+/// as one 1x1 convolution with the three projections stacked produces them; gives
+/// `[B, C, L]`. The same values as attending to the three parts, and the gradient of `qkv` in
+/// one piece (see [`tensor::ops::attention::attention_qkv`]). Scale `1/sqrt(d)`, `d = C /
+/// heads`. Panics if the shape does not fit.
+pub fn multi_head_attention_qkv(qkv: &Var, heads: usize) -> Var {
+    let c = *qkv
+        .shape()
+        .get(1)
+        .expect("multi_head_attention_qkv: qkv needs [B, 3 C, L]")
+        / 3;
+    let scale = 1.0 / ((c / heads.max(1)).max(1) as f32).sqrt();
+    let (o, lse) = attention_qkv(qkv.value(), heads, scale);
+    let rule = QkvAttentionRule {
+        qkv: qkv.value().clone(),
+        o: o.clone(),
+        lse,
+        heads,
+        scale,
+    };
+    Var::from_op(o, rule, &[qkv])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +251,17 @@ mod tests {
         gradcheck(
             |x| multi_head_attention_channels_first(&x[0], &x[1], &x[2], 2),
             &[q, k, v],
+            Tolerance::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn multi_head_attention_qkv_passes_gradcheck() {
+        let qkv = randn(&[2, 12, 5], 17);
+        gradcheck(
+            |x| multi_head_attention_qkv(&x[0], 2),
+            &[qkv],
             Tolerance::default(),
         )
         .unwrap();

@@ -26,25 +26,28 @@ pub enum HeadLayout {
     ChannelsFirst,
 }
 
-/// Where the heads of one tensor lie: head `t = b H + h` has entry `(i, c)` (token `i`,
-/// channel `c < w`) at `(b L + i) H w + h w + c` (tokens first) or `(b H w + h w + c) L + i`
-/// (channels first).
+/// Where the heads of one tensor lie: with `T` channels per token in all (`H w` unless the
+/// tensor holds more than these heads, from channel `offset` on), head `t = b H + h` has entry
+/// `(i, c)` (token `i`, channel `c < w`) at `(b L + i) T + offset + h w + c` (tokens first) or
+/// `(b T + offset + h w + c) L + i` (channels first).
 #[derive(Clone, Copy)]
-struct Layout {
-    heads: usize,
-    len: usize,
-    width: usize,
-    order: HeadLayout,
+pub(super) struct Layout {
+    pub(super) heads: usize,
+    pub(super) len: usize,
+    pub(super) width: usize,
+    pub(super) order: HeadLayout,
+    pub(super) offset: usize,
+    pub(super) total: usize,
 }
 
 impl Layout {
     /// Offset of entry (0, 0) of head `t`, and the strides between tokens and channels.
     fn place(self, t: usize) -> (usize, usize, usize) {
         let (b, h) = (t / self.heads, t % self.heads);
-        let hw = self.heads * self.width;
+        let (total, channel) = (self.total, self.offset + h * self.width);
         match self.order {
-            HeadLayout::TokensFirst => (b * self.len * hw + h * self.width, hw, 1),
-            HeadLayout::ChannelsFirst => ((b * hw + h * self.width) * self.len, 1, self.len),
+            HeadLayout::TokensFirst => (b * self.len * total + channel, total, 1),
+            HeadLayout::ChannelsFirst => ((b * total + channel) * self.len, 1, self.len),
         }
     }
 
@@ -74,10 +77,10 @@ impl Layout {
     }
 
     /// The shape of a whole tensor of this layout with `batch` entries.
-    fn shape(self, batch: usize) -> [usize; 3] {
+    pub(super) fn shape(self, batch: usize) -> [usize; 3] {
         match self.order {
-            HeadLayout::TokensFirst => [batch, self.len, self.heads * self.width],
-            HeadLayout::ChannelsFirst => [batch, self.heads * self.width, self.len],
+            HeadLayout::TokensFirst => [batch, self.len, self.total],
+            HeadLayout::ChannelsFirst => [batch, self.total, self.len],
         }
     }
 }
@@ -137,6 +140,8 @@ fn layouts(dm: Dims, heads: usize, order: HeadLayout) -> [Layout; 4] {
         len,
         width,
         order,
+        offset: 0,
+        total: heads * width,
     };
     [
         at(dm.lq, dm.d),
@@ -184,17 +189,35 @@ pub(super) fn forward_with(
     scale: f32,
     isa: Isa,
 ) -> (Vec<f32>, Vec<f32>) {
+    let layouts = layouts(dm, heads, order);
+    forward_in(
+        dm,
+        batch,
+        layouts,
+        (q.data(), k.data(), v.data()),
+        scale,
+        isa,
+    )
+}
+
+/// The forward pass with the queries, keys, values and outputs laid out as `layouts` says.
+pub(super) fn forward_in(
+    dm: Dims,
+    batch: usize,
+    [lq_d, lk_d, lk_dv, lq_dv]: [Layout; 4],
+    (qd, kd, vd): (&[f32], &[f32], &[f32]),
+    scale: f32,
+    isa: Isa,
+) -> (Vec<f32>, Vec<f32>) {
     let dm = dm.for_isa(isa);
-    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads, order);
     let mut lse = alloc::zeroed(dm.n * dm.lq);
-    let len = batch * dm.lq * heads * dm.dv;
+    let len = batch * dm.lq * lq_dv.total;
     let fill = |o: &mut [std::mem::MaybeUninit<f32>]| {
         if dm.lq == 0 {
             return;
         }
         super::super::flops::add((2 * dm.n * dm.lq * dm.lk * (dm.d + dm.dv)) as u64);
         let out = SendPtr(o.as_mut_ptr().cast::<f32>());
-        let (qd, kd, vd) = (q.data(), k.data(), v.data());
         lse.par_chunks_mut(dm.lq).enumerate().for_each(|(t, lh)| {
             let (qr, kr, vr) = (lq_d.rows(qd, t), lk_d.rows(kd, t), lk_dv.rows(vd, t));
             let or = lq_dv.rows_out(&out, len, t);
@@ -278,21 +301,51 @@ pub(super) fn backward_with(
     scale: f32,
     isa: Isa,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let dm = dm.for_isa(isa);
-    let [lq_d, lk_d, lk_dv, lq_dv] = layouts(dm, heads, order);
     let lens = [q.data().len(), k.data().len(), v.data().len()];
     // Every element of the three gradients is written once, through the pointers: the heads'
     // rows tile each tensor.
     let mut grads = lens.map(alloc::with_capacity);
-    if dm.lq == 0 {
-        for (t, n) in grads.iter_mut().zip(lens) {
-            t.resize(n, 0.0);
-        }
-        let [dq, dk, dv] = grads;
-        return (dq, dk, dv);
-    }
     let ptrs = grads.each_mut().map(|t| SendPtr(t.as_mut_ptr()));
-    let (qd, kd, vd, od, ld, gd) = (q.data(), k.data(), v.data(), o.data(), lse.data(), g.data());
+    let inputs = [q, k, v, o, lse, g].map(Tensor::data);
+    let targets = [0, 1, 2].map(|i| (&ptrs[i], lens[i]));
+    backward_in(dm, layouts(dm, heads, order), inputs, targets, scale, isa);
+    // SAFETY: every head of every gradient was written in full (or, without queries, filled).
+    unsafe {
+        for (t, n) in grads.iter_mut().zip(lens) {
+            t.set_len(n);
+        }
+    }
+    let [dq, dk, dv] = grads;
+    (dq, dk, dv)
+}
+
+/// The backward pass with the tensors laid out as `layouts` says: `inputs` are `q`, `k`,
+/// `v`, `o`, `lse`, `g`; `dq`, `dk`, `dv` are written through `targets` (pointer and length of
+/// the tensor each lies in; they may share one), every entry of their heads once.
+pub(super) fn backward_in(
+    dm: Dims,
+    [lq_d, lk_d, lk_dv, lq_dv]: [Layout; 4],
+    [qd, kd, vd, od, ld, gd]: [&[f32]; 6],
+    targets: [(&SendPtr, usize); 3],
+    scale: f32,
+    isa: Isa,
+) {
+    let dm = dm.for_isa(isa);
+    let (ptrs, lens) = (targets.map(|t| t.0), targets.map(|t| t.1));
+    if dm.lq == 0 {
+        // No query: every gradient is 0.
+        for (i, layout) in [lq_d, lk_d, lk_dv].into_iter().enumerate() {
+            let rows = if i == 0 { dm.lq } else { dm.lk };
+            for t in 0..dm.n {
+                let out = layout.rows_out(ptrs[i], lens[i], t);
+                for j in 0..rows {
+                    // SAFETY: this thread writes alone.
+                    unsafe { out.put(j, &vec![0.0; layout.width]) };
+                }
+            }
+        }
+        return;
+    }
     (0..dm.n).into_par_iter().for_each(|t| {
         let (kr, vr) = (lk_d.rows(kd, t), lk_dv.rows(vd, t));
         let x = BackwardInputs {
@@ -301,7 +354,7 @@ pub(super) fn backward_with(
             g: lq_dv.rows(gd, t),
             lse: &ld[t * dm.lq..(t + 1) * dm.lq],
         };
-        let dq = lq_d.rows_out(&ptrs[0], lens[0], t);
+        let dq = lq_d.rows_out(ptrs[0], lens[0], t);
         // One block of the head's query rows: its key and value gradients.
         let run = |rows: std::ops::Range<usize>, keep: &mut dyn FnMut(&[f32], &[f32])| {
             with_workspace(dm, kr, vr, |ws| {
@@ -315,8 +368,8 @@ pub(super) fn backward_with(
         };
         let write = |dk: &[f32], dv: &[f32]| {
             for (layout, ptr, len, grad, w) in [
-                (lk_d, &ptrs[1], lens[1], dk, dm.d),
-                (lk_dv, &ptrs[2], lens[2], dv, dm.dv),
+                (lk_d, ptrs[1], lens[1], dk, dm.d),
+                (lk_dv, ptrs[2], lens[2], dv, dm.dv),
             ] {
                 let out = layout.rows_out(ptr, len, t);
                 for (j, row) in grad.chunks_exact(w).enumerate() {
@@ -350,14 +403,6 @@ pub(super) fn backward_with(
         }
         write(&dk, &dv);
     });
-    // SAFETY: every head of every gradient was written in full above.
-    unsafe {
-        for (t, n) in grads.iter_mut().zip(lens) {
-            t.set_len(n);
-        }
-    }
-    let [dq, dk, dv] = grads;
-    (dq, dk, dv)
 }
 
 #[cfg(test)]

@@ -112,10 +112,12 @@ fn dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Dims {
 
 mod heads;
 mod kernel;
+mod qkv;
 #[cfg(test)]
 mod tests;
 
 pub use heads::{attention_heads, attention_heads_backward, HeadLayout};
+pub use qkv::{attention_qkv, attention_qkv_backward};
 
 use kernel::{backward_rows, forward_rows, BackwardInputs, Rows, RowsOut, Workspace};
 
