@@ -18,7 +18,7 @@ use crate::Tensor;
 fn dims_qkv(op: &str, qkv: &Tensor, heads: usize) -> (Dims, usize, [Layout; 4]) {
     let s = qkv.shape();
     assert!(
-        heads > 0 && s.len() == 3 && s[1] % (3 * heads) == 0 && s[1] > 0 && s[2] > 0,
+        heads > 0 && s.len() == 3 && s[1].is_multiple_of(3 * heads) && s[1] > 0 && s[2] > 0,
         "{op}: expected qkv [B, 3 C, L] with {heads} heads dividing C and at least one token, \
          got {s:?}"
     );
