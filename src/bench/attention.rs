@@ -3,10 +3,10 @@
 //! fraction of the FMA peak. The default shape is the `bench` UNet's attention at 16x16.
 
 use clap::{Args, ValueEnum};
-use serde_json::Value;
 use tensor::ops::attention::{attention_heads, attention_heads_backward, HeadLayout};
 use tensor::Tensor;
 
+use super::report::rate_fields;
 use super::timing::{median_seconds, peak};
 use super::Report;
 
@@ -90,21 +90,18 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
     for (pass, seconds, flops) in timed {
         let gflops = flops / seconds / 1e9;
         let fraction = gflops / peak_gflops;
+        let mut fields = vec![
+            ("bench", "attention".into()),
+            ("pass", pass.into()),
+            ("batch", b.into()),
+            ("tokens", l.into()),
+            ("channels", c.into()),
+            ("heads", h.into()),
+            ("channels_first", args.channels_first.into()),
+        ];
+        fields.extend(rate_fields(threads, seconds, gflops, peak_gflops));
         report.line(
-            &[
-                ("bench", "attention".into()),
-                ("pass", pass.into()),
-                ("batch", b.into()),
-                ("tokens", l.into()),
-                ("channels", c.into()),
-                ("heads", h.into()),
-                ("channels_first", args.channels_first.into()),
-                ("threads", threads.into()),
-                ("ms", Value::from(seconds * 1e3)),
-                ("gflops", gflops.into()),
-                ("peak_gflops", peak_gflops.into()),
-                ("fraction_of_peak", fraction.into()),
-            ],
+            &fields,
             &format!(
                 "attention {pass:<8} {:?} heads={h} threads={threads}  {:>8.3} ms  \
                  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak",

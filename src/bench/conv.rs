@@ -2,12 +2,12 @@
 //! GFLOP/s (2 * N * Cout * Cin * kh * kw * OH * OW flops per pass) and fraction of peak.
 
 use clap::{Args, ValueEnum};
-use serde_json::Value;
 use tensor::kernels::conv::{
     allow_winograd, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
 };
 use tensor::Tensor;
 
+use super::report::rate_fields;
 use super::timing::{median_seconds, peak};
 use super::Report;
 
@@ -176,25 +176,22 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     for (pass, seconds) in timed {
         let gflops = flops / seconds / 1e9;
         let fraction = gflops / peak_gflops;
+        let mut fields = vec![
+            ("bench", "conv".into()),
+            ("pass", pass.into()),
+            ("batch", p.batch.into()),
+            ("cin", p.c_in.into()),
+            ("cout", p.c_out.into()),
+            ("hw", p.h.into()),
+            ("kernel", p.kh.into()),
+            ("stride", p.stride.into()),
+            ("padding", p.padding.into()),
+            ("algorithm", algorithm.into()),
+            ("cold", args.cold.into()),
+        ];
+        fields.extend(rate_fields(threads, seconds, gflops, peak_gflops));
         report.line(
-            &[
-                ("bench", "conv".into()),
-                ("pass", pass.into()),
-                ("batch", p.batch.into()),
-                ("cin", p.c_in.into()),
-                ("cout", p.c_out.into()),
-                ("hw", p.h.into()),
-                ("kernel", p.kh.into()),
-                ("stride", p.stride.into()),
-                ("padding", p.padding.into()),
-                ("algorithm", algorithm.into()),
-                ("cold", args.cold.into()),
-                ("threads", threads.into()),
-                ("ms", Value::from(seconds * 1e3)),
-                ("gflops", gflops.into()),
-                ("peak_gflops", peak_gflops.into()),
-                ("fraction_of_peak", fraction.into()),
-            ],
+            &fields,
             &format!(
                 "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} {algorithm:<6}{label} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
                 p.batch,

@@ -1,10 +1,10 @@
 //! `ddpm bench gemm`: `C = op(A) * op(B)` for one shape, as GFLOP/s and fraction of peak.
 
 use clap::Args;
-use serde_json::Value;
 use tensor::kernels::gemm::{sgemm, Trans};
 use tensor::Tensor;
 
+use super::report::rate_fields;
 use super::timing::{median_seconds, peak};
 use super::Report;
 
@@ -119,20 +119,17 @@ fn one(
         if ta { "T" } else { "N" },
         if tb { "T" } else { "N" }
     );
+    let mut fields = vec![
+        ("bench", "gemm".into()),
+        ("m", m.into()),
+        ("n", n.into()),
+        ("k", k.into()),
+        ("transa", ta.into()),
+        ("transb", tb.into()),
+    ];
+    fields.extend(rate_fields(threads, seconds, gflops, peak_gflops));
     report.line(
-        &[
-            ("bench", "gemm".into()),
-            ("m", m.into()),
-            ("n", n.into()),
-            ("k", k.into()),
-            ("transa", ta.into()),
-            ("transb", tb.into()),
-            ("threads", threads.into()),
-            ("ms", Value::from(seconds * 1e3)),
-            ("gflops", gflops.into()),
-            ("peak_gflops", peak_gflops.into()),
-            ("fraction_of_peak", fraction.into()),
-        ],
+        &fields,
         &format!(
             "gemm {flags} m={m:<5} n={n:<5} k={k:<5} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
             seconds * 1e3,

@@ -33,3 +33,20 @@ impl Report {
         }
     }
 }
+
+/// The fields a kernel's result ends with: the threads, the median milliseconds, GFLOP/s, the
+/// FMA peak measured in the same process and the fraction of it.
+pub fn rate_fields(
+    threads: usize,
+    seconds: f64,
+    gflops: f64,
+    peak_gflops: f64,
+) -> [(&'static str, Value); 5] {
+    [
+        ("threads", threads.into()),
+        ("ms", Value::from(seconds * 1e3)),
+        ("gflops", gflops.into()),
+        ("peak_gflops", peak_gflops.into()),
+        ("fraction_of_peak", (gflops / peak_gflops).into()),
+    ]
+}

@@ -80,3 +80,12 @@ pub(crate) fn broadcast_index(shape: &[usize], out_shape: &[usize], out_index: u
 pub(crate) fn isa_lock() -> std::sync::MutexGuard<'static, ()> {
     crate::kernels::cpu::test_lock()
 }
+
+/// Runs `f` on a fresh pool of `threads` workers.
+pub(crate) fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a test thread pool")
+        .install(f)
+}

@@ -409,7 +409,7 @@ pub(super) fn backward_in(
 mod tests {
     use super::super::{attention, attention_backward};
     use super::*;
-    use crate::ops::testutil::Lcg;
+    use crate::ops::testutil::{on_threads, Lcg};
 
     /// `[B, L, H w]` to `[B, H, L, w]` and back.
     fn split(t: &Tensor, heads: usize) -> Tensor {
@@ -445,11 +445,7 @@ mod tests {
                 0.3,
             );
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let (o, l, (dq, dk, dvv)) = pool.install(|| {
+                let (o, l, (dq, dk, dvv)) = on_threads(threads, || {
                     let (o, l) = attention_heads(&q, &k, &v, (heads, TOKENS), 0.3);
                     let grads =
                         attention_heads_backward(&q, &k, &v, &o, &l, &g, (heads, TOKENS), 0.3);
@@ -495,11 +491,7 @@ mod tests {
             let grads0 = attention_heads_backward(&q, &k, &v, &o0, &l0, &g, (heads, TOKENS), 0.3);
             let (qc, kc, vc, gc) = (turn(&q), turn(&k), turn(&v), turn(&g));
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let (o, l, (dq, dk, dvv)) = pool.install(|| {
+                let (o, l, (dq, dk, dvv)) = on_threads(threads, || {
                     let (o, l) = attention_heads(&qc, &kc, &vc, (heads, cf), 0.3);
                     let grads =
                         attention_heads_backward(&qc, &kc, &vc, &o, &l, &gc, (heads, cf), 0.3);

@@ -335,21 +335,6 @@ fn block_products<V: SimdF32, const U: usize>(
     acc
 }
 
-/// The sum of the lanes, added pairwise in a fixed tree.
-#[inline(always)]
-fn hsum<V: SimdF32>(v: V) -> f32 {
-    let mut buf = [0.0f32; 16];
-    v.store(&mut buf);
-    let mut n = V::LANES;
-    while n > 1 {
-        n /= 2;
-        for i in 0..n {
-            buf[i] += buf[i + n];
-        }
-    }
-    buf[0]
-}
-
 /// `out [w][L] = (sum_j pt_j a_jc) * factor` for every column `c` of `a [n, w]` (`pt` as in
 /// [`col_sums`]).
 #[inline(always)]
@@ -582,7 +567,7 @@ fn add_key_grads<V: SimdF32>(dm: Dims, nb: usize, ws: &mut Workspace) {
             }
             for (c, g) in row.iter_mut().enumerate().skip(c0) {
                 let [acc] = block_products::<V, 1>((x, chunk), j, y, w, c, nb);
-                *g += hsum(acc);
+                *g += acc.lane_sum();
             }
         }
     }

@@ -103,7 +103,7 @@ pub fn attention_qkv_backward(
 mod tests {
     use super::super::{attention_heads, attention_heads_backward};
     use super::*;
-    use crate::ops::testutil::Lcg;
+    use crate::ops::testutil::{on_threads, Lcg};
 
     /// Bitwise the outputs and gradients of channels-first attention on the three parts, on
     /// one thread and two, with a last block of queries shorter than a vector.
@@ -133,11 +133,7 @@ mod tests {
                 }
             }
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let (o, lse, dqkv) = pool.install(|| {
+                let (o, lse, dqkv) = on_threads(threads, || {
                     let (o, lse) = attention_qkv(&qkv, heads, 0.4);
                     let dqkv = attention_qkv_backward(&qkv, &o, &lse, &g, heads, 0.4);
                     (o, lse, dqkv)

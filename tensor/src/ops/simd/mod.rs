@@ -61,22 +61,27 @@ pub(crate) trait SimdF32:
         let h = (n * Self::splat(0.5) - Self::splat(0.25)).round_();
         self * h.pow2i() * (n - h).pow2i()
     }
+    /// The sum of the lanes, added pairwise in a fixed tree.
+    #[inline(always)]
+    fn lane_sum(self) -> f32 {
+        let mut buf = [0.0f32; 16];
+        self.store(&mut buf);
+        let mut n = Self::LANES;
+        while n > 1 {
+            n /= 2;
+            for i in 0..n {
+                buf[i] += buf[i + n];
+            }
+        }
+        buf[0]
+    }
     /// The sum of each vector's lanes, for eight vectors at once. Each sum is added in a
     /// fixed order (a tree that may differ between implementations).
     #[inline(always)]
     fn lane_sums8(v: [Self; 8]) -> [f32; 8] {
         let mut out = [0.0; 8];
         for (o, x) in out.iter_mut().zip(v) {
-            let mut buf = [0.0f32; 16];
-            x.store(&mut buf);
-            let mut n = Self::LANES;
-            while n > 1 {
-                n /= 2;
-                for i in 0..n {
-                    buf[i] += buf[i + n];
-                }
-            }
-            *o = buf[0];
+            *o = x.lane_sum();
         }
         out
     }
