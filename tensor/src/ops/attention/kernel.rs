@@ -179,24 +179,25 @@ impl Workspace {
     }
 }
 
+/// Workspaces a thread keeps, for as many different sizes (a UNet attends at two resolutions,
+/// and rebuilding a workspace at each switch would fault its pages in again).
+const KEPT_SIZES: usize = 4;
+
 thread_local! {
-    static WORKSPACE: RefCell<Option<Workspace>> = const { RefCell::new(None) };
+    static WORKSPACES: RefCell<Vec<Workspace>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's workspace for `dm` holding the head's keys `k` and values `v`
-/// (rebuilt when the sizes change; a fresh one if it is in use higher up the stack, as when
-/// rayon runs another task while this one waits).
+/// (built on first use of these sizes, the least recently used of [`KEPT_SIZES`] dropped; a
+/// fresh one if this thread's are in use higher up the stack, as when rayon runs another task
+/// while this one waits).
 pub(super) fn with_workspace<T>(
     dm: Dims,
     k: Rows<'_>,
     v: Rows<'_>,
     f: impl FnOnce(&mut Workspace) -> T,
 ) -> T {
-    let run = |slot: &mut Option<Workspace>| {
-        if slot.as_ref().is_none_or(|w| w.dims != dm) {
-            *slot = Some(Workspace::new(dm));
-        }
-        let w = slot.as_mut().expect("just filled");
+    let run = |w: &mut Workspace| {
         for (j, row) in w.k.chunks_exact_mut(dm.d).enumerate() {
             k.row_into(j, row);
         }
@@ -205,9 +206,20 @@ pub(super) fn with_workspace<T>(
         }
         f(w)
     };
-    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut slot) => run(&mut slot),
-        Err(_) => run(&mut None),
+    WORKSPACES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            // Most recently used last.
+            let w = match kept.iter().position(|w| w.dims == dm) {
+                Some(i) => kept.remove(i),
+                None => Workspace::new(dm),
+            };
+            if kept.len() == KEPT_SIZES {
+                kept.remove(0);
+            }
+            kept.push(w);
+            run(kept.last_mut().expect("just pushed"))
+        }
+        Err(_) => run(&mut Workspace::new(dm)),
     })
 }
 
