@@ -19,21 +19,29 @@ use rayon::prelude::*;
 
 use crate::ops::alloc::{as_uninit, assume_init};
 
-/// Runs `f` compiled for AVX2 when the CPU has it (and the portable path is not forced), so
-/// that the f64 accumulations vectorise four lanes wide; otherwise as is. Both give the same
-/// bits (Rust never fuses a multiply and an add on its own).
+/// Runs `f` compiled for AVX-512 or AVX2 when the CPU has it (and the portable path is not
+/// forced), so that the f64 accumulations vectorise eight or four lanes wide; otherwise as is.
+/// All give the same bits (the accumulators are separate lanes in every form, and Rust never
+/// fuses a multiply and an add on its own).
 #[inline(always)]
 fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::cpu::{isa, Isa};
+        #[target_feature(enable = "avx512f,avx2")]
+        unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2")]
         unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if isa() >= Isa::Avx2Fma {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { with_avx2(f) };
+        match isa() {
+            // SAFETY: the CPU supports AVX-512F (and AVX2).
+            Isa::Avx512 => return unsafe { with_avx512(f) },
+            // SAFETY: the CPU supports AVX2.
+            Isa::Avx2Fma => return unsafe { with_avx2(f) },
+            _ => {}
         }
     }
     f()
