@@ -414,17 +414,21 @@ pub(crate) fn backward_impl(
                     .zip(partial_beta.par_chunks_exact_mut(cpg)),
             )
             .enumerate()
-            .for_each(|(idx, ((dxb, (xb, dyb)), (pg, pb)))| {
+            // `dz` is per task, reused from block to block (every value is written before it
+            // is read, so it is grown but never cleared).
+            .for_each_init(Vec::new, |dz, (idx, ((dxb, (xb, dyb)), (pg, pb)))| {
                 let mu = mean[idx] as f64;
                 let rs = rstd[idx] as f64;
                 let g0 = (idx % groups) * cpg;
                 // With SiLU after the norm: dz = dy * silu'(z) for this block, z rounded as
                 // the forward pass rounds it.
-                let dz;
                 let dyb = match silu_beta {
                     None => dyb,
                     Some(beta) => {
-                        let mut d = vec![0.0f32; dyb.len()];
+                        if dz.len() < dyb.len() {
+                            dz.resize(dyb.len(), 0.0);
+                        }
+                        let d = &mut dz[..dyb.len()];
                         for ch in 0..cpg {
                             let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
                             let bt = beta.map_or(0.0, |b| b[g0 + ch]);
@@ -438,8 +442,7 @@ pub(crate) fn backward_impl(
                                 isa,
                             );
                         }
-                        dz = d;
-                        &dz[..]
+                        &*d
                     }
                 };
                 // Pass 1: per-channel sums, and the two group means of the formula.
