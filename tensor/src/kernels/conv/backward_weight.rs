@@ -111,9 +111,46 @@ fn pointwise(
     grad_weight: &mut [f32],
     per_chunk: usize,
 ) {
+    let len = p.batch.div_ceil(per_chunk) * grad_weight.len();
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            // Grown, never cleared: the first image of each chunk overwrites its partial.
+            if kept.len() < len {
+                kept.resize(len, 0.0);
+            }
+            pointwise_into(
+                p,
+                input,
+                grad_output,
+                grad_weight,
+                per_chunk,
+                &mut kept[..len],
+            );
+        }
+        Err(_) => {
+            let mut fresh = vec![0.0f32; len];
+            pointwise_into(p, input, grad_output, grad_weight, per_chunk, &mut fresh);
+        }
+    });
+}
+
+thread_local! {
+    /// The pointwise weight gradient's per-chunk partials, kept by the calling thread between
+    /// calls (neither zeroed nor faulted in again).
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`pointwise`] with the partials' storage (`chunks * wlen` values, overwritten).
+fn pointwise_into(
+    p: &Conv2dParams,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+    per_chunk: usize,
+    partials: &mut [f32],
+) {
     let npix = p.h * p.w;
     let (in_len, out_len, wlen) = (p.c_in * npix, p.c_out * npix, grad_weight.len());
-    let mut partials = vec![0.0f32; p.batch.div_ceil(per_chunk) * wlen];
     partials
         .par_chunks_exact_mut(wlen)
         .zip(input.par_chunks(per_chunk * in_len))
@@ -142,13 +179,22 @@ fn pointwise(
                 );
             }
         });
-    let (sum, rest) = partials.split_at_mut(wlen);
-    for partial in rest.chunks_exact(wlen) {
-        for (d, &v) in sum.iter_mut().zip(partial) {
-            *d += v;
-        }
-    }
-    grad_weight.copy_from_slice(sum);
+    // The partials added in chunk order, straight into the gradient, in parallel over blocks
+    // of its entries.
+    const BLOCK: usize = 4096;
+    let partials = &*partials;
+    grad_weight
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let at = b * BLOCK;
+            out.copy_from_slice(&partials[at..at + out.len()]);
+            for partial in partials.chunks_exact(wlen).skip(1) {
+                for (d, &v) in out.iter_mut().zip(&partial[at..]) {
+                    *d += v;
+                }
+            }
+        });
 }
 
 /// Per-task scratch: the padded channels-last image and one pixel-major column tile.
