@@ -9,7 +9,7 @@ use super::im2col::{im2col_rows, Geometry};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
-use crate::ops::alloc::{as_uninit, init_zeroed};
+use crate::ops::alloc::{as_uninit, assume_init, init_zeroed};
 
 /// conv2d forward on NCHW images:
 /// `Y[n, co, i, j] = bias[co] + sum_{ci, a, b} Wt[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]`
@@ -50,13 +50,70 @@ pub fn conv2d_forward_uninit(
         winograd::forward(p, input, &u, bias, output);
         return;
     }
-    forward_images(
-        &Geometry::of(p),
-        p.c_out,
-        input,
+    let g = Geometry::of(p);
+    if let (true, Some(b)) = (g.is_pointwise() && g.c > 0, bias) {
+        pointwise_biased(&g, p.c_out, input, weight, b, output);
+        return;
+    }
+    forward_images(&g, p.c_out, input, weight, bias, init_zeroed(output));
+}
+
+/// A pointwise (1x1) convolution with a bias into an uninitialised output, in parallel over
+/// images: each image's rows are first written with the bias (which initialises them, so no
+/// zeroing pass comes first), then the product adds onto them.
+fn pointwise_biased(
+    g: &Geometry,
+    c_out: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    output: &mut [MaybeUninit<f32>],
+) {
+    let npix = g.out_pixels();
+    let (in_len, out_len) = (g.c * g.in_pixels(), c_out * npix);
+    if out_len == 0 {
+        return;
+    }
+    output
+        .par_chunks_exact_mut(out_len)
+        .zip(input.par_chunks_exact(in_len))
+        .for_each(|(y, x)| {
+            for (row, &b) in y.chunks_exact_mut(npix).zip(bias) {
+                for v in row {
+                    v.write(b);
+                }
+            }
+            // SAFETY: every row of the image was just written.
+            let y = unsafe { assume_init(y) };
+            pointwise_product(g, c_out, x, weight, 1.0, y);
+        });
+}
+
+/// `y = W x + beta y` for one image of a pointwise convolution (`W` `[c_out, g.c]`, `x`
+/// `[g.c, pixels]`, `y` `[c_out, pixels]`).
+fn pointwise_product(
+    g: &Geometry,
+    c_out: usize,
+    x: &[f32],
+    weight: &[f32],
+    beta: f32,
+    y: &mut [f32],
+) {
+    let (k, npix) = (g.k(), g.out_pixels());
+    sgemm(
+        Trans::No,
+        Trans::No,
+        c_out,
+        npix,
+        k,
+        1.0,
         weight,
-        bias,
-        init_zeroed(output),
+        k,
+        x,
+        npix,
+        beta,
+        y,
+        npix,
     );
 }
 
@@ -159,21 +216,7 @@ fn forward_image(
         if bias.is_some() {
             fill_bias(y, bias, npix);
         }
-        sgemm(
-            Trans::No,
-            Trans::No,
-            c_out,
-            npix,
-            k,
-            1.0,
-            weight,
-            k,
-            x,
-            npix,
-            beta,
-            y,
-            npix,
-        );
+        pointwise_product(g, c_out, x, weight, beta, y);
         return;
     }
     for (r0, r1) in g.tiles() {
