@@ -2,13 +2,14 @@
 //! GFLOP/s (2 * N * Cout * Cin * kh * kw * OH * OW flops per pass) and fraction of peak.
 
 use clap::{Args, ValueEnum};
+use serde_json::Value;
 use tensor::kernels::conv::{
     allow_winograd, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
 };
 use tensor::Tensor;
 
 use super::report::rate_fields;
-use super::timing::{median_seconds, peak};
+use super::timing::{median, median_seconds, paired_seconds, peak};
 use super::Report;
 
 /// Which passes to time.
@@ -17,6 +18,9 @@ pub enum Pass {
     Forward,
     BackwardData,
     BackwardWeight,
+    /// Both gradients side by side (`rayon::join`), as a training step computes them.
+    Backward,
+    /// Forward, backward-data and backward-weight, each on its own.
     All,
 }
 
@@ -64,6 +68,10 @@ pub struct ConvArgs {
     /// tensors four times the size of a 32 MiB last-level cache.
     #[arg(long)]
     cold: bool,
+    /// Also time each pass on one thread, in interleaved pairs with the N-thread runs, and
+    /// report the speed-up (the median of the pairs' ratios, with their range).
+    #[arg(long)]
+    scaling: bool,
 }
 
 impl Default for ConvArgs {
@@ -79,6 +87,7 @@ impl Default for ConvArgs {
             pass: Pass::All,
             algorithm: Algorithm::Auto,
             cold: false,
+            scaling: false,
         }
     }
 }
@@ -122,22 +131,45 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     let peak_gflops = peak(threads, report);
 
     // One set of tensors per repetition in turn (one set unless `--cold`).
-    let set_floats = 2 * (x.numel() + dy.numel());
+    let set_floats = 2 * (x.numel() + dy.numel()) + w.numel();
     let sets = if args.cold {
         (COLD_BYTES / 4).div_ceil(set_floats).max(2)
     } else {
         1
     };
     let xs = vec![x.data().to_vec(); sets];
+    let ws = vec![w.data().to_vec(); sets];
     let dys = vec![dy.data().to_vec(); sets];
     let mut ys = vec![vec![0.0f32; dy.numel()]; sets];
     let mut dxs = vec![vec![0.0f32; x.numel()]; sets];
     let mut dw = vec![0.0f32; w.numel()];
     let mut db = vec![0.0f32; p.c_out];
-    let want = |pass: Pass| args.pass == pass || args.pass == Pass::All;
+    let want = |pass: Pass| args.pass == pass || (args.pass == Pass::All && pass != Pass::Backward);
     let direct = args.algorithm == Algorithm::Direct;
     let winograd_before = allow_winograd(!direct);
-    let mut timed: Vec<(&str, f64)> = Vec::new();
+    let one_thread = if args.scaling {
+        Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .map_err(|e| format!("cannot start a one-thread pool: {e}"))?,
+        )
+    } else {
+        None
+    };
+    // The median seconds on the current pool, and with `--scaling` the one-thread median and
+    // the pairs' speed-ups.
+    let measure = |f: &mut (dyn FnMut() + Send)| -> (f64, Option<(f64, Vec<f64>)>) {
+        match &one_thread {
+            None => (median_seconds(f), None),
+            Some(one) => {
+                let (mut ones, mut manys) = paired_seconds(one, f);
+                let ratios = ones.iter().zip(&manys).map(|(a, b)| a / b).collect();
+                (median(&mut manys), Some((median(&mut ones), ratios)))
+            }
+        }
+    };
+    let mut timed = Vec::new();
     let mut turn = 0;
     let mut next = || {
         turn = (turn + 1) % sets;
@@ -146,35 +178,54 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     if want(Pass::Forward) {
         timed.push((
             "forward",
-            median_seconds(|| {
+            measure(&mut || {
                 let i = next();
-                conv2d_forward(&p, &xs[i], w.data(), Some(bias.data()), &mut ys[i])
+                conv2d_forward(&p, &xs[i], &ws[i], Some(bias.data()), &mut ys[i])
             }),
         ));
     }
     if want(Pass::BackwardData) {
         timed.push((
             "backward_data",
-            median_seconds(|| {
+            measure(&mut || {
                 let i = next();
-                conv2d_backward_data(&p, &dys[i], w.data(), &mut dxs[i])
+                conv2d_backward_data(&p, &dys[i], &ws[i], &mut dxs[i])
             }),
         ));
     }
     if want(Pass::BackwardWeight) {
         timed.push((
             "backward_weight",
-            median_seconds(|| {
+            measure(&mut || {
                 let i = next();
                 conv2d_backward_weight(&p, &xs[i], &dys[i], &mut dw, Some(&mut db))
+            }),
+        ));
+    }
+    if want(Pass::Backward) {
+        timed.push((
+            "backward",
+            measure(&mut || {
+                let i = next();
+                let (dx, dy, x) = (&mut dxs[i], &dys[i], &xs[i]);
+                rayon::join(
+                    || conv2d_backward_data(&p, dy, &ws[i], dx),
+                    || conv2d_backward_weight(&p, x, dy, &mut dw, Some(&mut db)),
+                );
             }),
         ));
     }
     allow_winograd(winograd_before);
     let algorithm = if direct { "direct" } else { "auto" };
     let label = if args.cold { " cold" } else { "" };
-    for (pass, seconds) in timed {
-        let gflops = flops / seconds / 1e9;
+    for (pass, (seconds, scaling)) in timed {
+        // The joined backward does both gradients' work.
+        let work = if pass == "backward" {
+            2.0 * flops
+        } else {
+            flops
+        };
+        let gflops = work / seconds / 1e9;
         let fraction = gflops / peak_gflops;
         let mut fields = vec![
             ("bench", "conv".into()),
@@ -190,22 +241,38 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
             ("cold", args.cold.into()),
         ];
         fields.extend(rate_fields(threads, seconds, gflops, peak_gflops));
-        report.line(
-            &fields,
-            &format!(
-                "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} {algorithm:<6}{label} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
-                p.batch,
-                p.c_in,
-                p.c_out,
-                p.h,
-                p.w,
-                p.kh,
-                p.stride,
-                p.padding,
-                seconds * 1e3,
-                fraction * 100.0
-            ),
+        let mut human = format!(
+            "conv {pass:<15} N={} {}->{} {}x{} k={} s={} p={} {algorithm:<6}{label} threads={threads}  {:>9.3} ms  {gflops:>7.1} GFLOP/s  {:>5.1}% of peak",
+            p.batch,
+            p.c_in,
+            p.c_out,
+            p.h,
+            p.w,
+            p.kh,
+            p.stride,
+            p.padding,
+            seconds * 1e3,
+            fraction * 100.0
         );
+        if let Some((one, mut ratios)) = scaling {
+            let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
+                (lo.min(r), hi.max(r))
+            });
+            let speedup = median(&mut ratios);
+            fields.extend([
+                ("ms_1_thread", Value::from(one * 1e3)),
+                ("pairs", ratios.len().into()),
+                ("speedup", speedup.into()),
+                ("speedup_min", lo.into()),
+                ("speedup_max", hi.into()),
+            ]);
+            human.push_str(&format!(
+                "  | 1 thread {:.3} ms, speed-up {speedup:.2}x ({lo:.2}-{hi:.2}, {} pairs)",
+                one * 1e3,
+                ratios.len()
+            ));
+        }
+        report.line(&fields, &human);
     }
     Ok(())
 }

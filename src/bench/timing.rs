@@ -9,6 +9,9 @@ const MIN_REPS: usize = 5;
 const MIN_TOTAL: Duration = Duration::from_millis(600);
 const MAX_REPS: usize = 200;
 
+/// The least time of one side's turn in [`paired_seconds`].
+const TURN: Duration = Duration::from_millis(40);
+
 /// Runs `f` once to warm caches and pages, then repeatedly (at least [`MIN_REPS`] times and
 /// for at least [`MIN_TOTAL`]), and returns the median seconds per run.
 pub fn median_seconds(mut f: impl FnMut()) -> f64 {
@@ -21,6 +24,51 @@ pub fn median_seconds(mut f: impl FnMut()) -> f64 {
         samples.push(t.elapsed().as_secs_f64());
     }
     median(&mut samples)
+}
+
+/// Seconds per run of `f` on one thread and on the current pool, in pairs of turns taken in
+/// ABBA order (so that a drift in the machine's load weighs on both sides alike), each turn the
+/// median of runs over [`TURN`]: at least [`MIN_REPS`] pairs, over at least four times
+/// [`MIN_TOTAL`]. Returns the two sides' times, pair by pair.
+pub fn paired_seconds(one: &rayon::ThreadPool, mut f: impl FnMut() + Send) -> (Vec<f64>, Vec<f64>) {
+    // A turn runs `f` for at least TURN (the first run untimed: the side's threads have slept
+    // or spun down while the other side ran) and gives the median of its timed runs.
+    let mut run_on = |single: bool| -> f64 {
+        let mut turn = || {
+            f();
+            let mut samples = Vec::new();
+            let start = Instant::now();
+            while samples.len() < 3 || start.elapsed() < TURN {
+                let t = Instant::now();
+                f();
+                samples.push(t.elapsed().as_secs_f64());
+            }
+            median(&mut samples)
+        };
+        if single {
+            one.install(turn)
+        } else {
+            turn()
+        }
+    };
+    let (mut ones, mut manys) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    while ones.len() < MIN_REPS || (start.elapsed() < 4 * MIN_TOTAL && ones.len() < MAX_REPS) {
+        let order = if ones.len() % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for single in order {
+            let seconds = run_on(single);
+            if single {
+                ones.push(seconds);
+            } else {
+                manys.push(seconds);
+            }
+        }
+    }
+    (ones, manys)
 }
 
 /// The median of the samples (the mean of the middle two for an even count).

@@ -115,6 +115,53 @@ pub(crate) fn transpose4x4(rows: [&[f32]; 4]) -> [[f32; 4]; 4] {
     cols
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Transposes the 8 x 8 block at `src` (rows `ld` apart) into `dst` (rows `ld_dst`
+    /// apart): `dst[q * ld_dst + r] = src[r * ld + q]`.
+    ///
+    /// # Safety
+    /// Both blocks must be valid, and the CPU must support AVX.
+    #[target_feature(enable = "avx")]
+    pub(crate) unsafe fn transpose_8x8(src: *const f32, ld: usize, dst: *mut f32, ld_dst: usize) {
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            let r = |i: usize| _mm256_loadu_ps(src.add(i * ld));
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+            // Pairs of rows interleaved: (r0 r1)[0 1 | 4 5] and [2 3 | 6 7], ...
+            let t0 = _mm256_unpacklo_ps(r0, r1);
+            let t1 = _mm256_unpackhi_ps(r0, r1);
+            let t2 = _mm256_unpacklo_ps(r2, r3);
+            let t3 = _mm256_unpackhi_ps(r2, r3);
+            let t4 = _mm256_unpacklo_ps(r4, r5);
+            let t5 = _mm256_unpackhi_ps(r4, r5);
+            let t6 = _mm256_unpacklo_ps(r6, r7);
+            let t7 = _mm256_unpackhi_ps(r6, r7);
+            // Columns q | q + 4 of rows 0-3 (s0..s3) and of rows 4-7 (s4..s7).
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let w = |q: usize, v: __m256| _mm256_storeu_ps(dst.add(q * ld_dst), v);
+            w(0, _mm256_permute2f128_ps::<0x20>(s0, s4));
+            w(1, _mm256_permute2f128_ps::<0x20>(s1, s5));
+            w(2, _mm256_permute2f128_ps::<0x20>(s2, s6));
+            w(3, _mm256_permute2f128_ps::<0x20>(s3, s7));
+            w(4, _mm256_permute2f128_ps::<0x31>(s0, s4));
+            w(5, _mm256_permute2f128_ps::<0x31>(s1, s5));
+            w(6, _mm256_permute2f128_ps::<0x31>(s2, s6));
+            w(7, _mm256_permute2f128_ps::<0x31>(s3, s7));
+        }
+    }
+}
+
 /// A permutation whose last merged output axis is not the input's contiguous one: for every
 /// combination of the other axes, the plane spanned by the output's last axis `j` and the
 /// output axis `k` that is contiguous in the input is transposed in TJ x TK tiles.

@@ -71,7 +71,7 @@ fn backward_data_winograd(
     if !(transposes(p) && winograd::applies(&tp)) {
         return false;
     }
-    let u = winograd::transform_weights_adjoint(p.c_in, p.c_out, weight);
+    let u = winograd::Filters::new(weight, p.c_in, p.c_out, winograd::Orientation::Adjoint);
     winograd::forward(&tp, grad_output, &u, None, grad_input);
     true
 }

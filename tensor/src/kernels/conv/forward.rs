@@ -27,7 +27,7 @@ pub fn conv2d_forward(
 ) {
     check_args(p, input, weight, bias, output.len());
     if winograd::applies(p) {
-        let u = winograd::transform_weights(p.c_out, p.c_in, weight);
+        let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
         winograd::forward(p, input, &u, bias, as_uninit(output));
         return;
     }
@@ -46,7 +46,7 @@ pub fn conv2d_forward_uninit(
 ) {
     check_args(p, input, weight, bias, output.len());
     if winograd::applies(p) {
-        let u = winograd::transform_weights(p.c_out, p.c_in, weight);
+        let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
         winograd::forward(p, input, &u, bias, output);
         return;
     }

@@ -38,18 +38,18 @@ use super::Conv2dParams;
 use crate::kernels::cpu::{self, Isa};
 use crate::kernels::gemm::{sgemm_batched, Trans};
 
+mod filters;
 mod layout;
 mod products;
 #[cfg(test)]
 mod tests;
 mod transforms;
 
+use filters::fold_filter_gradients;
+pub(crate) use filters::Orientation;
 use layout::{gather, scatter_tiles};
-use products::Filters;
-use transforms::{
-    filter_fold, transform_grad_output_on, transform_input_on, transform_output_on, FILTER_BLOCK,
-};
-pub(crate) use transforms::{transform_weights, transform_weights_adjoint, weight_plane};
+pub(crate) use products::Filters;
+use transforms::{transform_grad_output_on, transform_input_on, transform_output_on};
 
 /// Transformed values per chunk of images, in `V` (and likewise in `M`): 1 MiB, so that a
 /// chunk's buffers stay in the outer caches. Measured against 0.5, 2 and 4 MiB on 64 channels
@@ -231,7 +231,7 @@ fn transform_chunk_input(
 }
 
 /// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
-/// filters `u` (from [`transform_weights`]) plus `bias`, into `output`
+/// filters `u` (from [`Filters::new`]) plus `bias`, into `output`
 /// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
 /// [`applies`].
 ///
@@ -241,7 +241,7 @@ fn transform_chunk_input(
 pub(crate) fn forward(
     p: &Conv2dParams,
     input: &[f32],
-    u: &[f32],
+    u: &Filters,
     bias: Option<&[f32]>,
     output: &mut [MaybeUninit<f32>],
 ) {
@@ -251,8 +251,6 @@ pub(crate) fn forward(
     let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
-    let u = Filters::new(u, p.c_out, p.c_in);
-    let u = &u;
     if p.batch.div_ceil(chunk) >= 2 * rayon::current_num_threads() {
         input
             .par_chunks(chunk * in_len)
@@ -384,35 +382,4 @@ pub(crate) fn backward_weight(
         }
         fold_filter_gradients(du, u_plane, grad_weight);
     });
-}
-
-/// `dWt = G^T dU G` for every filter of `grad_weight` (`[c_out, c_in, 3, 3]`, overwritten) from
-/// `du` (planes of `u_plane` values), in parallel over blocks of filters, each block's 36 runs
-/// read contiguously.
-fn fold_filter_gradients(du: &[f32], u_plane: usize, grad_weight: &mut [f32]) {
-    grad_weight
-        .par_chunks_mut(9 * FILTER_BLOCK)
-        .enumerate()
-        .for_each(|(b, filters)| {
-            let count = filters.len() / 9;
-            let mut block = [[0.0f64; FILTER_BLOCK]; XI];
-            for (xi, run) in block.iter_mut().enumerate() {
-                let at = xi * u_plane + b * FILTER_BLOCK;
-                for (r, &x) in run.iter_mut().zip(&du[at..at + count]) {
-                    *r = f64::from(x);
-                }
-            }
-            for (k, g) in filters.chunks_exact_mut(9).enumerate() {
-                // Down each column j of dU, then along each row a of the result.
-                let cols: [[f64; 3]; 6] = std::array::from_fn(|j| {
-                    filter_fold(std::array::from_fn(|i| block[i * 6 + j][k]))
-                });
-                for a in 0..3 {
-                    let row = filter_fold(std::array::from_fn(|j| cols[j][a]));
-                    for (bb, &v) in row.iter().enumerate() {
-                        g[a * 3 + bb] = v as f32;
-                    }
-                }
-            }
-        });
 }

@@ -1,7 +1,7 @@
 //! The 36 matrix products of a chunk in the forward direction, `M[xi] = U[xi] V[xi]`
 //! (`C_out x tiles = (C_out x C_in) (C_in x tiles)`).
 //!
-//! On CPUs with AVX-512 the transformed filters are packed once per convolution into the
+//! On CPUs with AVX-512 the filters are transformed once per convolution straight into the
 //! micro-kernel's A layout (`[C_out / 8][C_in][8]` per `xi`, shared by every chunk), and the
 //! kernel reads its B rows (32 tiles of one input channel) in place from `V`, whose rows are a
 //! multiple of 32 long: neither operand is copied per chunk. Elsewhere each product is an
@@ -13,18 +13,23 @@ use rayon::prelude::*;
 
 use super::super::avx512::{conv_avx512_8x32, BRows, MR, NR};
 use super::super::direct;
-use super::{weight_plane, XI};
+use super::filters::{pack_weights, transform_weights, weight_plane, Orientation};
+use super::{PLANE_SKEW, XI};
 use crate::kernels::gemm::{sgemm_batched_threads, Trans};
 
-/// The transformed filters `U` (from [`super::transform_weights`]: planes of
-/// [`weight_plane`] values, `U[xi][co * c_in + ci]`), with their packed copy when the direct
-/// kernel runs.
-pub(super) struct Filters<'a> {
-    u: &'a [f32],
+/// A convolution's transformed filters: packed for the direct kernel where it runs, else the
+/// planes `U[xi][co * c_in + ci]` (of [`weight_plane`] values) for the GEMM.
+pub(crate) struct Filters {
     c_out: usize,
     c_in: usize,
+    form: Form,
+}
+
+enum Form {
+    /// `U`, planes of [`weight_plane`] values.
+    Planes(Vec<f32>),
     /// `[xi][c_out / 8][c_in][8]`, planes of [`Filters::packed_plane`] values.
-    packed: Option<Vec<f32>>,
+    Packed(Vec<f32>),
 }
 
 thread_local! {
@@ -33,43 +38,51 @@ thread_local! {
     static SPARE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-impl Drop for Filters<'_> {
+impl Drop for Filters {
     fn drop(&mut self) {
-        if let Some(packed) = self.packed.take() {
+        if let Form::Packed(packed) = &mut self.form {
+            let packed = std::mem::take(packed);
             SPARE.with(|spare| spare.set(packed));
         }
     }
 }
 
-impl<'a> Filters<'a> {
-    /// Wraps `u` (`c_out x c_in` filters), packing it for the direct kernel if the CPU runs it.
-    pub(super) fn new(u: &'a [f32], c_out: usize, c_in: usize) -> Filters<'a> {
-        let plane = weight_plane(c_out, c_in);
-        let packed = direct::available().then(|| {
-            let pp = direct::packed_rows_len(c_out, c_in);
-            // Every value is overwritten below; the buffer keeps the length of the largest
-            // filters it has held (so switching between layers never zeroes it again).
+impl Filters {
+    /// The transformed filters of `weight` read as `orientation` says (`c_out` outputs over
+    /// `c_in` inputs), packed straight from the weights if the direct kernel runs.
+    pub(crate) fn new(
+        weight: &[f32],
+        c_out: usize,
+        c_in: usize,
+        orientation: Orientation,
+    ) -> Filters {
+        let form = if direct::available() {
+            let plane = Self::packed_plane(c_out, c_in);
+            // Every value is overwritten; the buffer keeps the length of the largest filters
+            // it has held (so switching between layers never zeroes it again).
             let mut packed = SPARE.with(Cell::take);
-            if packed.len() < XI * pp {
-                packed.resize(XI * pp, 0.0);
+            if packed.len() < XI * plane {
+                packed.resize(XI * plane, 0.0);
             }
-            packed[..XI * pp]
-                .par_chunks_mut(pp)
-                .zip(u.par_chunks(plane))
-                .for_each(|(dst, src)| direct::pack_rows_into(src, c_out, c_in, c_in, 0, dst));
-            packed
-        });
-        Filters {
-            u,
-            c_out,
-            c_in,
-            packed,
-        }
+            pack_weights(
+                c_out,
+                c_in,
+                weight,
+                orientation,
+                &mut packed[..XI * plane],
+                plane,
+            );
+            Form::Packed(packed)
+        } else {
+            Form::Planes(transform_weights(c_out, c_in, weight, orientation))
+        };
+        Filters { c_out, c_in, form }
     }
 
-    /// Values per `xi` of the packed copy.
-    fn packed_plane(&self) -> usize {
-        direct::packed_rows_len(self.c_out, self.c_in)
+    /// Values per `xi` of the packed form: the panels, then a cache line of skew (the 36
+    /// planes are written side by side, see [`PLANE_SKEW`]).
+    fn packed_plane(c_out: usize, c_in: usize) -> usize {
+        direct::packed_rows_len(c_out, c_in) + PLANE_SKEW
     }
 
     /// `M[xi][.., ..cols] = U[xi] V[xi][.., ..cols]` for every `xi`, in parallel over `xi` if
@@ -83,37 +96,43 @@ impl<'a> Filters<'a> {
         (m, m_plane): (&mut [f32], usize),
         stride: usize,
     ) {
-        let Some(packed) = &self.packed else {
-            sgemm_batched_threads(
-                par,
-                XI,
-                Trans::No,
-                Trans::No,
-                self.c_out,
-                cols,
-                self.c_in,
-                1.0,
-                self.u,
-                self.c_in,
-                weight_plane(self.c_out, self.c_in),
-                v,
-                stride,
-                v_plane,
-                0.0,
-                m,
-                stride,
-                m_plane,
-            );
-            return;
+        let packed = match &self.form {
+            Form::Packed(packed) => packed,
+            Form::Planes(u) => {
+                sgemm_batched_threads(
+                    par,
+                    XI,
+                    Trans::No,
+                    Trans::No,
+                    self.c_out,
+                    cols,
+                    self.c_in,
+                    1.0,
+                    u,
+                    self.c_in,
+                    weight_plane(self.c_out, self.c_in),
+                    v,
+                    stride,
+                    v_plane,
+                    0.0,
+                    m,
+                    stride,
+                    m_plane,
+                );
+                return;
+            }
         };
         assert!(
             stride.is_multiple_of(NR) && cols <= stride,
             "winograd products: rows of {stride} values for {cols} columns"
         );
-        let pp = self.packed_plane();
         let (c_out, c_in) = (self.c_out, self.c_in);
+        let (plane, pp) = (
+            Self::packed_plane(c_out, c_in),
+            direct::packed_rows_len(c_out, c_in),
+        );
         let product = |(xi, m_xi): (usize, &mut [f32])| {
-            let a = &packed[xi * pp..][..pp];
+            let a = &packed[xi * plane..][..pp];
             let v_xi = &v[xi * v_plane..][..c_in * stride];
             for j0 in (0..cols).step_by(NR) {
                 let n = NR.min(cols - j0);

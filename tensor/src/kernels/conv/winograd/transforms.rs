@@ -1,111 +1,11 @@
-//! The arithmetic of F(4x4, 3x3): the filter transform `G g G^T` and its adjoint, and the
-//! input, output and output-gradient transforms of whole rows of tiles in place, vectorised
-//! across tiles (see the parent module for the matrices).
+//! The tile arithmetic of F(4x4, 3x3): the input, output and output-gradient transforms of
+//! whole rows of tiles in place, vectorised across tiles (see the parent module for the
+//! matrices; the filter side is in [`super::filters`]).
 
-use std::mem::MaybeUninit;
-
-use rayon::prelude::*;
 use wide::f32x8;
 
-use super::{rows_by_channel, XI};
 use crate::kernels::cpu::Isa;
-use crate::ops::alloc;
 use crate::ops::simd::{self, SimdF32};
-
-/// `G (g0, g1, g2)^T` for the three taps of one filter row or column, in f64.
-#[inline(always)]
-fn filter_column(g: [f64; 3]) -> [f64; 6] {
-    const SIXTH: f64 = 1.0 / 6.0;
-    let [g0, g1, g2] = g;
-    let (even, odd) = (g0 + g2, g1);
-    let (e4, o2) = (0.25 * g0 + g2, 0.5 * g1);
-    [
-        0.25 * g0,
-        -SIXTH * (even + odd),
-        -SIXTH * (even - odd),
-        SIXTH * (e4 + o2),
-        SIXTH * (e4 - o2),
-        g2,
-    ]
-}
-
-/// Filters per block in the filter transforms: a block's 36 runs are written (or read)
-/// contiguously. One filter at a time, its 36 values would lie a plane apart, which for
-/// power-of-two channel counts all map to the same cache set.
-pub(super) const FILTER_BLOCK: usize = 64;
-
-/// Values per plane `U[xi]` of [`transform_weights`]' result (whole blocks of filters).
-pub(crate) fn weight_plane(c_out: usize, c_in: usize) -> usize {
-    (c_out * c_in).next_multiple_of(FILTER_BLOCK)
-}
-
-/// `U[xi][co * c_in + ci] = (G g G^T)[xi]` for every filter `g = weight[co, ci]` (computed in
-/// f64 and rounded once), planes of [`weight_plane`] values; `weight` is `[c_out, c_in, 3, 3]`.
-/// In parallel over blocks of filters.
-pub(crate) fn transform_weights(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
-    transform_filters(c_out, c_in, weight.len(), |co, ci| {
-        let g = &weight[9 * (co * c_in + ci)..][..9];
-        std::array::from_fn(|t| f64::from(g[t]))
-    })
-}
-
-/// [`transform_weights`] for the convolution that computes the input gradient of `weight`
-/// (`[c_in, c_out, 3, 3]`, so the result has `c_out` outputs over `c_in` inputs): filter
-/// `(co, ci)` is `weight[ci, co]` turned by 180 degrees, read in place rather than copied.
-pub(crate) fn transform_weights_adjoint(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
-    transform_filters(c_out, c_in, weight.len(), |co, ci| {
-        let g = &weight[9 * (ci * c_out + co)..][..9];
-        std::array::from_fn(|t| f64::from(g[8 - t]))
-    })
-}
-
-/// `U[xi][co * c_in + ci] = (G g G^T)[xi]` for the `c_out * c_in` filters `g = filter(co, ci)`
-/// (row-major 3x3) of a weight tensor of `weight_len` values, in parallel over blocks of
-/// filters; every value of the result is written once.
-fn transform_filters(
-    c_out: usize,
-    c_in: usize,
-    weight_len: usize,
-    filter: impl Fn(usize, usize) -> [f64; 9] + Sync,
-) -> Vec<f32> {
-    let count = c_out * c_in;
-    assert_eq!(weight_len, count * 9, "winograd filters: weight length");
-    let plane = weight_plane(c_out, c_in);
-    let fill = |u: &mut [MaybeUninit<f32>]| {
-        rows_by_channel(u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(b, mut runs)| {
-                let first = b * FILTER_BLOCK;
-                let mut block = [[0.0f32; FILTER_BLOCK]; XI];
-                let (mut co, mut ci) = (first / c_in, first % c_in);
-                // Filter k fills column k of the block.
-                #[allow(clippy::needless_range_loop)]
-                for k in 0..FILTER_BLOCK.min(count - first) {
-                    let g = filter(co, ci);
-                    // Gg: 6 x 3, one filter column at a time; then (Gg) G^T one row at a time.
-                    let cols: [[f64; 6]; 3] =
-                        std::array::from_fn(|j| filter_column([g[j], g[3 + j], g[6 + j]]));
-                    for i in 0..6 {
-                        let row = filter_column([cols[0][i], cols[1][i], cols[2][i]]);
-                        for (j, &v) in row.iter().enumerate() {
-                            block[i * 6 + j][k] = v as f32;
-                        }
-                    }
-                    ci += 1;
-                    if ci == c_in {
-                        (co, ci) = (co + 1, 0);
-                    }
-                }
-                for (run, values) in runs.iter_mut().zip(&block) {
-                    run.write_copy_of_slice(values);
-                }
-            });
-    };
-    // SAFETY: the blocks' runs tile all XI planes, and every run is written in full (zeros
-    // past the last filter).
-    unsafe { alloc::filled_by(XI * plane, fill) }
-}
 
 /// `B^T d` for six values `d` (one column or row of a patch).
 #[inline(always)]
@@ -271,16 +171,3 @@ on_isa!(transform_grad_output_on, transform_grad_output, (rows: &mut [&mut [f32]
 on_isa!(transform_input_on, transform_input, (rows: &mut [&mut [f32]], len: usize));
 
 on_isa!(transform_output_on, transform_output, (rows: &mut [&mut [f32]], len: usize));
-
-/// `(G^T u)` for six values `u` (one row or column of a transformed filter gradient), in f64.
-#[inline(always)]
-pub(super) fn filter_fold(u: [f64; 6]) -> [f64; 3] {
-    const SIXTH: f64 = 1.0 / 6.0;
-    let (s12, d12) = (u[1] + u[2], u[1] - u[2]);
-    let (s34, d34) = (u[3] + u[4], u[3] - u[4]);
-    [
-        0.25 * u[0] + SIXTH * (0.25 * s34 - s12),
-        SIXTH * (0.5 * d34 - d12),
-        SIXTH * (s34 - s12) + u[5],
-    ]
-}
