@@ -5,7 +5,7 @@ use tensor::Tensor;
 
 use super::init::uniform_fan_in;
 use super::{Ctx, Module, ParamStore};
-use crate::ops::conv::conv2d;
+use crate::ops::conv::conv2d_add;
 use crate::ops::norm::group_norm;
 use crate::{Param, Var};
 
@@ -53,9 +53,32 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, ctx: &mut Ctx, x: &Var) -> Var {
+        self.forward_add(ctx, x, None, None)
+    }
+}
+
+impl Conv2d {
+    /// `conv(x) + shift + residual` in one op ([`conv2d_add`]): a `shift` `[N, C_out, 1, 1]`
+    /// (such as a time-embedding projection) and a `residual` of the output's shape, with the
+    /// bits of [`Module::forward`] followed by the additions.
+    pub fn forward_add(
+        &self,
+        ctx: &mut Ctx,
+        x: &Var,
+        shift: Option<&Var>,
+        residual: Option<&Var>,
+    ) -> Var {
         let w = ctx.param(&self.weight);
         let b = self.bias.as_ref().map(|b| ctx.param(b));
-        conv2d(x, &w, b.as_ref(), self.stride, self.padding)
+        conv2d_add(
+            x,
+            &w,
+            b.as_ref(),
+            self.stride,
+            self.padding,
+            shift,
+            residual,
+        )
     }
 }
 

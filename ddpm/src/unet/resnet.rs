@@ -90,18 +90,20 @@ impl ResnetBlock {
     /// The block on `x` `[N, c_in, H, W]` given `temb_act = silu(emb)` `[N, temb_channels]`.
     pub fn forward(&self, ctx: &mut Ctx, x: &Var, temb_act: &Var) -> Var {
         let h = self.norm1.forward_silu(ctx, x);
-        let h = self.conv1.forward(ctx, &h);
+        // conv1(h) + time_emb_proj(temb) and skip + conv2(h) are each one op: the
+        // convolution adds them as it writes its output (the same bits as separate adds).
         let shift = self.time_emb_proj.forward(ctx, temb_act);
         let (n, c) = (shift.shape()[0], shift.shape()[1]);
-        let h = h.add(&shift.reshape(&[n, c, 1, 1]));
+        let h = self
+            .conv1
+            .forward_add(ctx, &h, Some(&shift.reshape(&[n, c, 1, 1])), None);
         let h = self.norm2.forward_silu(ctx, &h);
         let h = self.dropout.forward(ctx, &h);
-        let h = self.conv2.forward(ctx, &h);
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(ctx, x),
             None => x.clone(),
         };
-        let out = skip.add(&h);
+        let out = self.conv2.forward_add(ctx, &h, None, Some(&skip));
         if self.output_scale_factor == 1.0 {
             out
         } else {

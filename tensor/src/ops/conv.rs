@@ -66,6 +66,32 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Tensor {
+    conv2d_plus(input, weight, bias, stride, padding, ConvAddends::default())
+}
+
+/// What [`conv2d_plus`] adds to the convolution after its bias.
+#[derive(Clone, Copy, Default)]
+pub struct ConvAddends<'a> {
+    /// `[N, C_out, 1, 1]` (or `[N, C_out]`): one value per image and output channel, such as
+    /// a time-embedding projection.
+    pub shift: Option<&'a Tensor>,
+    /// The output's shape: a residual connection.
+    pub residual: Option<&'a Tensor>,
+}
+
+/// [`conv2d`] followed by the additions of `addends`:
+/// `Y = ((conv2d(X, W) + bias) + shift) + residual`, each addition rounded on its own, so the
+/// result has the bits of [`conv2d`] followed by broadcast additions, without their passes
+/// over memory where the convolution adds as it writes (the Winograd path). Panics, naming
+/// the op and the shapes, on a mismatch.
+pub fn conv2d_plus(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    addends: ConvAddends,
+) -> Tensor {
     const OP: &str = "conv2d";
     let _prof = crate::profile::scope(OP, || {
         let s = crate::profile::shape;
@@ -91,12 +117,41 @@ pub fn conv2d(
             weight.shape()
         );
     }
-    super::flops::add(p.flops() as u64);
     let out_shape = p.output_shape();
-    // SAFETY: conv2d_forward_uninit writes every element.
+    if let Some(s) = addends.shift {
+        let ok = s.shape() == [p.batch, p.c_out] || s.shape() == [p.batch, p.c_out, 1, 1];
+        assert!(
+            ok,
+            "{OP}: shift shape {:?} is not [{}, {}, 1, 1] for output {out_shape:?}",
+            s.shape(),
+            p.batch,
+            p.c_out
+        );
+    }
+    if let Some(r) = addends.residual {
+        assert_eq!(
+            r.shape(),
+            &out_shape,
+            "{OP}: residual shape {:?} is not the output shape {out_shape:?}",
+            r.shape()
+        );
+    }
+    super::flops::add(p.flops() as u64);
+    let plus = conv::Addends {
+        shift: addends.shift.map(|s| s.data()),
+        residual: addends.residual.map(|r| r.data()),
+    };
+    // SAFETY: conv2d_forward_uninit_plus writes every element.
     let out = unsafe {
         alloc::filled_by(numel(&out_shape), |y| {
-            conv::conv2d_forward_uninit(&p, input.data(), weight.data(), bias.map(|b| b.data()), y)
+            conv::conv2d_forward_uninit_plus(
+                &p,
+                input.data(),
+                weight.data(),
+                bias.map(|b| b.data()),
+                plus,
+                y,
+            )
         })
     };
     Tensor::from_vec(out, &out_shape)
@@ -234,6 +289,77 @@ mod tests {
         assert_eq!(db.shape(), &[4]);
         let db_mean = db.data().iter().map(|&v| v as f64).sum::<f64>() / 4.0;
         assert!((sum - db_mean).abs() < 1e-4);
+    }
+
+    /// `conv2d_plus` has the bits of `conv2d` followed by the two additions, on the Winograd
+    /// path (where the additions are fused), the pointwise path with a bias, the direct path,
+    /// with one and two threads.
+    #[test]
+    fn conv_plus_is_conv_then_adds_bitwise() {
+        // (c_in, c_out, h, kernel, stride, padding)
+        for (ci, co, h, k, s, p) in [
+            (16, 24, 10, 3, 1, 1),
+            (16, 16, 33, 3, 1, 1),
+            (5, 6, 7, 1, 1, 0),
+            (5, 6, 9, 3, 2, 1),
+        ] {
+            let x = seq(&[3, ci, h, h], 0.05);
+            let w = seq(&[co, ci, k, k], 0.03);
+            let b = seq(&[co], 0.1);
+            let plain = conv2d(&x, &w, Some(&b), s, p);
+            let shift = seq(&[3, co, 1, 1], 0.07);
+            let residual = seq(plain.shape(), 0.02);
+            let want = plain.add(&shift).add(&residual);
+            let want_shift = plain.add(&shift);
+            for threads in [1, 2] {
+                let got = crate::ops::testutil::on_threads(threads, || {
+                    let both = ConvAddends {
+                        shift: Some(&shift),
+                        residual: Some(&residual),
+                    };
+                    let only_shift = ConvAddends {
+                        shift: Some(&shift),
+                        residual: None,
+                    };
+                    (
+                        conv2d_plus(&x, &w, Some(&b), s, p, both),
+                        conv2d_plus(&x, &w, Some(&b), s, p, only_shift),
+                    )
+                });
+                let same = |a: &Tensor, b: &Tensor| {
+                    a.shape() == b.shape()
+                        && a.data()
+                            .iter()
+                            .zip(b.data())
+                            .all(|(x, y)| x.to_bits() == y.to_bits())
+                };
+                assert!(
+                    same(&got.0, &want),
+                    "{ci}->{co} {h}x{h} k{k} s{s}: shift and residual"
+                );
+                assert!(
+                    same(&got.1, &want_shift),
+                    "{ci}->{co} {h}x{h} k{k} s{s}: shift"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "conv2d: residual shape [1, 2, 4, 4] is not the output shape")]
+    fn conv_plus_panics_on_a_residual_of_another_shape() {
+        let addends = ConvAddends {
+            shift: None,
+            residual: Some(&Tensor::zeros(&[1, 2, 4, 4])),
+        };
+        conv2d_plus(
+            &Tensor::zeros(&[1, 3, 5, 5]),
+            &Tensor::zeros(&[2, 3, 3, 3]),
+            None,
+            1,
+            1,
+            addends,
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn backward_data_winograd(
         return false;
     }
     let u = winograd::Filters::new(weight, p.c_in, p.c_out, winograd::Orientation::Adjoint);
-    winograd::forward(&tp, grad_output, &u, None, grad_input);
+    winograd::forward(&tp, grad_output, &u, None, Default::default(), grad_input);
     true
 }
 

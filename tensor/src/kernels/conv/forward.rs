@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::direct;
 use super::im2col::{im2col_rows, Geometry};
 use super::winograd;
-use super::Conv2dParams;
+use super::{Addends, Conv2dParams};
 use crate::kernels::gemm::{sgemm, Trans};
 use crate::ops::alloc::{as_uninit, assume_init, init_zeroed};
 
@@ -28,7 +28,7 @@ pub fn conv2d_forward(
     check_args(p, input, weight, bias, output.len());
     if winograd::applies(p) {
         let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
-        winograd::forward(p, input, &u, bias, as_uninit(output));
+        winograd::forward(p, input, &u, bias, Addends::default(), as_uninit(output));
         return;
     }
     forward_images(&Geometry::of(p), p.c_out, input, weight, bias, output);
@@ -44,18 +44,81 @@ pub fn conv2d_forward_uninit(
     bias: Option<&[f32]>,
     output: &mut [MaybeUninit<f32>],
 ) {
+    conv2d_forward_uninit_plus(p, input, weight, bias, Addends::default(), output);
+}
+
+/// [`conv2d_forward_uninit`] with `addends` added to the output after the bias (see
+/// [`Addends`]): as the Winograd path writes each tile, elsewhere in a pass after the
+/// convolution. Panics as [`conv2d_forward`] does, or if an addend's length disagrees with `p`.
+pub fn conv2d_forward_uninit_plus(
+    p: &Conv2dParams,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    addends: Addends,
+    output: &mut [MaybeUninit<f32>],
+) {
     check_args(p, input, weight, bias, output.len());
+    if let Some(s) = addends.shift {
+        assert_eq!(
+            s.len(),
+            p.batch * p.c_out,
+            "conv2d: shift of {} values for {} images of {} channels",
+            s.len(),
+            p.batch,
+            p.c_out
+        );
+    }
+    if let Some(r) = addends.residual {
+        assert_eq!(
+            r.len(),
+            output.len(),
+            "conv2d: residual of {} values for an output of {}",
+            r.len(),
+            output.len()
+        );
+    }
     if winograd::applies(p) {
         let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
-        winograd::forward(p, input, &u, bias, output);
+        winograd::forward(p, input, &u, bias, addends, output);
         return;
     }
     let g = Geometry::of(p);
-    if let (true, Some(b)) = (g.is_pointwise() && g.c > 0, bias) {
+    let y = if let (true, Some(b)) = (g.is_pointwise() && g.c > 0, bias) {
         pointwise_biased(&g, p.c_out, input, weight, b, output);
+        // SAFETY: pointwise_biased wrote every element.
+        unsafe { assume_init(output) }
+    } else {
+        let y = init_zeroed(output);
+        forward_images(&g, p.c_out, input, weight, bias, y);
+        y
+    };
+    add_after(p.c_out, g.out_pixels(), addends, y);
+}
+
+/// `y += shift[n, co]`, then `y += residual`, plane by plane (`c_out` planes of `npix` values
+/// per image), in parallel over images.
+fn add_after(c_out: usize, npix: usize, addends: Addends, y: &mut [f32]) {
+    let out_len = c_out * npix;
+    if (addends.shift.is_none() && addends.residual.is_none()) || out_len == 0 {
         return;
     }
-    forward_images(&g, p.c_out, input, weight, bias, init_zeroed(output));
+    y.par_chunks_mut(out_len)
+        .enumerate()
+        .for_each(|(n, image)| {
+            for (co, plane) in image.chunks_mut(npix).enumerate() {
+                if let Some(s) = addends.shift {
+                    let s = s[n * c_out + co];
+                    plane.iter_mut().for_each(|v| *v += s);
+                }
+                if let Some(r) = addends.residual {
+                    let at = n * out_len + co * npix;
+                    for (v, &a) in plane.iter_mut().zip(&r[at..at + npix]) {
+                        *v += a;
+                    }
+                }
+            }
+        });
 }
 
 /// A pointwise (1x1) convolution with a bias into an uninitialised output, in parallel over

@@ -67,5 +67,18 @@ pub fn winograd_allowed() -> bool {
 
 pub use backward_data::{conv2d_backward_data, conv2d_backward_data_uninit};
 pub use backward_weight::conv2d_backward_weight;
-pub use forward::{conv2d_forward, conv2d_forward_uninit};
+pub use forward::{conv2d_forward, conv2d_forward_uninit, conv2d_forward_uninit_plus};
+
+/// What a forward convolution's output gets added after its bias, each as a rounding of its
+/// own in this order (so the result has the bits of separate additions):
+/// `Y[n, co, i, j] = ((conv + bias[co]) + shift[n, co]) + residual[n, co, i, j]`.
+/// A time-embedding shift and a residual connection then cost no pass over memory of their
+/// own where the convolution can add them as it writes (the Winograd path).
+#[derive(Clone, Copy, Default)]
+pub struct Addends<'a> {
+    /// `[batch, c_out]`: one value per image and output channel.
+    pub shift: Option<&'a [f32]>,
+    /// `[batch, c_out, out_h, out_w]`: the output's shape.
+    pub residual: Option<&'a [f32]>,
+}
 pub use params::Conv2dParams;

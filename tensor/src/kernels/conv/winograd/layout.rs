@@ -160,19 +160,49 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
     }
 }
 
-/// `y[4ty + a][4tx + b] = rows[a * 4 + b][col0 + ty * tw + tx] + bias` for every tile of one
-/// channel `y` (`h x w`) of one image, clipped at the image's edges, so that every element of
-/// `y` is written (it may start uninitialised); `row` is scratch of at least `4 * tw` values.
+/// What an output plane gets added as its tiles are written: `((tile + bias) + shift) +
+/// residual[i]`, each addition rounded on its own (the bits of separate additions).
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub bias: f32,
+    pub shift: Option<f32>,
+    /// The plane's `h x w` values.
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    /// The output value for `tile` at offset `i` of the plane.
+    #[inline(always)]
+    fn apply(&self, tile: f32, i: usize) -> f32 {
+        let mut v = tile + self.bias;
+        if let Some(s) = self.shift {
+            v += s;
+        }
+        if let Some(r) = self.residual {
+            v += r[i];
+        }
+        v
+    }
+}
+
+/// `y[4ty + a][4tx + b] = rows[a * 4 + b][col0 + ty * tw + tx]` plus the epilogue for every
+/// tile of one channel `y` (`h x w`) of one image, clipped at the image's edges, so that every
+/// element of `y` is written (it may start uninitialised); `row` is scratch of at least
+/// `4 * tw` values.
 pub(super) fn scatter_tiles(
     p: &Conv2dParams,
     rows: &[&mut [f32]],
     col0: usize,
-    bias: f32,
+    epilogue: Epilogue,
     y: &mut [MaybeUninit<f32>],
     row: &mut [f32],
 ) {
     let (th, tw) = tiles(p);
     let (h, w) = (p.h, p.w);
+    assert!(
+        epilogue.residual.is_none_or(|r| r.len() == h * w),
+        "winograd scatter: residual plane of the wrong size"
+    );
     #[cfg(target_arch = "x86_64")]
     if w <= 32 && cpu::isa() == Isa::Avx512 {
         assert!(
@@ -181,9 +211,10 @@ pub(super) fn scatter_tiles(
                 && rows[..16].iter().all(|r| r.len() >= col0 + th * tw),
             "winograd scatter: image or rows too short"
         );
-        // SAFETY: AVX-512F is available (cpu::isa), the image is h x w with w <= 32, and every
-        // row holds the th * tw columns from col0 (asserted above).
-        unsafe { scatter_rows_avx512(p, rows, col0, bias, y) };
+        // SAFETY: AVX-512F is available (cpu::isa), the image and the residual plane (if
+        // any) are h x w with w <= 32, and every row holds the th * tw columns from col0
+        // (asserted above).
+        unsafe { scatter_rows_avx512(p, rows, col0, epilogue, y) };
         return;
     }
     for ty in 0..th {
@@ -198,18 +229,18 @@ pub(super) fn scatter_tiles(
             if w == 4 * tw {
                 for (tx, out) in dst.chunks_exact_mut(4).enumerate() {
                     for b in 0..4 {
-                        out[b].write(src[b][tx] + bias);
+                        out[b].write(epilogue.apply(src[b][tx], yy * w + 4 * tx + b));
                     }
                 }
             } else {
                 // The last tile overhangs the image: the whole row of tiles in scratch first.
                 for (tx, out) in row[..4 * tw].chunks_exact_mut(4).enumerate() {
                     for b in 0..4 {
-                        out[b] = src[b][tx] + bias;
+                        out[b] = src[b][tx];
                     }
                 }
-                for (d, &v) in dst.iter_mut().zip(&row[..w]) {
-                    d.write(v);
+                for (x, (d, &v)) in dst.iter_mut().zip(&row[..w]).enumerate() {
+                    d.write(epilogue.apply(v, yy * w + x));
                 }
             }
         }
@@ -218,18 +249,18 @@ pub(super) fn scatter_tiles(
 
 /// [`scatter_tiles`] for images at most 32 wide: for each image row, the four runs
 /// `rows[a * 4 + b]` (`b = 0..4`, `tw <= 8` tiles each) are loaded, interleaved into the row's
-/// `4 tw` values by two rounds of two-source permutations, offset by the bias and stored.
+/// `4 tw` values by two rounds of two-source permutations, given the epilogue and stored.
 ///
 /// # Safety
-/// AVX-512F must be available; `y` must be `h x w` with `w <= 32`, and `rows[..16]` must each
-/// hold at least `col0 + th * tw` values.
+/// AVX-512F must be available; `y` (and the epilogue's residual, if any) must be `h x w` with
+/// `w <= 32`, and `rows[..16]` must each hold at least `col0 + th * tw` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn scatter_rows_avx512(
     p: &Conv2dParams,
     rows: &[&mut [f32]],
     col0: usize,
-    bias: f32,
+    epilogue: Epilogue,
     y: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
@@ -263,7 +294,20 @@ unsafe fn scatter_rows_avx512(
     } else {
         ((1u32 << (w - 16)) - 1) as u16
     };
-    let b = _mm512_set1_ps(bias);
+    let b = _mm512_set1_ps(epilogue.bias);
+    let shift = epilogue.shift.map(|s| _mm512_set1_ps(s));
+    let residual = epilogue.residual.map(|r| r.as_ptr());
+    // (tile + bias), then the shift, then the residual's values at `at` (`mask` lanes).
+    let finish = |v: __m512, mask: u16, at: usize| {
+        let mut v = _mm512_add_ps(v, b);
+        if let Some(s) = shift {
+            v = _mm512_add_ps(v, s);
+        }
+        if let Some(r) = residual {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.add(at)));
+        }
+        v
+    };
     let out_ptr = y.as_mut_ptr().cast::<f32>();
     for ty in 0..th {
         let at = col0 + ty * tw;
@@ -276,10 +320,10 @@ unsafe fn scatter_rows_avx512(
             let ab = _mm512_permutex2var_ps(run(0), pair, run(1));
             let cd = _mm512_permutex2var_ps(run(2), pair, run(3));
             let dst = out_ptr.add(yy * w);
-            let lo = _mm512_add_ps(_mm512_permutex2var_ps(ab, lo_idx, cd), b);
+            let lo = finish(_mm512_permutex2var_ps(ab, lo_idx, cd), lo_mask, yy * w);
             _mm512_mask_storeu_ps(dst, lo_mask, lo);
             if hi_mask != 0 {
-                let hi = _mm512_add_ps(_mm512_permutex2var_ps(ab, hi_idx, cd), b);
+                let hi = finish(_mm512_permutex2var_ps(ab, hi_idx, cd), hi_mask, yy * w + 16);
                 _mm512_mask_storeu_ps(dst.wrapping_add(16), hi_mask, hi);
             }
         }

@@ -34,7 +34,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::Conv2dParams;
+use super::{Addends, Conv2dParams};
 use crate::kernels::cpu::{self, Isa};
 use crate::kernels::gemm::{sgemm_batched, Trans};
 
@@ -47,7 +47,7 @@ mod transforms;
 
 use filters::fold_filter_gradients;
 pub(crate) use filters::Orientation;
-use layout::{gather, scatter_tiles};
+use layout::{gather, scatter_tiles, Epilogue};
 pub(crate) use products::Filters;
 use transforms::{transform_grad_output_on, transform_input_on, transform_output_on};
 
@@ -231,7 +231,8 @@ fn transform_chunk_input(
 }
 
 /// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
-/// filters `u` (from [`Filters::new`]) plus `bias`, into `output`
+/// filters `u` (from [`Filters::new`]) plus `bias` and `addends` (added as each tile is
+/// written), into `output`
 /// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
 /// [`applies`].
 ///
@@ -243,6 +244,7 @@ pub(crate) fn forward(
     input: &[f32],
     u: &Filters,
     bias: Option<&[f32]>,
+    addends: Addends,
     output: &mut [MaybeUninit<f32>],
 ) {
     debug_assert!(applies(p));
@@ -251,33 +253,43 @@ pub(crate) fn forward(
     let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
+    // Chunk k's share of the addends.
+    let addends_of = |k: usize| Addends {
+        shift: addends.shift.map(|s| &s[k * chunk * p.c_out..]),
+        residual: addends.residual.map(|r| &r[k * chunk * out_len..]),
+    };
     if p.batch.div_ceil(chunk) >= 2 * rayon::current_num_threads() {
         input
             .par_chunks(chunk * in_len)
             .zip(output.par_chunks_mut(chunk * out_len))
-            .for_each(|(inp, out)| {
+            .enumerate()
+            .for_each(|(k, (inp, out))| {
                 with_buffers([v_len, m_len, 0], |[v, m, _]| {
-                    forward_chunk(p, u, bias, (inp, out), (v, m, stride), false);
+                    let extra = (bias, addends_of(k));
+                    forward_chunk(p, u, extra, (inp, out), (v, m, stride), false);
                 });
             });
     } else {
         with_buffers([v_len, m_len, 0], |[v, m, _]| {
-            for (inp, out) in input
+            for (k, (inp, out)) in input
                 .chunks(chunk * in_len)
                 .zip(output.chunks_mut(chunk * out_len))
+                .enumerate()
             {
-                forward_chunk(p, u, bias, (inp, out), (&mut *v, &mut *m, stride), true);
+                let extra = (bias, addends_of(k));
+                forward_chunk(p, u, extra, (inp, out), (&mut *v, &mut *m, stride), true);
             }
         });
     }
 }
 
-/// [`forward`] for one chunk of images (`inp` to `out`) with the buffers `V` and `M` (rows of
-/// `stride` values), each step in parallel if `par`.
+/// [`forward`] for one chunk of images (`inp` to `out`, with the bias and the chunk's share of
+/// the addends) with the buffers `V` and `M` (rows of `stride` values), each step in parallel
+/// if `par`.
 fn forward_chunk(
     p: &Conv2dParams,
     u: &Filters,
-    bias: Option<&[f32]>,
+    (bias, addends): (Option<&[f32]>, Addends),
     (inp, out): (&[f32], &mut [MaybeUninit<f32>]),
     (v, m, stride): (&mut [f32], &mut [f32], usize),
     par: bool,
@@ -302,10 +314,16 @@ fn forward_chunk(
         || vec![0.0f32; 4 * tw],
         |row, (co, (mut rows, planes))| {
             transform_output_on(isa, &mut rows, len);
-            let b = bias.map_or(0.0, |b| b[co]);
+            let bias = bias.map_or(0.0, |b| b[co]);
             for (n, y) in planes.into_iter().enumerate() {
+                let at = (n * p.c_out + co) * plane;
+                let epilogue = Epilogue {
+                    bias,
+                    shift: addends.shift.map(|s| s[n * p.c_out + co]),
+                    residual: addends.residual.map(|r| &r[at..at + plane]),
+                };
                 // Every element of the plane is written: the output is never zeroed.
-                scatter_tiles(p, &rows, n * per_image, b, y, row);
+                scatter_tiles(p, &rows, n * per_image, epilogue, y, row);
             }
         },
     );
