@@ -4,7 +4,8 @@
 //! that rule saved) and the ids of its recorded inputs. Because an op's inputs are always
 //! pushed before the op itself, the push order is already a topological order: backward is a
 //! single sweep from the output down to id 0, with no sorting and no hashing. The first
-//! gradient that reaches a node is stored as is; later ones are added to it.
+//! gradient that reaches a node is stored as is; later ones are added to it, by the rule that
+//! computes them where it can ([`Backward::backward_accumulate`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -23,6 +24,42 @@ pub trait Backward {
     fn name(&self) -> &'static str;
     /// dL/dx_i from dL/dy.
     fn backward(&self, grad_output: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>>;
+
+    /// [`Backward::backward`] when some inputs already have a gradient from another path:
+    /// `acc[i]` (if `Some`) is that gradient, and entry `i` of the result must be
+    /// `acc[i] + dL/dx_i` (or `acc[i]` itself if this rule gives input `i` nothing). The
+    /// default adds the two after [`Backward::backward`]; a rule whose kernel can add as it
+    /// writes overrides this to save that pass over memory (with the same bits:
+    /// `acc + computed`, rounded once).
+    fn backward_accumulate(
+        &self,
+        grad_output: &Tensor,
+        needs: &[bool],
+        acc: Vec<Option<Tensor>>,
+    ) -> Vec<Option<Tensor>> {
+        let grads = self.backward(grad_output, needs);
+        if grads.len() != acc.len() {
+            // The tape reports the wrong count.
+            return grads;
+        }
+        add_gradients(acc, grads)
+    }
+}
+
+/// `acc[i] + grads[i]` entry by entry (either alone where the other is `None`).
+pub(crate) fn add_gradients(
+    acc: Vec<Option<Tensor>>,
+    grads: Vec<Option<Tensor>>,
+) -> Vec<Option<Tensor>> {
+    acc.into_iter()
+        .zip(grads)
+        .map(|(mut a, g)| {
+            if let Some(g) = g {
+                accumulate(&mut a, g);
+            }
+            a
+        })
+        .collect()
 }
 
 /// What a node is: a leaf that collects its gradient, or the output of a recorded op.
@@ -105,7 +142,15 @@ impl Tape {
                         panic!("backward: this graph was already differentiated through (its saved tensors are freed); build it again")
                     });
                     let needs: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-                    let input_grads = rule.backward(&grad, &needs);
+                    // The gradients the inputs already have from other paths (each node's
+                    // once), for the rule to add to.
+                    let acc: Vec<Option<Tensor>> = (0..inputs.len())
+                        .map(|k| match inputs[k] {
+                            Some(i) if !inputs[..k].contains(&Some(i)) => grads[i].take(),
+                            _ => None,
+                        })
+                        .collect();
+                    let input_grads = rule.backward_accumulate(&grad, &needs, acc);
                     assert_eq!(
                         input_grads.len(),
                         inputs.len(),

@@ -1,11 +1,13 @@
 //! Group normalisation (Wu and He, 2018) with affine parameters.
 
 use tensor::ops::norm::{
-    group_norm as group_norm_forward, group_norm_backward,
+    group_norm as group_norm_forward, group_norm_backward, group_norm_backward_add,
     group_norm_silu as group_norm_silu_forward, group_norm_silu_backward,
+    group_norm_silu_backward_add,
 };
 use tensor::Tensor;
 
+use crate::tape::add_gradients;
 use crate::{Backward, Var};
 
 /// For one image and one group of m = (C / groups) * H * W values, with
@@ -46,7 +48,40 @@ impl Backward for GroupNormRule {
         } else {
             group_norm_backward(x, g, groups, mean, rstd, gamma)
         };
-        let mut grads = vec![Some(dx)];
+        self.grads(Some(dx), dgamma, dbeta)
+    }
+
+    /// When `x` already has a gradient, the kernel adds `dx` into it as it writes (no
+    /// separate addition pass); the parameters' gradients are added as usual.
+    fn backward_accumulate(
+        &self,
+        g: &Tensor,
+        needs: &[bool],
+        mut acc: Vec<Option<Tensor>>,
+    ) -> Vec<Option<Tensor>> {
+        let Some(mut grad_x) = acc.first_mut().and_then(Option::take) else {
+            return add_gradients(acc, self.backward(g, needs));
+        };
+        let (x, groups, mean, rstd) = (&self.x, self.groups, &self.mean, &self.rstd);
+        let gamma = self.gamma.as_ref();
+        let (dgamma, dbeta) = if self.silu {
+            let beta = self.beta.as_ref();
+            group_norm_silu_backward_add(x, g, groups, mean, rstd, gamma, beta, &mut grad_x)
+        } else {
+            group_norm_backward_add(x, g, groups, mean, rstd, gamma, &mut grad_x)
+        };
+        let mut grads = self.grads(None, dgamma, dbeta);
+        acc[0] = Some(grad_x);
+        grads[0] = None;
+        add_gradients(acc, grads)
+    }
+}
+
+impl GroupNormRule {
+    /// The rule's gradients in input order: `dx` (if given), then `dgamma` and `dbeta` for
+    /// the parameters the op had.
+    fn grads(&self, dx: Option<Tensor>, dgamma: Tensor, dbeta: Tensor) -> Vec<Option<Tensor>> {
+        let mut grads = vec![dx];
         if self.gamma.is_some() {
             grads.push(Some(dgamma));
         }
@@ -120,6 +155,43 @@ mod tests {
     use super::*;
     use crate::gradcheck::{gradcheck, Tolerance};
     use crate::test_util::randn;
+
+    /// When `x` also feeds a residual (its gradient from there arrives first), the rule adds
+    /// its `dx` into that gradient as the kernel writes it: the same bits as computing `dx`
+    /// and adding the two, for group norm with and without SiLU; the parameters' gradients
+    /// are unchanged.
+    #[test]
+    fn input_gradient_added_in_the_kernel_has_the_bits_of_a_separate_addition() {
+        let x = randn(&[2, 6, 3, 3], 11);
+        let gamma = randn(&[6], 12);
+        let beta = randn(&[6], 13);
+        let seed = randn(x.shape(), 14);
+        for silu in [false, true] {
+            let graph = crate::Graph::new();
+            let (xv, gv, bv) = (
+                graph.leaf(x.clone()),
+                graph.leaf(gamma.clone()),
+                graph.leaf(beta.clone()),
+            );
+            let norm = if silu { group_norm_silu } else { group_norm };
+            let y = norm(&xv, 3, Some(&gv), Some(&bv), 1e-5).add(&xv);
+            y.backward_with(seed.clone());
+            // By hand: the residual's gradient is the seed; the norm's dx is added to it.
+            let graph = crate::Graph::new();
+            let (xs, gs, bs) = (
+                graph.leaf(x.clone()),
+                graph.leaf(gamma.clone()),
+                graph.leaf(beta.clone()),
+            );
+            norm(&xs, 3, Some(&gs), Some(&bs), 1e-5).backward_with(seed.clone());
+            let want = seed.add(&xs.grad().unwrap());
+            let got = xv.grad().unwrap();
+            let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "silu {silu}: input gradient");
+            assert_eq!(bits(&gv.grad().unwrap()), bits(&gs.grad().unwrap()));
+            assert_eq!(bits(&bv.grad().unwrap()), bits(&bs.grad().unwrap()));
+        }
+    }
 
     /// Normalisation divides by the group's standard deviation (about 1 for these inputs), so
     /// the function is smooth at this scale: the default tolerances apply.

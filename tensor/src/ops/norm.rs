@@ -111,7 +111,7 @@ pub fn group_norm_backward(
     rstd: &Tensor,
     gamma: Option<&Tensor>,
 ) -> (Tensor, Tensor, Tensor) {
-    backward(
+    let (dx, dgamma, dbeta) = backward(
         "group_norm_backward",
         x,
         grad_out,
@@ -119,7 +119,35 @@ pub fn group_norm_backward(
         (mean, rstd),
         gamma,
         None,
-    )
+        None,
+    );
+    (dx.expect("a fresh input gradient"), dgamma, dbeta)
+}
+
+/// [`group_norm_backward`] adding `dx` into `grad_x` (a gradient that reached `x` by another
+/// path) as it is computed: `grad_x + dx` with the bits of adding the two tensors, without
+/// that pass over memory. Returns `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward_add(
+    x: &Tensor,
+    grad_out: &Tensor,
+    groups: usize,
+    mean: &Tensor,
+    rstd: &Tensor,
+    gamma: Option<&Tensor>,
+    grad_x: &mut Tensor,
+) -> (Tensor, Tensor) {
+    let (_, dgamma, dbeta) = backward(
+        "group_norm_backward",
+        x,
+        grad_out,
+        groups,
+        (mean, rstd),
+        gamma,
+        None,
+        Some(grad_x),
+    );
+    (dgamma, dbeta)
 }
 
 /// The gradients `(dx, dgamma, dbeta)` of [`group_norm_silu`] given the gradient of its
@@ -135,7 +163,7 @@ pub fn group_norm_silu_backward(
     beta: Option<&Tensor>,
 ) -> (Tensor, Tensor, Tensor) {
     check_channel_vector("group_norm_silu_backward", "beta", beta, x);
-    backward(
+    let (dx, dgamma, dbeta) = backward(
         "group_norm_silu_backward",
         x,
         grad_out,
@@ -143,9 +171,42 @@ pub fn group_norm_silu_backward(
         (mean, rstd),
         gamma,
         Some(beta),
-    )
+        None,
+    );
+    (dx.expect("a fresh input gradient"), dgamma, dbeta)
 }
 
+/// [`group_norm_silu_backward`] adding `dx` into `grad_x` (a gradient that reached `x` by
+/// another path) as it is computed: `grad_x + dx` with the bits of adding the two tensors,
+/// without that pass over memory. Returns `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward_add(
+    x: &Tensor,
+    grad_out: &Tensor,
+    groups: usize,
+    mean: &Tensor,
+    rstd: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    grad_x: &mut Tensor,
+) -> (Tensor, Tensor) {
+    check_channel_vector("group_norm_silu_backward", "beta", beta, x);
+    let (_, dgamma, dbeta) = backward(
+        "group_norm_silu_backward",
+        x,
+        grad_out,
+        groups,
+        (mean, rstd),
+        gamma,
+        Some(beta),
+        Some(grad_x),
+    );
+    (dgamma, dbeta)
+}
+
+/// The backward pass of both ops; `dx` fresh, or added into `add_to` (then `None` is returned
+/// in its place).
+#[allow(clippy::too_many_arguments)]
 fn backward(
     op: &'static str,
     x: &Tensor,
@@ -154,7 +215,8 @@ fn backward(
     (mean, rstd): (&Tensor, &Tensor),
     gamma: Option<&Tensor>,
     silu_beta: Option<Option<&Tensor>>,
-) -> (Tensor, Tensor, Tensor) {
+    add_to: Option<&mut Tensor>,
+) -> (Option<Tensor>, Tensor, Tensor) {
     const OP: &str = "group_norm_backward";
     let _prof = crate::profile::scope(op, || format!("{:?} groups {groups}", x.shape()));
     let (n, c, hw) = split(OP, x, groups);
@@ -177,7 +239,7 @@ fn backward(
     check_channel_vector(OP, "gamma", gamma, x);
     let mut dgamma = Tensor::zeros(&[c]);
     let mut dbeta = Tensor::zeros(&[c]);
-    let fill = |dx: &mut [MaybeUninit<f32>]| {
+    let mut fill = |dx: &mut [MaybeUninit<f32>], add: bool| {
         norm::backward_impl(
             op,
             x.data(),
@@ -186,14 +248,31 @@ fn backward(
             (mean.data(), rstd.data()),
             gamma.map(|t| t.data()),
             silu_beta.map(|b| b.map(|t| t.data())),
-            dx,
+            (dx, add),
             Some(dgamma.data_mut()),
             Some(dbeta.data_mut()),
         )
     };
-    // SAFETY: the kernel writes every element of the input gradient.
-    let dx = unsafe { alloc::filled_by(x.data().len(), fill) };
-    (Tensor::from_vec(dx, x.shape()), dgamma, dbeta)
+    let dx = match add_to {
+        Some(acc) => {
+            assert_eq!(
+                acc.shape(),
+                x.shape(),
+                "{OP}: the gradient to add to has shape {:?}, x {:?}",
+                acc.shape(),
+                x.shape()
+            );
+            // A copy first only if the storage is shared.
+            fill(alloc::as_uninit(acc.data_mut()), true);
+            None
+        }
+        None => {
+            // SAFETY: the kernel writes every element of the input gradient.
+            let dx = unsafe { alloc::filled_by(x.data().len(), |dx| fill(dx, false)) };
+            Some(Tensor::from_vec(dx, x.shape()))
+        }
+    };
+    (dx, dgamma, dbeta)
 }
 
 #[cfg(test)]

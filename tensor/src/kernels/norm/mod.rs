@@ -331,7 +331,7 @@ pub fn group_norm_backward(
         (mean, rstd),
         gamma,
         None,
-        as_uninit(grad_x),
+        (as_uninit(grad_x), false),
         grad_gamma,
         grad_beta,
     );
@@ -365,7 +365,7 @@ pub fn group_norm_silu_backward(
         (mean, rstd),
         gamma,
         Some(beta),
-        as_uninit(grad_x),
+        (as_uninit(grad_x), false),
         grad_gamma,
         grad_beta,
     );
@@ -373,7 +373,9 @@ pub fn group_norm_silu_backward(
 
 /// The group norm's backward pass; with `silu_beta` `Some(beta)`, `grad_out` is first mapped
 /// through the SiLU's derivative at the recomputed normalised values. Every element of
-/// `grad_x` is written (so it may start uninitialised).
+/// `grad_x` is written (so it may start uninitialised), unless `add_to_grad_x`: then `grad_x`
+/// must be initialised and each element becomes `grad_x + dx` (one rounding, as adding the
+/// two tensors afterwards would give, without that pass over memory).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_impl(
     op: &str,
@@ -383,7 +385,7 @@ pub(crate) fn backward_impl(
     (mean, rstd): (&[f32], &[f32]),
     gamma: Option<&[f32]>,
     silu_beta: Option<Option<&[f32]>>,
-    grad_x: &mut [MaybeUninit<f32>],
+    (grad_x, add_to_grad_x): (&mut [MaybeUninit<f32>], bool),
     grad_gamma: Option<&mut [f32]>,
     grad_beta: Option<&mut [f32]>,
 ) {
@@ -471,11 +473,21 @@ pub(crate) fn backward_impl(
                     let xr = &xb[ch * hw..][..hw];
                     let dr = &dyb[ch * hw..][..hw];
                     let out = &mut dxb[ch * hw..][..hw];
-                    simd(|| {
-                        for ((o, &d), &v) in out.iter_mut().zip(dr).zip(xr) {
-                            o.write(d * a + (v - mu) * b + c0);
-                        }
-                    });
+                    if add_to_grad_x {
+                        simd(|| {
+                            for ((o, &d), &v) in out.iter_mut().zip(dr).zip(xr) {
+                                // SAFETY: with `add_to_grad_x` the caller initialised grad_x.
+                                let old = unsafe { o.assume_init_read() };
+                                o.write(old + (d * a + (v - mu) * b + c0));
+                            }
+                        });
+                    } else {
+                        simd(|| {
+                            for ((o, &d), &v) in out.iter_mut().zip(dr).zip(xr) {
+                                o.write(d * a + (v - mu) * b + c0);
+                            }
+                        });
+                    }
                 }
             });
     }
