@@ -231,8 +231,10 @@ pub(super) fn pack_weights(
         "winograd filters: weight length"
     );
     let blocks = c_out.div_ceil(MR);
+    // The CPU's own instruction set, not the one kernels are told to use: another thread may
+    // force the portable path between the caller's choice and this point (tests do).
     assert!(
-        cpu::isa() == Isa::Avx512,
+        cpu::detected_isa() == Isa::Avx512,
         "winograd filters: the packed form is for the AVX-512 kernel"
     );
     rows_by_channel(packed, plane, blocks, c_in * MR)
