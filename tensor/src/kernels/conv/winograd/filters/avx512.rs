@@ -1,6 +1,7 @@
 //! The packing and the fold with explicit AVX-512 vectors: eight f64 lanes per register, the
 //! filters' taps turned into lanes (and back) by 8x8 register transposes. The portable forms
-//! in the parent module compute the same values (the same f64 operations in the same order, rounded once).
+//! in the parent module compute the same values (the same f64 operations in the same order,
+//! each value rounded once).
 
 use std::arch::x86_64::*;
 use std::ops::{Add, Mul, Sub};
@@ -39,9 +40,9 @@ impl Mul<f64> for Pd {
     }
 }
 
-/// One block of [`super::pack_weights`]: per input channel, the eight filters' nine taps are turned
-/// into nine vectors (one 8x8 transpose and the ninth tap by hand), transformed, and the
-/// 36 results written as eight f32 values each into a local block that goes out in whole
+/// One block of [`super::pack_weights`]: per input channel, the eight filters' nine taps are
+/// turned into nine vectors (one 8x8 transpose and the ninth tap by hand), transformed, and
+/// the 36 results written as eight f32 values each into a local block that goes out in whole
 /// runs every [`STEP`] input channels.
 ///
 /// # Safety
