@@ -5,7 +5,9 @@
 //! thread, then N) compare different conditions. Here two copies of the model are built, each
 //! on its own thread pool (one thread, N threads), and their steps alternate in ABBA order; the
 //! speed-up is taken pair by pair, and its median reported with the range. With `--profile`
-//! the same is done op by op (each op's time in a step, from the engine's profiler).
+//! the same is done op by op (each op's time in a step, from the engine's profiler). The FMA
+//! peak probe runs on one and N threads before and after the pairs, so a run on a machine
+//! that was not whole (an N-thread probe well under N times the one-thread probe) shows it.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -93,6 +95,11 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     let mut times: [Vec<StepTimes>; 2] = [Vec::new(), Vec::new()];
     let profiling_before = profile::enabled();
     profile::enable(args.profile);
+    // The machine's FMA throughput on 1 and N threads, before and after the pairs: on a shared
+    // machine an N-thread probe well under N times the one-thread probe means a CPU was taken
+    // away (by the host or another tenant) around the run.
+    let probe = || [1, threads].map(tensor::kernels::peak::measure_peak_gflops);
+    let before = probe();
     let outcome = std::thread::scope(|scope| -> Result<(), String> {
         let mut sides = Vec::new();
         for pool in &pools {
@@ -127,6 +134,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     });
     profile::enable(profiling_before);
     outcome?;
+    let after = probe();
     let mut ratios: Vec<f64> = times[0]
         .iter()
         .zip(&times[1])
@@ -151,12 +159,23 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             ("speedup", speedup.into()),
             ("speedup_min", lo.into()),
             ("speedup_max", hi.into()),
+            ("peak_gflops_1_thread", Value::from(vec![before[0], after[0]])),
+            ("peak_gflops_n_threads", Value::from(vec![before[1], after[1]])),
         ],
         &format!(
             "unet train_step preset={} batch={} 1 thread {one:.1} ms, {threads} threads {many:.1} ms (medians of {} interleaved pairs); speed-up {speedup:.2}x (median of pairs, range {lo:.2}-{hi:.2})",
             args.preset, args.batch, args.pairs
         ),
     );
+    report.heading(&format!(
+        "FMA probe before / after: 1 thread {:.1} / {:.1} GFLOP/s, {threads} threads {:.1} / {:.1} GFLOP/s ({:.2}x / {:.2}x one thread)",
+        before[0],
+        after[0],
+        before[1],
+        after[1],
+        before[1] / before[0],
+        after[1] / after[0]
+    ));
     if args.profile {
         report_ops(&times, threads, report);
     }
