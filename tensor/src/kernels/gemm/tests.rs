@@ -275,6 +275,7 @@ fn gemm_threaded_paths_match_reference() {
 
 #[test]
 fn gemm_forced_portable_path() {
+    let _guard = cpu::test_lock();
     let case = Case {
         ta: Trans::Yes,
         beta: 1.0,

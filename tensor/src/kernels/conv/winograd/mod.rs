@@ -90,43 +90,44 @@ fn tiles(p: &Conv2dParams) -> (usize, usize) {
     (p.h.div_ceil(4), p.w.div_ceil(4))
 }
 
-/// [`blocks_by_channel`] for the 36 planes of `V`, `M` or `U`, as one array of rows per
-/// channel (one allocation rather than one per channel).
-fn rows_by_channel<T>(
-    data: &mut [T],
-    plane: usize,
-    channels: usize,
-    len: usize,
-) -> Vec<[&mut [T]; XI]> {
-    let mut planes = data.chunks_exact_mut(plane);
-    let mut rest: [&mut [T]; XI] = std::array::from_fn(|_| planes.next().unwrap());
-    (0..channels)
-        .map(|_| {
-            std::array::from_fn(|xi| {
-                let (row, tail) = std::mem::take(&mut rest[xi]).split_at_mut(len);
-                rest[xi] = tail;
-                row
-            })
-        })
-        .collect()
+/// The rows of the 36 planes of `V`, `M` or `U` (planes `plane` values apart, each holding
+/// `channels` rows of `len` values), channel by channel: channel `c`'s 36 rows are entries
+/// `c * XI..(c + 1) * XI` (so that `chunks_mut(XI)` hands each channel its rows, and channels
+/// can be worked on in parallel). One flat list of slices: building it moves 16 bytes per
+/// row, not an array of 36 slices per channel.
+fn rows_by_channel<T>(data: &mut [T], plane: usize, channels: usize, len: usize) -> Vec<&mut [T]> {
+    let mut planes: Vec<std::slice::ChunksExactMut<T>> = data
+        .chunks_exact_mut(plane)
+        .take(XI)
+        .map(|p| p[..channels * len].chunks_exact_mut(len))
+        .collect();
+    assert_eq!(planes.len(), XI, "winograd: 36 planes of rows");
+    let mut rows = Vec::with_capacity(channels * XI);
+    for _ in 0..channels {
+        rows.extend(planes.iter_mut().map(|p| p.next().unwrap()));
+    }
+    rows
 }
 
-/// Splits `data`, a sequence of groups of `group_len` values that each start with `channels`
-/// blocks of `len` values, into one list per channel of that channel's block in every group
-/// (so that channels can be worked on in parallel).
+/// Splits `data`, a sequence of `groups` groups of `group_len` values that each start with
+/// `channels` blocks of `len` values, into those blocks channel by channel: channel `c`'s block
+/// in every group are entries `c * groups..(c + 1) * groups` (so that `chunks_mut(groups)`
+/// hands each channel its blocks).
 fn blocks_by_channel<T>(
     data: &mut [T],
     group_len: usize,
     channels: usize,
     len: usize,
-) -> Vec<Vec<&mut [T]>> {
-    let mut out: Vec<Vec<&mut [T]>> = (0..channels).map(|_| Vec::new()).collect();
-    for group in data.chunks_exact_mut(group_len) {
-        for (c, block) in group[..channels * len].chunks_exact_mut(len).enumerate() {
-            out[c].push(block);
-        }
+) -> Vec<&mut [T]> {
+    let mut groups: Vec<std::slice::ChunksExactMut<T>> = data
+        .chunks_exact_mut(group_len)
+        .map(|g| g[..channels * len].chunks_exact_mut(len))
+        .collect();
+    let mut blocks = Vec::with_capacity(channels * groups.len());
+    for _ in 0..channels {
+        blocks.extend(groups.iter_mut().map(|g| g.next().unwrap()));
     }
-    out
+    blocks
 }
 
 /// Floats between the 36 planes of `V` and `M` in excess of their contents: a channel's 36
@@ -175,22 +176,20 @@ fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
     )
 }
 
-/// Runs `f(scratch, (index, item))` on every item, in parallel if `par` (with one scratch value
-/// from `init` per task), else in order on this thread.
-fn for_each_item<T, S>(
-    items: Vec<T>,
+/// Runs `f(scratch, (c, rows))` for every channel `c` with its 36 `rows` (from
+/// [`rows_by_channel`]), in parallel if `par` (with one scratch value from `init` per task),
+/// else in order on this thread.
+fn for_each_channel<T: Send, S>(
+    rows: &mut [&mut [T]],
     par: bool,
     init: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, (usize, T)) + Sync + Send,
-) where
-    T: Send,
-{
+    f: impl Fn(&mut S, (usize, &mut [&mut [T]])) + Sync + Send,
+) {
     if par {
-        items.into_par_iter().enumerate().for_each_init(init, f);
+        rows.par_chunks_mut(XI).enumerate().for_each_init(init, f);
     } else {
         let mut scratch = init();
-        items
-            .into_iter()
+        rows.chunks_mut(XI)
             .enumerate()
             .for_each(|item| f(&mut scratch, item));
     }
@@ -212,20 +211,20 @@ fn transform_chunk_input(
     let per_image = th * tw;
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
-    for_each_item(
-        rows_by_channel(v, v_plane, p.c_in, stride),
+    for_each_channel(
+        &mut rows_by_channel(v, v_plane, p.c_in, stride),
         par,
         // Zeros, reused only for this geometry (see `gather`).
         || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-        |phases, (ci, mut rows)| {
+        |phases, (ci, rows)| {
             for (n, x) in inp.chunks_exact(in_len).enumerate() {
                 let x = &x[ci * plane..(ci + 1) * plane];
-                gather::<6, 1>(p, x, &mut rows, n * per_image, phases);
+                gather::<6, 1>(p, x, rows, n * per_image, phases);
             }
             for r in rows.iter_mut() {
                 r[cols..len].fill(0.0);
             }
-            transform_input_on(isa, &mut rows, len);
+            transform_input_on(isa, rows, len);
         },
     );
 }
@@ -304,29 +303,40 @@ fn forward_chunk(
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), par);
     u.products(par, cols, (v, v_plane), (&mut *m, m_plane), stride);
-    let channels = rows_by_channel(m, m_plane, p.c_out, stride)
-        .into_iter()
-        .zip(blocks_by_channel(out, out_len, p.c_out, plane))
-        .collect();
-    for_each_item(
-        channels,
-        par,
-        || vec![0.0f32; 4 * tw],
-        |row, (co, (mut rows, planes))| {
-            transform_output_on(isa, &mut rows, len);
-            let bias = bias.map_or(0.0, |b| b[co]);
-            for (n, y) in planes.into_iter().enumerate() {
-                let at = (n * p.c_out + co) * plane;
-                let epilogue = Epilogue {
-                    bias,
-                    shift: addends.shift.map(|s| s[n * p.c_out + co]),
-                    residual: addends.residual.map(|r| &r[at..at + plane]),
-                };
-                // Every element of the plane is written: the output is never zeroed.
-                scatter_tiles(p, &rows, n * per_image, epilogue, y, row);
-            }
-        },
-    );
+    let images = inp.len() / in_len;
+    let mut planes = blocks_by_channel(out, out_len, p.c_out, plane);
+    let each = |row: &mut Vec<f32>,
+                (co, (rows, planes)): (
+        usize,
+        (&mut [&mut [f32]], &mut [&mut [MaybeUninit<f32>]]),
+    )| {
+        transform_output_on(isa, rows, len);
+        let bias = bias.map_or(0.0, |b| b[co]);
+        for (n, y) in planes.iter_mut().enumerate() {
+            let at = (n * p.c_out + co) * plane;
+            let epilogue = Epilogue {
+                bias,
+                shift: addends.shift.map(|s| s[n * p.c_out + co]),
+                residual: addends.residual.map(|r| &r[at..at + plane]),
+            };
+            // Every element of the plane is written: the output is never zeroed.
+            scatter_tiles(p, rows, n * per_image, epilogue, y, row);
+        }
+    };
+    let mut rows = rows_by_channel(m, m_plane, p.c_out, stride);
+    let row = || vec![0.0f32; 4 * tw];
+    if par {
+        rows.par_chunks_mut(XI)
+            .zip(planes.par_chunks_mut(images))
+            .enumerate()
+            .for_each_init(row, each);
+    } else {
+        let mut scratch = row();
+        rows.chunks_mut(XI)
+            .zip(planes.chunks_mut(images))
+            .enumerate()
+            .for_each(|item| each(&mut scratch, item));
+    }
 }
 
 /// The weight gradient `dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] X[n, ci, i + a - 1, j + b - 1]`
@@ -357,23 +367,22 @@ pub(crate) fn backward_weight(
             let cols = inp.len() / in_len * per_image;
             let len = cols.next_multiple_of(COLUMN_ALIGN);
             transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), true);
-            rows_by_channel(m, m_plane, p.c_out, stride)
-                .into_par_iter()
-                .enumerate()
-                .for_each_init(
-                    // Zeros, reused only for this geometry (see `gather`).
-                    || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-                    |phases, (co, mut rows)| {
-                        for (n, dy) in dyc.chunks_exact(out_len).enumerate() {
-                            let dy = &dy[co * plane..(co + 1) * plane];
-                            gather::<4, 0>(p, dy, &mut rows, n * per_image, phases);
-                        }
-                        for r in rows[..16].iter_mut() {
-                            r[cols..len].fill(0.0);
-                        }
-                        transform_grad_output_on(isa, &mut rows, len);
-                    },
-                );
+            for_each_channel(
+                &mut rows_by_channel(m, m_plane, p.c_out, stride),
+                true,
+                // Zeros, reused only for this geometry (see `gather`).
+                || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+                |phases, (co, rows)| {
+                    for (n, dy) in dyc.chunks_exact(out_len).enumerate() {
+                        let dy = &dy[co * plane..(co + 1) * plane];
+                        gather::<4, 0>(p, dy, rows, n * per_image, phases);
+                    }
+                    for r in rows[..16].iter_mut() {
+                        r[cols..len].fill(0.0);
+                    }
+                    transform_grad_output_on(isa, rows, len);
+                },
+            );
             sgemm_batched(
                 XI,
                 Trans::No,

@@ -98,10 +98,12 @@ fn column<V: SimdF32, const N: usize, const M: usize>(t: &[[V; M]; N], i: usize)
 /// tile in column `c`, for columns `0..len` (`len` a multiple of [`COLUMN_ALIGN`]).
 #[inline(always)]
 fn transform_input<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
+    // Every entry is written before it is read; declared out of the loop so that it is not
+    // zeroed again for every vector of tiles.
+    let mut t = [[V::splat(0.0); 6]; 6];
     let mut c = 0;
     while c < len {
         // B^T d (down each column j of the patch), then (B^T d) B (along each row i).
-        let mut t = [[V::splat(0.0); 6]; 6];
         for (j, tj) in t.iter_mut().enumerate() {
             *tj = input_column(load_rows(rows, c, |i| i * 6 + j));
         }
@@ -119,9 +121,11 @@ fn transform_input<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
 /// holds `M[xi]` of the tile in column `c`, for columns `0..len`.
 #[inline(always)]
 fn transform_output<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
+    // Every entry is written before it is read; declared out of the loop so that it is not
+    // zeroed again for every vector of tiles.
+    let mut t = [[V::splat(0.0); 4]; 6];
     let mut c = 0;
     while c < len {
-        let mut t = [[V::splat(0.0); 4]; 6];
         for (j, tj) in t.iter_mut().enumerate() {
             *tj = output_column(load_rows(rows, c, |i| i * 6 + j));
         }
@@ -149,10 +153,12 @@ fn grad_column<V: SimdF32>(y: [V; 4]) -> [V; 6] {
 /// `dY[a][b]` of the tile in column `c`, for columns `0..len`.
 #[inline(always)]
 fn transform_grad_output<V: SimdF32>(rows: &mut [&mut [f32]], len: usize) {
+    // Every entry is written before it is read; declared out of the loop so that it is not
+    // zeroed again for every vector of tiles.
+    let mut t = [[V::splat(0.0); 6]; 4];
     let mut c = 0;
     while c < len {
         // A dY (down each column b of the block), then (A dY) A^T (along each row i).
-        let mut t = [[V::splat(0.0); 6]; 4];
         for (b, tb) in t.iter_mut().enumerate() {
             *tb = grad_column(load_rows(rows, c, |a| a * 4 + b));
         }

@@ -49,7 +49,7 @@ impl Mul<f64> for Pd {
 /// The CPU must support AVX-512F; `b.weight` must hold `c_out * c_in * 9` values (asserted
 /// by [`super::pack_weights`]) and every run `c_in * 8`.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn pack_block(b: &Block, runs: &mut [&mut [f32]; XI]) {
+pub(super) unsafe fn pack_block(b: &Block, runs: &mut [&mut [f32]]) {
     let valid = MR.min(b.c_out - b.cb * MR);
     // Filter (cb * 8 + l, ci) starts at `first(ci) + l * lane_step`; its stored taps run
     // forwards (forward) or backwards (adjoint, turned by 180 degrees).

@@ -186,9 +186,9 @@ pub(crate) fn transform_weights(
     let plane = weight_plane(c_out, c_in);
     let fill = |u: &mut [MaybeUninit<f32>]| {
         rows_by_channel(u, plane, plane / FILTER_BLOCK, FILTER_BLOCK)
-            .into_par_iter()
+            .par_chunks_mut(XI)
             .enumerate()
-            .for_each(|(b, mut runs)| {
+            .for_each(|(b, runs)| {
                 let first = b * FILTER_BLOCK;
                 let mut block = [[0.0f32; FILTER_BLOCK]; XI];
                 // Filter k fills column k of the block.
@@ -238,9 +238,9 @@ pub(super) fn pack_weights(
         "winograd filters: the packed form is for the AVX-512 kernel"
     );
     rows_by_channel(packed, plane, blocks, c_in * MR)
-        .into_par_iter()
+        .par_chunks_mut(XI)
         .enumerate()
-        .for_each(|(cb, mut runs)| {
+        .for_each(|(cb, runs)| {
             let block = Block {
                 weight,
                 c_out,
@@ -252,7 +252,7 @@ pub(super) fn pack_weights(
             // checked above and every run holds c_in * 8 values.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx512::pack_block(&block, &mut runs)
+                avx512::pack_block(&block, runs)
             };
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (block, runs);

@@ -87,6 +87,7 @@ fn packed_transform_is_the_plane_transform_packed_bitwise() {
 
 #[test]
 fn fold_is_g_transpose_du_g() {
+    let _guard = cpu::test_lock();
     // 70 filters: a whole block of 64 and a partial one, folded in groups of eight.
     let (c_out, c_in) = (10, 7);
     let plane = weight_plane(c_out, c_in) + 16;
