@@ -306,10 +306,9 @@ fn forward_chunk(
     let images = inp.len() / in_len;
     let mut planes = blocks_by_channel(out, out_len, p.c_out, plane);
     let each = |row: &mut Vec<f32>,
-                (co, (rows, planes)): (
-        usize,
-        (&mut [&mut [f32]], &mut [&mut [MaybeUninit<f32>]]),
-    )| {
+                co: usize,
+                rows: &mut [&mut [f32]],
+                planes: &mut [&mut [MaybeUninit<f32>]]| {
         transform_output_on(isa, rows, len);
         let bias = bias.map_or(0.0, |b| b[co]);
         for (n, y) in planes.iter_mut().enumerate() {
@@ -329,13 +328,13 @@ fn forward_chunk(
         rows.par_chunks_mut(XI)
             .zip(planes.par_chunks_mut(images))
             .enumerate()
-            .for_each_init(row, each);
+            .for_each_init(row, |row, (co, (rows, planes))| each(row, co, rows, planes));
     } else {
         let mut scratch = row();
         rows.chunks_mut(XI)
             .zip(planes.chunks_mut(images))
             .enumerate()
-            .for_each(|item| each(&mut scratch, item));
+            .for_each(|(co, (rows, planes))| each(&mut scratch, co, rows, planes));
     }
 }
 
