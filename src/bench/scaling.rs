@@ -8,12 +8,20 @@
 //! the same is done op by op (each op's time in a step, from the engine's profiler). The FMA
 //! peak probe runs on one and N threads before and after the pairs, so a run on a machine
 //! that was not whole (an N-thread probe well under N times the one-thread probe) shows it.
+//!
+//! A short probe ([`MACHINE_PROBE`] on one thread, then on N) also runs between every two
+//! pairs. On this kind of shared virtual machine the host at times runs two of the guest's
+//! CPUs on one core (both hyperthreads of it): for seconds at a time each of two threads then
+//! does half the FMA work of one, and no code can scale. A pair counts as taken on a whole
+//! machine when the probes on both sides of it saw N threads do at least [`WHOLE`] times N
+//! times the work of one; the speed-up is reported over all pairs and over those.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tensor::kernels::peak;
 use tensor::profile;
 
 use super::timing::median;
@@ -26,6 +34,14 @@ const WARMUP: usize = 2;
 /// One step's seconds: in all, then (when profiled) by op, with "(outside ops)" for the rest,
 /// and by op and shapes.
 type StepTimes = (f64, [HashMap<String, f64>; 2]);
+
+/// How long each thread count's FMA probe between two pairs runs.
+const MACHINE_PROBE: Duration = Duration::from_millis(20);
+
+/// The fraction of N times the one-thread FMA rate that N threads must reach, in the probes
+/// around a pair, for the pair to count as taken on a whole machine (a whole machine gives
+/// 0.97-1.0 of it here; two threads on one core about 0.5).
+const WHOLE: f64 = 0.9;
 
 /// How many op-and-shape entries `--profile` lists, those losing the most time first.
 const SHAPE_ROWS: usize = 20;
@@ -100,6 +116,12 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     // away (by the host or another tenant) around the run.
     let probe = || [1, threads].map(tensor::kernels::peak::measure_peak_gflops);
     let before = probe();
+    // Between pairs: N threads' FMA rate over N times one thread's.
+    let machine_probe = || {
+        let [one, many] = [1, threads].map(|n| peak::probe_gflops(n, MACHINE_PROBE));
+        many / (threads as f64 * one)
+    };
+    let mut machine: Vec<f64> = Vec::new();
     let outcome = std::thread::scope(|scope| -> Result<(), String> {
         let mut sides = Vec::new();
         for pool in &pools {
@@ -123,12 +145,14 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             step(1)?;
         }
         for pair in 0..args.pairs {
+            machine.push(machine_probe());
             // ABBA: a drift in the machine's load weighs on both sides alike.
             let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in order {
                 times[side].push(step(side)?);
             }
         }
+        machine.push(machine_probe());
         // Dropping the senders ends the workers' loops.
         Ok(())
     });
@@ -140,10 +164,22 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         .zip(&times[1])
         .map(|(a, b)| a.0 / b.0)
         .collect();
+    // The pairs with the machine whole on both sides.
+    let mut whole: Vec<f64> = ratios
+        .iter()
+        .zip(machine.windows(2))
+        .filter(|(_, around)| around.iter().all(|&m| m >= WHOLE))
+        .map(|(&r, _)| r)
+        .collect();
     let speedup = median(&mut ratios);
     let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
         (lo.min(r), hi.max(r))
     });
+    let speedup_whole = if whole.is_empty() {
+        None
+    } else {
+        Some(median(&mut whole))
+    };
     let seconds = |side: usize| -> Vec<f64> { times[side].iter().map(|t| t.0).collect() };
     let one = median(&mut seconds(0)) * 1e3;
     let many = median(&mut seconds(1)) * 1e3;
@@ -161,12 +197,23 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             ("speedup_max", hi.into()),
             ("peak_gflops_1_thread", Value::from(vec![before[0], after[0]])),
             ("peak_gflops_n_threads", Value::from(vec![before[1], after[1]])),
+            ("machine_scaling", Value::from(machine.clone())),
+            ("pairs_whole", whole.len().into()),
+            ("speedup_whole", speedup_whole.into()),
         ],
         &format!(
             "unet train_step preset={} batch={} 1 thread {one:.1} ms, {threads} threads {many:.1} ms (medians of {} interleaved pairs); speed-up {speedup:.2}x (median of pairs, range {lo:.2}-{hi:.2})",
             args.preset, args.batch, args.pairs
         ),
     );
+    let machine_text: Vec<String> = machine.iter().map(|m| format!("{m:.2}")).collect();
+    report.heading(&format!(
+        "{threads} threads' FMA rate over {threads} x one thread's, between the pairs: {}; pairs with the machine whole (>= {WHOLE} on both sides): {} of {}{}",
+        machine_text.join(" "),
+        whole.len(),
+        args.pairs,
+        speedup_whole.map_or(String::new(), |s| format!(", speed-up {s:.2}x (median)"))
+    ));
     report.heading(&format!(
         "FMA probe before / after: 1 thread {:.1} / {:.1} GFLOP/s, {threads} threads {:.1} / {:.1} GFLOP/s ({:.2}x / {:.2}x one thread)",
         before[0],

@@ -31,28 +31,35 @@ const CHAINS: usize = 12;
 /// Aggregate peak GFLOP/s of `threads` threads (std threads, started together), each running
 /// independent FMA chains for a fixed ~0.1 s; the best of 3 runs.
 pub fn measure_peak_gflops(threads: usize) -> f64 {
+    (0..REPEATS)
+        .map(|_| probe_gflops(threads, RUN))
+        .fold(0.0, f64::max)
+}
+
+/// Aggregate GFLOP/s of `threads` threads started together, each running the FMA chains for
+/// `run`: one short look at what the cores deliver at this moment (a benchmark can take it
+/// between its own timed runs to see whether the machine was whole, see
+/// `ddpm bench unet --scaling`). The rate is the work of all threads over the slowest
+/// thread's time.
+pub fn probe_gflops(threads: usize, run: Duration) -> f64 {
     let threads = threads.max(1);
     let isa = cpu::detected_isa();
-    (0..REPEATS)
-        .map(|_| {
-            let barrier = Barrier::new(threads);
-            let per_thread: Vec<(f64, Duration)> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let barrier = &barrier;
-                        s.spawn(move || {
-                            barrier.wait();
-                            burn(isa, t as f32)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            let flops: f64 = per_thread.iter().map(|r| r.0).sum();
-            let secs = per_thread.iter().map(|r| r.1).max().unwrap().as_secs_f64();
-            flops / secs / 1e9
-        })
-        .fold(0.0, f64::max)
+    let barrier = Barrier::new(threads);
+    let per_thread: Vec<(f64, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    burn(isa, t as f32, run)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let flops: f64 = per_thread.iter().map(|r| r.0).sum();
+    let secs = per_thread.iter().map(|r| r.1).max().unwrap().as_secs_f64();
+    flops / secs / 1e9
 }
 
 /// Peak GFLOP/s of one thread.
@@ -60,8 +67,8 @@ pub fn measure_peak_gflops_single() -> f64 {
     measure_peak_gflops(1)
 }
 
-/// Runs FMA chains for [`RUN`]; returns the flops done and the time taken.
-fn burn(isa: Isa, seed: f32) -> (f64, Duration) {
+/// Runs FMA chains for `run`; returns the flops done and the time taken.
+fn burn(isa: Isa, seed: f32, run: Duration) -> (f64, Duration) {
     let start = Instant::now();
     let (mut flops, mut sink) = (0.0f64, 0.0f32);
     loop {
@@ -69,7 +76,7 @@ fn burn(isa: Isa, seed: f32) -> (f64, Duration) {
         sink += out;
         flops += (2 * lanes * CHAINS * STEPS) as f64;
         let elapsed = start.elapsed();
-        if elapsed >= RUN {
+        if elapsed >= run {
             black_box(sink);
             return (flops, elapsed);
         }
@@ -163,5 +170,11 @@ mod tests {
         let one = measure_peak_gflops_single();
         // Any x86-64 or ARM core of the last decade does more than 1 GFLOP/s.
         assert!(one > 1.0 && one < 1.0e4, "single-thread peak {one} GFLOP/s");
+        // A short probe on two threads sees at least one thread's worth of the same work.
+        let two = probe_gflops(2, Duration::from_millis(20));
+        assert!(
+            two > 0.5 * one && two < 4.0 * one,
+            "two threads {two} vs one {one} GFLOP/s"
+        );
     }
 }
