@@ -154,7 +154,14 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
             };
             for j in 0..N {
                 let run = _mm512_maskz_permutex2var_ps(keep[j], lo, idx[j], hi);
-                _mm512_mask_storeu_ps(rows[i * N + j].as_mut_ptr().add(at), store, run);
+                let row = &mut rows[i * N + j];
+                if at + 16 <= row.len() {
+                    // Lanes past the tile row's are overwritten by the next tile row or lie
+                    // in the row's padding, which is filled afterwards.
+                    _mm512_storeu_ps(row.as_mut_ptr().add(at), run);
+                } else {
+                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(at), store, run);
+                }
             }
         }
     }
