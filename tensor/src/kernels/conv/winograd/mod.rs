@@ -205,26 +205,44 @@ fn transform_chunk_input(
     (v, v_plane, stride): (&mut [f32], usize, usize),
     par: bool,
 ) {
+    let rows = &mut rows_by_channel(v, v_plane, p.c_in, stride);
+    gather_transformed::<6, 1>(p, (inp, p.c_in), rows, par, |rows, len| {
+        transform_input_on(isa, rows, len)
+    });
+}
+
+/// For every channel of the images `images` (`[_, channels, h, w]`) with its 36 `rows` (from
+/// [`rows_by_channel`]), in parallel over channels if `par`: [`gather`]s the channel's `N x N`
+/// patches (offset `OFF`) of every image into the first `N * N` rows, zeroes those rows'
+/// columns past the tiles up to the next multiple of [`COLUMN_ALIGN`] (`len`), and calls
+/// `transform(rows, len)`.
+fn gather_transformed<const N: usize, const OFF: usize>(
+    p: &Conv2dParams,
+    (images, channels): (&[f32], usize),
+    rows: &mut [&mut [f32]],
+    par: bool,
+    transform: impl Fn(&mut [&mut [f32]], usize) + Sync + Send,
+) {
     let (th, tw) = tiles(p);
     let plane = p.h * p.w;
-    let in_len = p.c_in * plane;
+    let image_len = channels * plane;
     let per_image = th * tw;
-    let cols = inp.len() / in_len * per_image;
+    let cols = images.len() / image_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     for_each_channel(
-        &mut rows_by_channel(v, v_plane, p.c_in, stride),
+        rows,
         par,
         // Zeros, reused only for this geometry (see `gather`).
         || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-        |phases, (ci, rows)| {
-            for (n, x) in inp.chunks_exact(in_len).enumerate() {
-                let x = &x[ci * plane..(ci + 1) * plane];
-                gather::<6, 1>(p, x, rows, n * per_image, phases);
+        |phases, (c, rows)| {
+            for (n, x) in images.chunks_exact(image_len).enumerate() {
+                let x = &x[c * plane..(c + 1) * plane];
+                gather::<N, OFF>(p, x, rows, n * per_image, phases);
             }
-            for r in rows.iter_mut() {
+            for r in rows[..N * N].iter_mut() {
                 r[cols..len].fill(0.0);
             }
-            transform_input_on(isa, rows, len);
+            transform(rows, len);
         },
     );
 }
@@ -350,7 +368,6 @@ pub(crate) fn backward_weight(
     grad_weight: &mut [f32],
 ) {
     debug_assert!(applies(p));
-    let (th, tw) = tiles(p);
     let (per_image, chunk, stride) = chunking(p);
     let isa = cpu::isa();
     let plane = p.h * p.w;
@@ -364,24 +381,11 @@ pub(crate) fn backward_weight(
             .enumerate()
         {
             let cols = inp.len() / in_len * per_image;
-            let len = cols.next_multiple_of(COLUMN_ALIGN);
             transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), true);
-            for_each_channel(
-                &mut rows_by_channel(m, m_plane, p.c_out, stride),
-                true,
-                // Zeros, reused only for this geometry (see `gather`).
-                || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-                |phases, (co, rows)| {
-                    for (n, dy) in dyc.chunks_exact(out_len).enumerate() {
-                        let dy = &dy[co * plane..(co + 1) * plane];
-                        gather::<4, 0>(p, dy, rows, n * per_image, phases);
-                    }
-                    for r in rows[..16].iter_mut() {
-                        r[cols..len].fill(0.0);
-                    }
-                    transform_grad_output_on(isa, rows, len);
-                },
-            );
+            let rows = &mut rows_by_channel(m, m_plane, p.c_out, stride);
+            gather_transformed::<4, 0>(p, (dyc, p.c_out), rows, true, |rows, len| {
+                transform_grad_output_on(isa, rows, len)
+            });
             sgemm_batched(
                 XI,
                 Trans::No,
