@@ -1,0 +1,57 @@
+//! End-to-end test of `ddpm bench unet --scaling`: the JSON report of the paired one- and
+//! two-thread steps and of the machine probes between them.
+
+use serde_json::Value;
+
+mod common;
+use common::ok;
+
+#[test]
+fn unet_scaling_reports_pairs_and_the_machine_between_them() {
+    let out = ok(&[
+        "bench",
+        "unet",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--scaling",
+        "--pairs",
+        "3",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|v| v["bench"] == "unet_scaling")
+        .unwrap_or_else(|| panic!("no unet_scaling line in:\n{stdout}"));
+    assert_eq!(report["threads"], 2);
+    assert_eq!(report["pairs"], 3);
+    // One probe before each pair and one after the last, each N threads' FMA rate over N times
+    // one thread's (near 1 on a whole machine; anything positive on a shared one, where either
+    // probe may be slowed).
+    let machine = report["machine_scaling"]
+        .as_array()
+        .expect("machine_scaling");
+    assert_eq!(machine.len(), 4, "{report}");
+    for m in machine {
+        let m = m.as_f64().expect("a number");
+        assert!(m > 0.0 && m.is_finite(), "machine scaling {m}");
+    }
+    let whole = report["pairs_whole"].as_u64().expect("pairs_whole");
+    assert!(whole <= 3);
+    let speedup = report["speedup"].as_f64().expect("speedup");
+    assert!(speedup > 0.0, "speed-up {speedup}");
+    let (lo, hi) = (
+        report["speedup_min"].as_f64().unwrap(),
+        report["speedup_max"].as_f64().unwrap(),
+    );
+    assert!(lo <= speedup && speedup <= hi, "{lo} <= {speedup} <= {hi}");
+    // Over the pairs with the machine whole: present exactly when there are such pairs, and
+    // inside the range of all pairs.
+    match report["speedup_whole"].as_f64() {
+        Some(s) => assert!(whole > 0 && lo <= s && s <= hi, "{s} of {whole} pairs"),
+        None => assert_eq!(whole, 0),
+    }
+}
