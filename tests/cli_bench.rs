@@ -3,8 +3,10 @@
 
 use serde_json::Value;
 
+// Shared with the other end-to-end tests; this file does not need every helper.
+#[allow(dead_code)]
 mod common;
-use common::ok;
+use common::{fails, ok};
 
 #[test]
 fn unet_scaling_reports_pairs_and_the_machine_between_them() {
@@ -54,4 +56,20 @@ fn unet_scaling_reports_pairs_and_the_machine_between_them() {
         Some(s) => assert!(whole > 0 && lo <= s && s <= hi, "{s} of {whole} pairs"),
         None => assert_eq!(whole, 0),
     }
+}
+
+#[test]
+fn unet_scaling_rejects_zero_pairs() {
+    fails(
+        &[
+            "bench",
+            "unet",
+            "--preset",
+            "tiny",
+            "--scaling",
+            "--pairs",
+            "0",
+        ],
+        "--pairs must be at least 1",
+    );
 }
