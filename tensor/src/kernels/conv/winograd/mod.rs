@@ -110,9 +110,9 @@ fn rows_by_channel<T>(data: &mut [T], plane: usize, channels: usize, len: usize)
 }
 
 /// Splits `data`, a sequence of `groups` groups of `group_len` values that each start with
-/// `channels` blocks of `len` values, into those blocks channel by channel: channel `c`'s block
-/// in every group are entries `c * groups..(c + 1) * groups` (so that `chunks_mut(groups)`
-/// hands each channel its blocks).
+/// `channels` blocks of `len` values, into those blocks channel by channel: channel `c`'s blocks
+/// (one per group, in order) are entries `c * groups..(c + 1) * groups` (so that
+/// `chunks_mut(groups)` hands each channel its blocks).
 fn blocks_by_channel<T>(
     data: &mut [T],
     group_len: usize,
