@@ -296,6 +296,7 @@ mod tests {
     /// with one and two threads.
     #[test]
     fn conv_plus_is_conv_then_adds_bitwise() {
+        let _guard = crate::ops::testutil::isa_lock();
         // (c_in, c_out, h, kernel, stride, padding)
         for (ci, co, h, k, s, p) in [
             (16, 24, 10, 3, 1, 1),

@@ -295,6 +295,7 @@ fn gemm_forced_portable_path() {
 
 #[test]
 fn gemm_bitwise_identical_for_1_and_2_threads() {
+    let _guard = cpu::test_lock();
     let case = Case {
         ta: Trans::Yes,
         beta: 1.0,
@@ -382,6 +383,7 @@ fn check_batched(batch: usize, m: usize, n: usize, k: usize, share_a: bool) {
 
 #[test]
 fn gemm_batched_matches_single_products() {
+    let _guard = cpu::test_lock();
     check_batched(6, 9, 13, 20, true); // small: parallel over the batch, A shared (stride 0)
     check_batched(3, 130, 140, 150, false); // large: parallel inside each product
     check_batched(1, 5, 3, 2, false);

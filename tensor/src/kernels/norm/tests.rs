@@ -229,6 +229,7 @@ fn group_norm_backward_matches_finite_differences() {
 
 #[test]
 fn group_norm_bitwise_identical_for_1_and_2_threads() {
+    let _guard = crate::kernels::cpu::test_lock();
     let (n, c, hw, groups) = (8, 64, 256, 32);
     let mut rng = Rng(31337);
     let x = rng.vec(n * c * hw, 0.1);

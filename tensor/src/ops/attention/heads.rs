@@ -428,6 +428,7 @@ mod tests {
     /// unequal query and key lengths, `d != dv`, on one thread and two.
     #[test]
     fn equals_the_permuted_route_bitwise() {
+        let _guard = crate::ops::testutil::isa_lock();
         let mut rng = Lcg::new(11);
         for (batch, heads, lq, lk, d, dv) in [(1, 2, 150, 70, 8, 5), (3, 4, 33, 40, 4, 8)] {
             let q = rng.tensor(&[batch, lq, heads * d]);
@@ -480,6 +481,7 @@ mod tests {
     /// thread and two.
     #[test]
     fn channels_first_equals_tokens_first_bitwise() {
+        let _guard = crate::ops::testutil::isa_lock();
         let mut rng = Lcg::new(12);
         let cf = HeadLayout::ChannelsFirst;
         for (batch, heads, lq, lk, d, dv) in [(1, 2, 150, 70, 8, 5), (3, 4, 33, 40, 4, 8)] {

@@ -109,6 +109,7 @@ mod tests {
     /// one thread and two, with a last block of queries shorter than a vector.
     #[test]
     fn equals_attention_on_the_three_parts_bitwise() {
+        let _guard = crate::ops::testutil::isa_lock();
         let mut rng = Lcg::new(13);
         let cf = HeadLayout::ChannelsFirst;
         for (batch, heads, l, d) in [(2, 2, 37, 8), (1, 4, 20, 3)] {

@@ -58,6 +58,8 @@ fn plane_transform_matches_the_matrices_in_both_orientations() {
 
 #[test]
 fn packed_transform_is_the_plane_transform_packed_bitwise() {
+    // Held so that no other test forces the portable path meanwhile (the test would skip).
+    let _guard = cpu::test_lock();
     // 20 outputs: two whole blocks of eight and a partial one.
     let (c_out, c_in) = (20, 7);
     let w = TestRng::new(4).vec(c_out * c_in * 9);
