@@ -19,7 +19,6 @@ use std::ops::Range;
 use super::Dims;
 use crate::ops::par::SendPtr;
 use crate::ops::simd::SimdF32;
-use crate::ops::vmath;
 
 /// Keys per register tile of the score loops (independent accumulators).
 const KEYS: usize = 8;
@@ -238,17 +237,40 @@ fn copy_short(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// `e^x` for the shifted scores `x <= 0` of a softmax: [`vmath::exp`] without the upper clamp
-/// (`x` never overflows). Relative error within 2 ulp down to the smallest normal f32 (about
-/// `e^-87.3`), a subnormal's ulp below; `-inf` (and anything below -104) gives 0; NaN stays
-/// NaN.
+/// `2^t` for `t <= 0`: the softmax exponentials, with the scores turned into base 2 by the
+/// fused multiply-add that shifts them (`t = s log2(e) - m log2(e)`), so that the range
+/// reduction is exact and needs no multiplication: `t = n + f` with `n` the nearest integer and
+/// `|f| <= 1/2`, `2^f` by its Taylor series `sum (f ln 2)^k / k!` to degree 7 (truncation below
+/// 6e-9, relative), and `2^n` applied by [`SimdF32::ldexp_`]. Two operations fewer per vector
+/// than `e^x` ([`crate::ops::vmath::exp`]). Relative error within 2 ulp down to the smallest normal f32, a
+/// subnormal's ulp below; `-inf` (and anything below -151) gives 0; NaN stays NaN.
 #[inline(always)]
-pub(super) fn exp_nonpositive<V: SimdF32>(x: V) -> V {
+pub(super) fn exp2_nonpositive<V: SimdF32>(t: V) -> V {
     // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
-    let xc = V::splat(-104.0).max_(x);
-    let (n, em1) = vmath::exp_reduced(xc);
-    (em1 + V::splat(1.0)).ldexp_(n)
+    let tc = V::splat(-151.0).max_(t);
+    let n = tc.round_();
+    let f = tc - n;
+    let mut p = V::splat(EXP2_TAYLOR[7]);
+    for &c in EXP2_TAYLOR[..7].iter().rev() {
+        p = p.mul_add(f, V::splat(c));
+    }
+    p.ldexp_(n)
 }
+
+/// `(ln 2)^k / k!` for `k = 0..=7`, the Taylor coefficients of `2^f` (rounded to f32).
+const EXP2_TAYLOR: [f32; 8] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+    0.000_015_252_734,
+];
+
+/// `log2(e)`: scores times this are in base 2 (see [`exp2_nonpositive`]).
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
 /// Rows `i0..i0 + nb` (`nb <= L`) of `x`, times `scale`, transposed into `out [width][L]`;
 /// the lanes past `nb` are 0.
@@ -432,10 +454,12 @@ pub(super) unsafe fn forward_rows<V: SimdF32>(
         // Probabilities (unnormalised) and their sums, even and odd keys apart (two chains of
         // additions in flight).
         let (mut even, mut odd) = (V::splat(0.0), V::splat(0.0));
+        // e^(s - max) = 2^(s log2(e) - max log2(e)).
+        let (log2e, shift) = (V::splat(LOG2_E), mx * V::splat(-LOG2_E));
         let mut pairs = ws.p[..lk * l].chunks_exact_mut(2 * l);
         for pj in &mut pairs {
-            let e0 = exp_nonpositive(V::load(pj) - mx);
-            let e1 = exp_nonpositive(V::load(&pj[l..]) - mx);
+            let e0 = exp2_nonpositive(V::load(pj).mul_add(log2e, shift));
+            let e1 = exp2_nonpositive(V::load(&pj[l..]).mul_add(log2e, shift));
             e0.store(pj);
             e1.store(&mut pj[l..]);
             even = even + e0;
@@ -443,7 +467,7 @@ pub(super) unsafe fn forward_rows<V: SimdF32>(
         }
         let last = pairs.into_remainder();
         if !last.is_empty() {
-            let e0 = exp_nonpositive(V::load(last) - mx);
+            let e0 = exp2_nonpositive(V::load(last).mul_add(log2e, shift));
             e0.store(last);
             even = even + e0;
         }
@@ -513,7 +537,8 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
                 f32::INFINITY
             };
         }
-        let lsev = V::load(&ws.lane);
+        // e^(s - lse) = 2^(s log2(e) - lse log2(e)); padding lanes get -inf, so 0.
+        let (log2e, shift) = (V::splat(LOG2_E), V::load(&ws.lane) * V::splat(-LOG2_E));
         let (qt, gt) = (&ws.qt[b * d * l..], &ws.gt[b * dv * l..]);
         // Key j's vectors of block b at (j chunk + b) L: the chunk's blocks side by side.
         let at = |j: usize| (j * chunk + b) * l;
@@ -528,7 +553,7 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
                 [row_dots::<V, 1>(&ws.k, d, j0, qt)[0]; KEYS]
             };
             for (u, &s) in s.iter().enumerate().take(keys) {
-                exp_nonpositive(s - lsev).store(&mut pb[at(j0 + u)..]);
+                exp2_nonpositive(s.mul_add(log2e, shift)).store(&mut pb[at(j0 + u)..]);
             }
             let dp: [V; KEYS] = if keys == KEYS {
                 row_dots::<V, KEYS>(&ws.v, dv, j0, gt)
