@@ -33,6 +33,38 @@ pub(crate) fn exp<V: SimdF32>(x: V) -> V {
     (em1 + V::splat(1.0)).ldexp_(n)
 }
 
+/// `2^t` for `t <= 0`: the softmax exponentials, with the scores turned into base 2 by the
+/// fused multiply-add that shifts them (`t = s log2(e) - m log2(e)`), so that the range
+/// reduction is exact and needs no multiplication: `t = n + f` with `n` the nearest integer and
+/// `|f| <= 1/2`, `2^f` by its Taylor series `sum (f ln 2)^k / k!` to degree 7 (truncation below
+/// 6e-9, relative), and `2^n` applied by [`SimdF32::ldexp_`]. Two operations fewer per vector
+/// than `e^x` ([`exp`]). Relative error within 2 ulp down to the smallest normal f32, a
+/// subnormal's ulp below; `-inf` (and anything below -151) gives 0; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp2_nonpositive<V: SimdF32>(t: V) -> V {
+    // Operand order keeps a NaN lane NaN (the max returns its second operand on NaN).
+    let tc = V::splat(-151.0).max_(t);
+    let n = tc.round_();
+    let f = tc - n;
+    let mut p = V::splat(EXP2_TAYLOR[7]);
+    for &c in EXP2_TAYLOR[..7].iter().rev() {
+        p = p.mul_add(f, V::splat(c));
+    }
+    p.ldexp_(n)
+}
+
+/// `(ln 2)^k / k!` for `k = 0..=7`, the Taylor coefficients of `2^f` (rounded to f32).
+const EXP2_TAYLOR: [f32; 8] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+    0.000_015_252_734,
+];
+
 /// ln x. With x = m 2^e and m scaled into [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s) where
 /// s = (m - 1) / (m + 1), |s| <= 0.172, by its odd series to s^13 (truncation below 1e-10);
 /// e ln2 is added in two parts. ln 0 (and of subnormals) is -inf, of negatives NaN, of +inf +inf.

@@ -1,8 +1,8 @@
 //! Tests of the fused attention against f64 references, on every instruction set.
 
-use super::kernel::exp2_nonpositive;
 use super::*;
 use crate::ops::testutil::{assert_close, Lcg};
+use crate::ops::vmath::exp2_nonpositive;
 
 /// Attention and its gradients for one head in f64, straight from the definitions:
 /// returns (o, lse, dq, dk, dv).
