@@ -9,8 +9,8 @@
 //! peak probe runs on one and N threads before and after the pairs, so a run on a machine
 //! that was not whole (an N-thread probe well under N times the one-thread probe) shows it.
 //!
-//! A short probe ([`MACHINE_PROBE`] on one thread, then on N) also runs between every two
-//! pairs. On this kind of shared virtual machine the host at times runs two of the guest's
+//! A short probe ([`MACHINE_PROBE`] on one thread, then on N) also runs before every pair
+//! and after the last. On this kind of shared virtual machine the host at times runs two of the guest's
 //! CPUs on one core (both hyperthreads of it): for seconds at a time each of two threads then
 //! does half the FMA work of one, and no code can scale. A pair counts as taken on a whole
 //! machine when the probes on both sides of it saw N threads do at least [`WHOLE`] times N
@@ -114,7 +114,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     // The machine's FMA throughput on 1 and N threads, before and after the pairs: on a shared
     // machine an N-thread probe well under N times the one-thread probe means a CPU was taken
     // away (by the host or another tenant) around the run.
-    let probe = || [1, threads].map(tensor::kernels::peak::measure_peak_gflops);
+    let probe = || [1, threads].map(peak::measure_peak_gflops);
     let before = probe();
     // Between pairs: N threads' FMA rate over N times one thread's.
     let machine_probe = || {
