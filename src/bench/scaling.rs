@@ -10,9 +10,9 @@
 //! that was not whole (an N-thread probe well under N times the one-thread probe) shows it.
 //!
 //! A short probe ([`MACHINE_PROBE`] on one thread, then on N) also runs before every pair
-//! and after the last. On this kind of shared virtual machine the host at times runs two of the guest's
-//! CPUs on one core (both hyperthreads of it): for seconds at a time each of two threads then
-//! does half the FMA work of one, and no code can scale. A pair counts as taken on a whole
+//! and after the last. On this kind of shared virtual machine the host at times runs two of
+//! the guest's CPUs on one core (both hyperthreads of it): for seconds at a time each of two
+//! threads then does half the FMA work of one, and no code can scale. A pair counts as taken on a whole
 //! machine when the probes on both sides of it saw N threads do at least [`WHOLE`] times N
 //! times the work of one; the speed-up is reported over all pairs and over those.
 
