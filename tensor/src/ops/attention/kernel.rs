@@ -16,15 +16,14 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use super::tiles::{
+    block_products, block_times, key_tile_products, row_dots, CHANS, KEYS, KEY_TILE,
+};
 use super::Dims;
 use crate::ops::par::SendPtr;
 use crate::ops::simd::SimdF32;
 use crate::ops::vmath::exp2_nonpositive;
 
-/// Keys per register tile of the score loops (independent accumulators).
-const KEYS: usize = 8;
-/// Channels per register tile of the loops over keys (independent accumulators).
-const CHANS: usize = 8;
 /// Floats of probabilities (and as many of score gradients) a backward chunk keeps.
 const CHUNK_FLOATS: usize = 1 << 16;
 
@@ -271,92 +270,6 @@ fn load_block(x: Rows<'_>, i0: usize, nb: usize, scale: f32, l: usize, out: &mut
     }
 }
 
-/// `[a_{j0+u} . bt for u < U]`, each a vector over the block's lanes: rows `j0..j0 + U` of
-/// `a [.., w]` against the transposed block `bt [w][L]` (one broadcast entry of `a` per FMA).
-#[inline(always)]
-fn row_dots<V: SimdF32, const U: usize>(a: &[f32], w: usize, j0: usize, bt: &[f32]) -> [V; U] {
-    let l = V::LANES;
-    let a = &a[j0 * w..(j0 + U) * w];
-    let bt = &bt[..w * l];
-    let mut acc = [V::splat(0.0); U];
-    for c in 0..w {
-        let b = V::load(&bt[c * l..]);
-        for (u, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: u < U and c < w, inside `a` (length U w, sliced above).
-            let x = unsafe { *a.get_unchecked(u * w + c) };
-            *acc = V::splat(x).mul_add(b, *acc);
-        }
-    }
-    acc
-}
-
-/// `[sum_j pt_j a_{j, c0+u} for u < U]`, each a vector over the block's lanes: the block
-/// `pt` (vector `j` at `j step`) against columns `c0..c0 + U` of `a [n, w]`.
-#[inline(always)]
-fn col_sums<V: SimdF32, const U: usize>(
-    (pt, step): (&[f32], usize),
-    a: &[f32],
-    w: usize,
-    c0: usize,
-) -> [V; U] {
-    let l = V::LANES;
-    let n = a.len() / w;
-    let pt = &pt[..(n - 1) * step + l];
-    let mut acc = [V::splat(0.0); U];
-    for j in 0..n {
-        let p = V::load(&pt[j * step..]);
-        let row = &a[j * w + c0..j * w + c0 + U];
-        for (acc, &x) in acc.iter_mut().zip(row) {
-            *acc = V::splat(x).mul_add(p, *acc);
-        }
-    }
-    acc
-}
-
-/// `[sum over blocks b < nb of x_b[j] * y_b[c0 + u] for u < U]`, lane-wise (summed across
-/// lanes by the caller): `x [n][blocks][L]` (the chunk's blocks side by side for each key)
-/// and `y [blocks][w][L]`.
-#[inline(always)]
-fn block_products<V: SimdF32, const U: usize>(
-    (x, blocks): (&[f32], usize),
-    j: usize,
-    y: &[f32],
-    w: usize,
-    c0: usize,
-    nb: usize,
-) -> [V; U] {
-    let l = V::LANES;
-    let x = &x[j * blocks * l..(j * blocks + nb) * l];
-    let mut acc = [V::splat(0.0); U];
-    for b in 0..nb {
-        let xv = V::load(&x[b * l..]);
-        let yb = &y[(b * w + c0) * l..(b * w + c0 + U) * l];
-        for (u, acc) in acc.iter_mut().enumerate() {
-            *acc = xv.mul_add(V::load(&yb[u * l..]), *acc);
-        }
-    }
-    acc
-}
-
-/// `out [w][L] = (sum_j pt_j a_jc) * factor` for every column `c` of `a [n, w]` (`pt` as in
-/// [`col_sums`]).
-#[inline(always)]
-fn block_times<V: SimdF32>(pt: (&[f32], usize), a: &[f32], w: usize, factor: V, out: &mut [f32]) {
-    let l = V::LANES;
-    let mut c0 = 0;
-    while c0 + CHANS <= w {
-        let acc = col_sums::<V, CHANS>(pt, a, w, c0);
-        for (u, x) in acc.into_iter().enumerate() {
-            (x * factor).store(&mut out[(c0 + u) * l..]);
-        }
-        c0 += CHANS;
-    }
-    for c in c0..w {
-        let [x] = col_sums::<V, 1>(pt, a, w, c);
-        (x * factor).store(&mut out[c * l..]);
-    }
-}
-
 /// Writes the first `nb` lanes of the block `out [width][L]` as rows `i0..` of `dst`.
 ///
 /// # Safety
@@ -561,7 +474,21 @@ fn add_key_grads<V: SimdF32>(dm: Dims, nb: usize, ws: &mut Workspace) {
         (&ws.ds, &ws.qt, dm.d, &mut ws.dk),
         (&ws.p, &ws.gt, dm.dv, &mut ws.dv),
     ] {
-        for j in 0..lk {
+        let mut j = 0;
+        if w == CHANS {
+            // Two keys at a time: each block's eight vectors of `y` loaded once for both.
+            while j + KEY_TILE <= lk {
+                let sums = key_tile_products::<V, KEY_TILE>((x, chunk), j, y, nb);
+                let rows = grad[j * w..(j + KEY_TILE) * w].chunks_exact_mut(w);
+                for (row, sums) in rows.zip(sums) {
+                    for (g, s) in row.iter_mut().zip(V::lane_sums8(sums)) {
+                        *g += s;
+                    }
+                }
+                j += KEY_TILE;
+            }
+        }
+        for j in j..lk {
             let row = &mut grad[j * w..(j + 1) * w];
             let mut c0 = 0;
             while c0 + CHANS <= w {

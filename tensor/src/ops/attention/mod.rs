@@ -115,6 +115,7 @@ mod kernel;
 mod qkv;
 #[cfg(test)]
 mod tests;
+mod tiles;
 
 pub use heads::{attention_heads, attention_heads_backward, HeadLayout};
 pub use qkv::{attention_qkv, attention_qkv_backward};
