@@ -15,6 +15,11 @@
 //! threads then does half the FMA work of one, and no code can scale. A pair counts as taken on a whole
 //! machine when the probes on both sides of it saw N threads do at least [`WHOLE`] times N
 //! times the work of one; the speed-up is reported over all pairs and over those.
+//!
+//! A memory probe ([`StreamProbe`]: each thread sweeping 64 MiB of its own) runs beside each
+//! FMA probe and is reported the same way, but no pair is left out for it: how much memory
+//! bandwidth a second thread adds is part of what the step's scaling has to live with (on
+//! this shared machine often 1.2-1.4x one thread's, where the caches give 2x).
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tensor::kernels::peak;
+use tensor::kernels::stream::{StreamProbe, STREAM_BYTES};
 use tensor::profile;
 
 use super::timing::median;
@@ -37,6 +43,10 @@ type StepTimes = (f64, [HashMap<String, f64>; 2]);
 
 /// How long each thread count's FMA probe between two pairs runs.
 const MACHINE_PROBE: Duration = Duration::from_millis(20);
+
+/// How long each thread count's memory streaming probe runs before and after the pairs
+/// (between pairs: [`MACHINE_PROBE`]).
+const STREAM_RUN: Duration = Duration::from_millis(100);
 
 /// The fraction of N times the one-thread FMA rate that N threads must reach, in the probes
 /// around a pair, for the pair to count as taken on a whole machine (a whole machine gives
@@ -114,14 +124,25 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     // The machine's FMA throughput on 1 and N threads, before and after the pairs: on a shared
     // machine an N-thread probe well under N times the one-thread probe means a CPU was taken
     // away (by the host or another tenant) around the run.
-    let probe = || [1, threads].map(peak::measure_peak_gflops);
-    let before = probe();
-    // Between pairs: N threads' FMA rate over N times one thread's.
-    let machine_probe = || {
-        let [one, many] = [1, threads].map(|n| peak::probe_gflops(n, MACHINE_PROBE));
-        many / (threads as f64 * one)
+    // The same for memory: N threads streaming through buffers far larger than the caches.
+    let mut stream = StreamProbe::new(threads, STREAM_BYTES);
+    let probe = |stream: &mut StreamProbe| {
+        (
+            [1, threads].map(peak::measure_peak_gflops),
+            [1, threads].map(|n| stream.gbps(n, STREAM_RUN)),
+        )
     };
-    let mut machine: Vec<f64> = Vec::new();
+    let (before, stream_before) = probe(&mut stream);
+    // Between pairs: N threads' FMA rate over N times one thread's, and the same for memory.
+    let mut machine_probe = || {
+        let [one, many] = [1, threads].map(|n| peak::probe_gflops(n, MACHINE_PROBE));
+        let [one_mem, many_mem] = [1, threads].map(|n| stream.gbps(n, MACHINE_PROBE));
+        (
+            many / (threads as f64 * one),
+            many_mem / (threads as f64 * one_mem),
+        )
+    };
+    let mut machine: Vec<(f64, f64)> = Vec::new();
     let outcome = std::thread::scope(|scope| -> Result<(), String> {
         let mut sides = Vec::new();
         for pool in &pools {
@@ -158,7 +179,8 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     });
     profile::enable(profiling_before);
     outcome?;
-    let after = probe();
+    let (after, stream_after) = probe(&mut stream);
+    let (machine, memory): (Vec<f64>, Vec<f64>) = machine.into_iter().unzip();
     let mut ratios: Vec<f64> = times[0]
         .iter()
         .zip(&times[1])
@@ -198,6 +220,15 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             ("peak_gflops_1_thread", Value::from(vec![before[0], after[0]])),
             ("peak_gflops_n_threads", Value::from(vec![before[1], after[1]])),
             ("machine_scaling", Value::from(machine.clone())),
+            ("memory_scaling", Value::from(memory.clone())),
+            (
+                "stream_gbps_1_thread",
+                Value::from(vec![stream_before[0], stream_after[0]]),
+            ),
+            (
+                "stream_gbps_n_threads",
+                Value::from(vec![stream_before[1], stream_after[1]]),
+            ),
             ("pairs_whole", whole.len().into()),
             ("speedup_whole", speedup_whole.into()),
         ],
@@ -222,6 +253,17 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         after[1],
         before[1] / before[0],
         after[1] / after[0]
+    ));
+    let memory_text: Vec<String> = memory.iter().map(|m| format!("{m:.2}")).collect();
+    report.heading(&format!(
+        "memory: {threads} threads' streaming rate over {threads} x one thread's, between the pairs: {}; before / after: 1 thread {:.1} / {:.1} GB/s, {threads} threads {:.1} / {:.1} GB/s ({:.2}x / {:.2}x one thread)",
+        memory_text.join(" "),
+        stream_before[0],
+        stream_after[0],
+        stream_before[1],
+        stream_after[1],
+        stream_before[1] / stream_before[0],
+        stream_after[1] / stream_after[0]
     ));
     if args.profile {
         report_ops(&times, threads, report);

@@ -9,3 +9,4 @@ pub mod cpu;
 pub mod gemm;
 pub mod norm;
 pub mod peak;
+pub mod stream;
