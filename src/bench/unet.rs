@@ -82,8 +82,9 @@ impl Workload {
         })
     }
 
-    /// A sampling step: one no-grad forward.
+    /// A sampling step: one no-grad forward (with the workers kept awake, as the sampler does).
     pub(super) fn forward(&self) {
+        let _awake = tensor::awake::keep_awake();
         no_grad(|| {
             self.unet.forward(
                 &mut Ctx::eval(),
@@ -93,8 +94,10 @@ impl Workload {
         });
     }
 
-    /// A training step: forward, MSE loss, backward, AdamW.
+    /// A training step: forward, MSE loss, backward, AdamW (with the workers kept awake, as
+    /// the trainer does).
     pub(super) fn train_step(&mut self) {
+        let _awake = tensor::awake::keep_awake();
         let mut ctx = Ctx::train(Rng::new(1, self.step));
         self.step += 1;
         let output = self
@@ -123,14 +126,33 @@ fn minor_faults() -> Option<u64> {
     rest.split_whitespace().nth(7)?.parse().ok()
 }
 
-/// Minor page faults per call of `f` over `reps` calls (a steady-state step that reuses
-/// memory makes almost none; fresh pages from the kernel each cost one).
-fn faults_per_call(reps: u64, mut f: impl FnMut()) -> Option<f64> {
-    let before = minor_faults()?;
+/// The voluntary context switches of all the process's threads so far (a thread that blocks,
+/// as an idle pool worker does when it goes to sleep, makes one), where /proc has them.
+fn voluntary_switches() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        // A thread that has just ended has no status any more.
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+        total += line.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Minor page faults and voluntary context switches per call of `f` over `reps` calls (a
+/// steady-state step that reuses memory makes almost no faults, fresh pages from the kernel
+/// each cost one; each switch is a thread going to sleep, to be woken again).
+fn counts_per_call(reps: u64, mut f: impl FnMut()) -> [Option<f64>; 2] {
+    let before = [minor_faults(), voluntary_switches()];
     for _ in 0..reps {
         f();
     }
-    Some((minor_faults()? - before) as f64 / reps as f64)
+    let after = [minor_faults(), voluntary_switches()];
+    [0, 1].map(|i| Some(after[i]?.saturating_sub(before[i]?) as f64 / reps as f64))
 }
 
 /// Measures the peak, a sampling step and a training step.
@@ -145,17 +167,17 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     let forward_flops = flops::count() as f64;
     let sample_seconds = median_seconds(|| bench.forward());
     let train_seconds = median_seconds(|| bench.train_step());
-    let train_faults = faults_per_call(3, || bench.train_step());
-    let sample_faults = faults_per_call(3, || bench.forward());
+    let train_counts = counts_per_call(3, || bench.train_step());
+    let sample_counts = counts_per_call(3, || bench.forward());
     let rss = peak_resident_bytes();
-    for (what, seconds, work, faults) in [
+    for (what, seconds, work, [faults, switches]) in [
         (
             "train_step",
             train_seconds,
             3.0 * forward_flops,
-            train_faults,
+            train_counts,
         ),
-        ("sample_step", sample_seconds, forward_flops, sample_faults),
+        ("sample_step", sample_seconds, forward_flops, sample_counts),
     ] {
         let gflops = work / seconds / 1e9;
         let fraction = gflops / peak_gflops;
@@ -174,9 +196,13 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 ("fraction_of_peak", fraction.into()),
                 ("peak_rss_bytes", rss.map_or(Value::Null, Value::from)),
                 ("page_faults_per_step", faults.map_or(Value::Null, Value::from)),
+                (
+                    "context_switches_per_step",
+                    switches.map_or(Value::Null, Value::from),
+                ),
             ],
             &format!(
-                "unet {what:<11} preset={} batch={} threads={threads}  {:>9.1} ms  {:>6.2} GFLOP  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak  peak RSS {}  {} page faults/step",
+                "unet {what:<11} preset={} batch={} threads={threads}  {:>9.1} ms  {:>6.2} GFLOP  {gflops:>6.1} GFLOP/s  {:>5.1}% of peak  peak RSS {}  {} page faults/step  {} sleeps/step",
                 args.preset,
                 args.batch,
                 seconds * 1e3,
@@ -184,6 +210,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 fraction * 100.0,
                 rss.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
                 faults.map_or("n/a".to_string(), |f| format!("{f:.0}")),
+                switches.map_or("n/a".to_string(), |f| format!("{f:.0}")),
             ),
         );
     }
