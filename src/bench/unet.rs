@@ -82,9 +82,8 @@ impl Workload {
         })
     }
 
-    /// A sampling step: one no-grad forward (with the workers kept awake, as the sampler does).
+    /// A sampling step: one no-grad forward.
     pub(super) fn forward(&self) {
-        let _awake = tensor::awake::keep_awake();
         no_grad(|| {
             self.unet.forward(
                 &mut Ctx::eval(),
@@ -94,10 +93,8 @@ impl Workload {
         });
     }
 
-    /// A training step: forward, MSE loss, backward, AdamW (with the workers kept awake, as
-    /// the trainer does).
+    /// A training step: forward, MSE loss, backward, AdamW.
     pub(super) fn train_step(&mut self) {
-        let _awake = tensor::awake::keep_awake();
         let mut ctx = Ctx::train(Rng::new(1, self.step));
         self.step += 1;
         let output = self
