@@ -246,29 +246,33 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         speedup_whole.map_or(String::new(), |s| format!(", speed-up {s:.2}x (median)"))
     ));
     report.heading(&format!(
-        "FMA probe before / after: 1 thread {:.1} / {:.1} GFLOP/s, {threads} threads {:.1} / {:.1} GFLOP/s ({:.2}x / {:.2}x one thread)",
+        "FMA probe before / after: {}",
+        before_after("GFLOP/s", threads, before, after)
+    ));
+    let memory_text: Vec<String> = memory.iter().map(|m| format!("{m:.2}")).collect();
+    report.heading(&format!(
+        "memory: {threads} threads' streaming rate over {threads} x one thread's, between the pairs: {}; before / after: {}",
+        memory_text.join(" "),
+        before_after("GB/s", threads, stream_before, stream_after)
+    ));
+    if args.profile {
+        report_ops(&times, threads, report);
+    }
+    Ok(())
+}
+
+/// `1 thread a / b UNIT, N threads c / d UNIT (c/a x / d/b x one thread)` for a probe's
+/// `[one thread, N threads]` rates before and after the pairs.
+fn before_after(unit: &str, threads: usize, before: [f64; 2], after: [f64; 2]) -> String {
+    format!(
+        "1 thread {:.1} / {:.1} {unit}, {threads} threads {:.1} / {:.1} {unit} ({:.2}x / {:.2}x one thread)",
         before[0],
         after[0],
         before[1],
         after[1],
         before[1] / before[0],
         after[1] / after[0]
-    ));
-    let memory_text: Vec<String> = memory.iter().map(|m| format!("{m:.2}")).collect();
-    report.heading(&format!(
-        "memory: {threads} threads' streaming rate over {threads} x one thread's, between the pairs: {}; before / after: 1 thread {:.1} / {:.1} GB/s, {threads} threads {:.1} / {:.1} GB/s ({:.2}x / {:.2}x one thread)",
-        memory_text.join(" "),
-        stream_before[0],
-        stream_after[0],
-        stream_before[1],
-        stream_after[1],
-        stream_before[1] / stream_before[0],
-        stream_after[1] / stream_after[0]
-    ));
-    if args.profile {
-        report_ops(&times, threads, report);
-    }
-    Ok(())
+    )
 }
 
 /// Each op's median time per step on each side and the ratio of the medians, largest first;
