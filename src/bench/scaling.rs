@@ -12,9 +12,10 @@
 //! A short probe ([`MACHINE_PROBE`] on one thread, then on N) also runs before every pair
 //! and after the last. On this kind of shared virtual machine the host at times runs two of
 //! the guest's CPUs on one core (both hyperthreads of it): for seconds at a time each of two
-//! threads then does half the FMA work of one, and no code can scale. A pair counts as taken on a whole
-//! machine when the probes on both sides of it saw N threads do at least [`WHOLE`] times N
-//! times the work of one; the speed-up is reported over all pairs and over those.
+//! threads then does half the FMA work of one, and no code can scale. A pair counts as taken
+//! on a whole machine when the probes on both sides of it saw N threads do at least
+//! [`WHOLE`] times N times the work of one; the speed-up is reported over all pairs and over
+//! those.
 //!
 //! A memory probe ([`StreamProbe`]: each thread sweeping 64 MiB of its own) runs beside each
 //! FMA probe and is reported the same way, but no pair is left out for it: how much memory
