@@ -1,5 +1,5 @@
-//! End-to-end test of `ddpm bench unet --scaling`: the JSON report of the paired one- and
-//! two-thread steps and of the machine probes between them.
+//! End-to-end tests of `ddpm bench unet`: the JSON report of its steps, and with `--scaling`
+//! that of the paired one- and two-thread steps and of the machine probes between them.
 
 use serde_json::Value;
 
@@ -41,6 +41,22 @@ fn unet_scaling_reports_pairs_and_the_machine_between_them() {
         let m = m.as_f64().expect("a number");
         assert!(m > 0.0 && m.is_finite(), "machine scaling {m}");
     }
+    // The memory probe beside it, at the same points: N threads' streaming rate over N times
+    // one thread's; and both rates before and after the pairs, in GB/s.
+    let memory = report["memory_scaling"].as_array().expect("memory_scaling");
+    assert_eq!(memory.len(), 4, "{report}");
+    for m in memory {
+        let m = m.as_f64().expect("a number");
+        assert!(m > 0.0 && m.is_finite(), "memory scaling {m}");
+    }
+    for key in ["stream_gbps_1_thread", "stream_gbps_n_threads"] {
+        let rates = report[key].as_array().expect(key);
+        assert_eq!(rates.len(), 2, "{key}: {report}");
+        for r in rates {
+            let r = r.as_f64().expect("a number");
+            assert!(r > 0.0 && r.is_finite(), "{key} {r}");
+        }
+    }
     let whole = report["pairs_whole"].as_u64().expect("pairs_whole");
     assert!(whole <= 3);
     let speedup = report["speedup"].as_f64().expect("speedup");
@@ -72,4 +88,33 @@ fn unet_scaling_rejects_zero_pairs() {
         ],
         "--pairs must be at least 1",
     );
+}
+
+/// `bench unet` (on two threads, as every end-to-end run): a training and a sampling step,
+/// each with its page faults and its sleeps per step (counted from /proc on Linux).
+#[test]
+fn unet_reports_faults_and_sleeps_per_step() {
+    let out = ok(&[
+        "bench", "unet", "--preset", "tiny", "--batch", "2", "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let steps: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v["bench"] == "unet")
+        .collect();
+    assert_eq!(
+        steps.len(),
+        2,
+        "a training and a sampling step in:\n{stdout}"
+    );
+    for step in &steps {
+        assert!(step["ms"].as_f64().unwrap() > 0.0, "{step}");
+        if cfg!(target_os = "linux") {
+            let faults = step["page_faults_per_step"].as_f64().expect("faults");
+            let sleeps = step["context_switches_per_step"].as_f64().expect("sleeps");
+            assert!(faults.is_finite() && faults >= 0.0, "{step}");
+            assert!(sleeps.is_finite() && sleeps >= 0.0, "{step}");
+        }
+    }
 }
