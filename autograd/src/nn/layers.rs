@@ -80,6 +80,18 @@ impl Conv2d {
             residual,
         )
     }
+
+    /// A pointwise (1x1, stride 1, unpadded) convolution of the concatenation of `parts`
+    /// along the channel axis, without forming it ([`crate::ops::conv::conv2d_parts`]); one
+    /// part is [`Module::forward`]. Panics for other kernels.
+    pub fn forward_parts(&self, ctx: &mut Ctx, parts: &[&Var]) -> Var {
+        if let [x] = parts {
+            return self.forward(ctx, x);
+        }
+        let w = ctx.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| ctx.param(b));
+        crate::ops::conv::conv2d_parts(parts, &w, b.as_ref())
+    }
 }
 
 /// Group normalisation with per-channel affine parameters `weight` (gamma, init 1) and `bias`
@@ -126,6 +138,13 @@ impl GroupNorm {
     pub fn forward_silu(&self, ctx: &mut Ctx, x: &Var) -> Var {
         let (w, b) = (ctx.param(&self.weight), ctx.param(&self.bias));
         crate::ops::norm::group_norm_silu(x, self.groups, Some(&w), Some(&b), self.eps)
+    }
+
+    /// [`GroupNorm::forward_silu`] of the concatenation of `parts` along the channel axis,
+    /// without forming it ([`crate::ops::norm::group_norm_silu_parts`]).
+    pub fn forward_silu_parts(&self, ctx: &mut Ctx, parts: &[&Var]) -> Var {
+        let (w, b) = (ctx.param(&self.weight), ctx.param(&self.bias));
+        crate::ops::norm::group_norm_silu_parts(parts, self.groups, Some(&w), Some(&b), self.eps)
     }
 }
 

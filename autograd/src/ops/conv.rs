@@ -1,6 +1,10 @@
 //! 2-D convolution (NCHW), with the input, weight and bias gradients.
 
 use tensor::ops::conv::{conv2d_backward_data, conv2d_backward_weight, conv2d_plus, ConvAddends};
+use tensor::ops::conv_parts::{
+    conv2d_pointwise_parts, conv2d_pointwise_parts_backward_data,
+    conv2d_pointwise_parts_backward_weight, parts_shape_label,
+};
 use tensor::Tensor;
 
 use crate::{Backward, Var};
@@ -143,11 +147,98 @@ pub fn conv2d_add(
     Var::from_op(y, rule, &inputs)
 }
 
+/// A 1x1 convolution of the channel concatenation of parts `X_i` (`[N, C_i, H, W]`, part `i`
+/// holding channels `off_i..off_i + C_i`), which is never built:
+/// `Y[n] = b + sum_i W[:, off_i..off_i + C_i] X_i[n]`. Linear in each part, in W and in b:
+///
+/// - `dX_i[n] = W[:, off_i..off_i + C_i]^T dY[n]` (the concatenation's gradient, cut into the
+///   parts' channel blocks);
+/// - `dW[:, off_i..off_i + C_i] = sum_n dY[n] X_i[n]^T`;
+/// - `db[co] = sum_{n, pixels} dY[n, co]`.
+struct Conv2dPartsRule {
+    parts: Vec<Tensor>,
+    weight: Tensor,
+    has_bias: bool,
+}
+
+impl Backward for Conv2dPartsRule {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
+        let np = self.parts.len();
+        let channels: Vec<usize> = self.parts.iter().map(|x| x.shape()[1]).collect();
+        let want_data = needs[..np].iter().any(|&n| n);
+        let want_bias = self.has_bias && needs[np + 1];
+        // Side by side and timed as one op, as in `Conv2dRule`.
+        let _prof = tensor::profile::scope("conv2d_backward", || {
+            let sh = tensor::profile::shape;
+            let input = parts_shape_label(self.parts[0].shape(), &channels);
+            format!("{input} * {} s1 p0", sh(self.weight.shape()))
+        });
+        let (dx, (dw, db)) = rayon::join(
+            || {
+                tensor::profile::untimed(|| {
+                    want_data
+                        .then(|| conv2d_pointwise_parts_backward_data(g, &self.weight, &channels))
+                })
+            },
+            || {
+                tensor::profile::untimed(|| {
+                    if needs[np] || want_bias {
+                        let parts: Vec<&Tensor> = self.parts.iter().collect();
+                        let shape = self.weight.shape();
+                        let (dw, db) =
+                            conv2d_pointwise_parts_backward_weight(&parts, g, shape, want_bias);
+                        (needs[np].then_some(dw), db)
+                    } else {
+                        (None, None)
+                    }
+                })
+            },
+        );
+        let mut grads: Vec<Option<Tensor>> = match dx {
+            Some(dx) => dx
+                .into_iter()
+                .zip(needs)
+                .map(|(d, &n)| n.then_some(d))
+                .collect(),
+            None => vec![None; np],
+        };
+        grads.push(dw);
+        if self.has_bias {
+            grads.push(db);
+        }
+        grads
+    }
+}
+
+/// A 1x1 convolution (stride 1, no padding) of the concatenation of `parts` along the channels,
+/// without building it: `conv2d(&Var::concat(parts, 1), weight, bias, 1, 0)` with the copy
+/// saved in the forward pass and the input gradient given part by part in the backward pass
+/// ([`tensor::ops::conv_parts::conv2d_pointwise_parts`]). `parts` are `[N, C_i, H, W]`, `weight`
+/// `[C_out, sum C_i, 1, 1]`, `bias` `[C_out]`. Gradients flow to every part, the weight and
+/// the bias. Panics, naming the op and the shapes, if there is no part, the parts disagree in
+/// N, H or W, or the weight is not 1x1 with `sum C_i` input channels.
+pub fn conv2d_parts(parts: &[&Var], weight: &Var, bias: Option<&Var>) -> Var {
+    let values: Vec<&Tensor> = parts.iter().map(|v| v.value()).collect();
+    let y = conv2d_pointwise_parts(&values, weight.value(), bias.map(|b| b.value()));
+    let rule = Conv2dPartsRule {
+        parts: values.into_iter().cloned().collect(),
+        weight: weight.value().clone(),
+        has_bias: bias.is_some(),
+    };
+    let inputs: Vec<&Var> = parts.iter().copied().chain([weight]).chain(bias).collect();
+    Var::from_op(y, rule, &inputs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gradcheck::{gradcheck, Tolerance};
     use crate::test_util::randn;
+    use crate::Graph;
 
     /// conv2d is linear in each argument, so central differences have no truncation error;
     /// what is left is f32 rounding of sums of up to C_in*k*k products (~1e-6 relative), far
@@ -203,6 +294,89 @@ mod tests {
                 tolerance,
             )
             .unwrap_or_else(|e| panic!("conv2d_add n={n} {ci}->{co} {h}x{h} k={k} s={s}: {e}"));
+        }
+    }
+
+    /// Two parts with a bias and three (one of a single channel) without: the parts' gradients
+    /// are the concatenation's, cut into channel blocks.
+    #[test]
+    fn conv2d_parts_passes_gradcheck() {
+        // (n, part channels, c_out, h, w, bias)
+        let cases = [
+            (2, &[3, 2][..], 4, 4, 5, true),
+            (3, &[2, 1, 3][..], 3, 3, 3, false),
+        ];
+        for (n, channels, co, h, w, with_bias) in cases {
+            let c: usize = channels.iter().sum();
+            let mut inputs: Vec<Tensor> = (0..channels.len())
+                .map(|i| randn(&[n, channels[i], h, w], 10 + i as u64))
+                .collect();
+            inputs.push(randn(&[co, c, 1, 1], 20));
+            if with_bias {
+                inputs.push(randn(&[co], 21));
+            }
+            let np = channels.len();
+            gradcheck(
+                |v| {
+                    let parts: Vec<&Var> = v[..np].iter().collect();
+                    conv2d_parts(&parts, &v[np], v.get(np + 1))
+                },
+                &inputs,
+                Tolerance::default(),
+            )
+            .unwrap_or_else(|e| panic!("conv2d_parts {channels:?} -> {co}: {e}"));
+        }
+    }
+
+    /// `conv2d_parts` is `conv2d` of the concatenation: the same output and the same gradients
+    /// for every part, the weight and the bias (to f32 rounding: the sum over channels is
+    /// split between GEMMs).
+    #[test]
+    fn conv2d_parts_equals_conv2d_of_the_concatenation() {
+        let close = |what: &str, a: &Tensor, b: &Tensor| {
+            assert_eq!(a.shape(), b.shape(), "{what}");
+            let scale = b.data().iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in a.data().iter().zip(b.data()).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * scale,
+                    "{what}: element {i}: {x} against {y}"
+                );
+            }
+        };
+        for (channels, with_bias) in [(&[5usize, 3][..], true), (&[2, 4, 1][..], false)] {
+            let (n, co, h) = (9, 6, 5);
+            let c: usize = channels.iter().sum();
+            let g = Graph::new();
+            let parts: Vec<Var> = (0..channels.len())
+                .map(|i| g.leaf(randn(&[n, channels[i], h, h], 30 + i as u64)))
+                .collect();
+            let weight = g.leaf(randn(&[co, c, 1, 1], 40));
+            let bias = with_bias.then(|| g.leaf(randn(&[co], 41)));
+            let refs: Vec<&Var> = parts.iter().collect();
+            let dy = randn(&[n, co, h, h], 42);
+
+            let y = conv2d_parts(&refs, &weight, bias.as_ref());
+            y.backward_with(dy.clone());
+            let grads = |vars: &[&Var]| -> Vec<Tensor> {
+                vars.iter().map(|v| v.grad().expect("a gradient")).collect()
+            };
+            let mut all: Vec<&Var> = refs.clone();
+            all.push(&weight);
+            all.extend(bias.as_ref());
+            let got = grads(&all);
+
+            let g2 = Graph::new();
+            let all2: Vec<Var> = all.iter().map(|v| g2.leaf(v.value().clone())).collect();
+            let np = parts.len();
+            let parts2: Vec<&Var> = all2[..np].iter().collect();
+            let y2 = conv2d(&Var::concat(&parts2, 1), &all2[np], all2.get(np + 1), 1, 0);
+            y2.backward_with(dy);
+            let want = grads(&all2.iter().collect::<Vec<_>>());
+
+            close("output", y.value(), y2.value());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                close(&format!("gradient {i} of {channels:?}"), a, b);
+            }
         }
     }
 }

@@ -2,8 +2,7 @@
 
 use tensor::ops::norm::{
     group_norm as group_norm_forward, group_norm_backward, group_norm_backward_add,
-    group_norm_silu as group_norm_silu_forward, group_norm_silu_backward,
-    group_norm_silu_backward_add,
+    group_norm_silu_backward_parts, group_norm_silu_parts as group_norm_silu_forward,
 };
 use tensor::Tensor;
 
@@ -20,9 +19,11 @@ use crate::{Backward, Var};
 /// With `silu` (the fused `silu(group_norm(x))`), the output gradient first goes through
 /// `silu'(z) = s (1 + z (1 - s))` (`s` the logistic sigmoid) at the normalised values `z`,
 /// which the kernel recomputes from `x`, the saved statistics, `gamma` and `beta`; nothing of
-/// the size of `x` is stored besides `x`.
+/// the size of `x` is stored besides `x`. The fused op may take `x` as channel parts (the
+/// concatenation never formed); each part gets its share of `dx`.
 struct GroupNormRule {
-    x: Tensor,
+    /// The input, or with `silu` its channel parts in order.
+    x: Vec<Tensor>,
     mean: Tensor,
     rstd: Tensor,
     gamma: Option<Tensor>,
@@ -40,89 +41,80 @@ impl Backward for GroupNormRule {
         }
     }
 
-    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Vec<Option<Tensor>> {
-        let (x, groups, mean, rstd) = (&self.x, self.groups, &self.mean, &self.rstd);
-        let gamma = self.gamma.as_ref();
-        let (dx, dgamma, dbeta) = if self.silu {
-            group_norm_silu_backward(x, g, groups, mean, rstd, gamma, self.beta.as_ref())
-        } else {
-            group_norm_backward(x, g, groups, mean, rstd, gamma)
-        };
-        self.grads(Some(dx), dgamma, dbeta)
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
+        self.backward_accumulate(g, needs, vec![None; needs.len()])
     }
 
-    /// When `x` already has a gradient, the kernel adds `dx` into it as it writes (no
-    /// separate addition pass); the parameters' gradients are added as usual.
+    /// When an input already has a gradient, the kernel adds its `dx` into it as it writes
+    /// (no separate addition pass); the parameters' gradients are added as usual.
     fn backward_accumulate(
         &self,
         g: &Tensor,
-        needs: &[bool],
+        _needs: &[bool],
         mut acc: Vec<Option<Tensor>>,
     ) -> Vec<Option<Tensor>> {
-        let Some(mut grad_x) = acc.first_mut().and_then(Option::take) else {
-            return add_gradients(acc, self.backward(g, needs));
-        };
-        let (x, groups, mean, rstd) = (&self.x, self.groups, &self.mean, &self.rstd);
+        let (groups, mean, rstd) = (self.groups, &self.mean, &self.rstd);
         let gamma = self.gamma.as_ref();
-        let (dgamma, dbeta) = if self.silu {
+        let parts = self.x.len();
+        let (dx, dgamma, dbeta) = if self.silu {
+            let x: Vec<&Tensor> = self.x.iter().collect();
+            let into = acc[..parts].iter_mut().map(Option::as_mut).collect();
             let beta = self.beta.as_ref();
-            group_norm_silu_backward_add(x, g, groups, mean, rstd, gamma, beta, &mut grad_x)
+            group_norm_silu_backward_parts(&x, g, groups, mean, rstd, gamma, beta, into)
         } else {
-            group_norm_backward_add(x, g, groups, mean, rstd, gamma, &mut grad_x)
+            let x = &self.x[0];
+            match acc[0].as_mut() {
+                Some(grad_x) => {
+                    let (dgamma, dbeta) =
+                        group_norm_backward_add(x, g, groups, mean, rstd, gamma, grad_x);
+                    (vec![None], dgamma, dbeta)
+                }
+                None => {
+                    let (dx, dgamma, dbeta) = group_norm_backward(x, g, groups, mean, rstd, gamma);
+                    (vec![Some(dx)], dgamma, dbeta)
+                }
+            }
         };
-        let mut grads = self.grads(None, dgamma, dbeta);
-        acc[0] = Some(grad_x);
-        grads[0] = None;
-        add_gradients(acc, grads)
-    }
-}
-
-impl GroupNormRule {
-    /// The rule's gradients in input order: `dx` (if given), then `dgamma` and `dbeta` for
-    /// the parameters the op had.
-    fn grads(&self, dx: Option<Tensor>, dgamma: Tensor, dbeta: Tensor) -> Vec<Option<Tensor>> {
-        let mut grads = vec![dx];
+        // The inputs' gradients are in `acc` already where it had one; the rest are new.
+        let mut grads = dx;
         if self.gamma.is_some() {
             grads.push(Some(dgamma));
         }
         if self.beta.is_some() {
             grads.push(Some(dbeta));
         }
-        grads
+        add_gradients(acc, grads)
     }
 }
 
-/// The op for [`group_norm`] (`silu` false) and [`group_norm_silu`] (`silu` true).
+/// The op for [`group_norm`] (`silu` false, one part) and [`group_norm_silu_parts`] (`silu`
+/// true).
 fn group_norm_op(
-    x: &Var,
+    parts: &[&Var],
     groups: usize,
     gamma: Option<&Var>,
     beta: Option<&Var>,
     eps: f32,
     silu: bool,
 ) -> Var {
-    let forward = if silu {
-        group_norm_silu_forward
+    let x: Vec<&Tensor> = parts.iter().map(|v| v.value()).collect();
+    let (gamma_t, beta_t) = (gamma.map(|v| v.value()), beta.map(|v| v.value()));
+    let (y, mean, rstd) = if silu {
+        group_norm_silu_forward(&x, groups, gamma_t, beta_t, eps)
     } else {
-        group_norm_forward
+        assert_eq!(parts.len(), 1, "group_norm: one input");
+        group_norm_forward(x[0], groups, gamma_t, beta_t, eps)
     };
-    let (y, mean, rstd) = forward(
-        x.value(),
-        groups,
-        gamma.map(|v| v.value()),
-        beta.map(|v| v.value()),
-        eps,
-    );
     let rule = GroupNormRule {
-        x: x.value().clone(),
+        x: x.into_iter().cloned().collect(),
         mean,
         rstd,
-        gamma: gamma.map(|v| v.value().clone()),
-        beta: beta.map(|v| v.value().clone()),
+        gamma: gamma_t.cloned(),
+        beta: beta_t.cloned(),
         groups,
         silu,
     };
-    let inputs: Vec<&Var> = std::iter::once(x).chain(gamma).chain(beta).collect();
+    let inputs: Vec<&Var> = parts.iter().copied().chain(gamma).chain(beta).collect();
     Var::from_op(y, rule, &inputs)
 }
 
@@ -135,7 +127,7 @@ pub fn group_norm(
     beta: Option<&Var>,
     eps: f32,
 ) -> Var {
-    group_norm_op(x, groups, gamma, beta, eps, false)
+    group_norm_op(&[x], groups, gamma, beta, eps, false)
 }
 
 /// SiLU of the group normalisation of `x` (`silu(group_norm(x, ..))`, the pattern of every
@@ -147,7 +139,20 @@ pub fn group_norm_silu(
     beta: Option<&Var>,
     eps: f32,
 ) -> Var {
-    group_norm_op(x, groups, gamma, beta, eps, true)
+    group_norm_op(&[x], groups, gamma, beta, eps, true)
+}
+
+/// [`group_norm_silu`] of the concatenation of `parts` (`[N, C_i, ...]`, same `N` and trailing
+/// dimensions) along the channel axis, without forming it: the kernel reads each part in
+/// place, and each part's gradient is its share of `dx`. `gamma` and `beta` are `[sum C_i]`.
+pub fn group_norm_silu_parts(
+    parts: &[&Var],
+    groups: usize,
+    gamma: Option<&Var>,
+    beta: Option<&Var>,
+    eps: f32,
+) -> Var {
+    group_norm_op(parts, groups, gamma, beta, eps, true)
 }
 
 #[cfg(test)]
@@ -255,6 +260,61 @@ mod tests {
                 assert!(
                     (u - w).abs() <= 1e-5 * (1.0 + w.abs()),
                     "{what}: {u} vs {w}"
+                );
+            }
+        }
+    }
+
+    /// On channel parts (a group straddling two of them) the fused op passes gradcheck, and
+    /// equals the op on the concatenation in value and in every gradient; a part that also
+    /// feeds another op gets the sum of both gradients.
+    #[test]
+    fn group_norm_silu_parts_passes_gradcheck_and_matches_the_concatenation() {
+        let (a, b) = (randn(&[2, 5, 3, 3], 21), randn(&[2, 7, 3, 3], 22));
+        let gamma = randn(&[12], 23);
+        let beta = randn(&[12], 24);
+        gradcheck(
+            |v| group_norm_silu_parts(&[&v[0], &v[1]], 3, Some(&v[2]), Some(&v[3]), 1e-5),
+            &[a.clone(), b.clone(), gamma.clone(), beta.clone()],
+            Tolerance::default(),
+        )
+        .unwrap();
+        let seed = randn(&[2, 12, 3, 3], 25);
+        let run = |parts: bool| {
+            let graph = crate::Graph::new();
+            let (av, bv, gv, ev) = (
+                graph.leaf(a.clone()),
+                graph.leaf(b.clone()),
+                graph.leaf(gamma.clone()),
+                graph.leaf(beta.clone()),
+            );
+            let y = if parts {
+                group_norm_silu_parts(&[&av, &bv], 3, Some(&gv), Some(&ev), 1e-5)
+            } else {
+                let x = Var::concat(&[&av, &bv], 1);
+                group_norm_silu(&x, 3, Some(&gv), Some(&ev), 1e-5)
+            };
+            // `b` also feeds the output directly.
+            let y = y.add(&Var::concat(&[&av.mul_scalar(0.0), &bv], 1));
+            y.backward_with(seed.clone());
+            [
+                y.value().clone(),
+                av.grad().unwrap(),
+                bv.grad().unwrap(),
+                gv.grad().unwrap(),
+                ev.grad().unwrap(),
+            ]
+        };
+        let (p, q) = (run(true), run(false));
+        for (what, (u, w)) in ["y", "da", "db", "dgamma", "dbeta"]
+            .iter()
+            .zip(p.iter().zip(&q))
+        {
+            assert_eq!(u.shape(), w.shape(), "{what}");
+            for (s, t) in u.data().iter().zip(w.data()) {
+                assert!(
+                    (s - t).abs() <= 1e-5 * (1.0 + t.abs()),
+                    "{what}: {s} vs {t}"
                 );
             }
         }

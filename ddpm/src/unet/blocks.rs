@@ -104,7 +104,8 @@ impl DownBlock {
 
 /// One up level: `layers + 1` ResNet blocks, each on the previous output concatenated (along
 /// channels) with the most recent unused skip, each followed by an attention block if the
-/// level has attention, then, except at the last level, an [`Upsample`]:
+/// level has attention, then, except at the last level, an [`Upsample`] (the concatenation is
+/// never formed: [`ResnetBlock::forward_parts`] reads `h` and the skip in place):
 ///
 /// ```text
 /// for j: h = attn_j(resnet_j(concat(h, skips.pop()), emb))
@@ -188,7 +189,7 @@ impl UpBlock {
         let mut h = h.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("UpBlock: ran out of skip connections");
-            h = resnet.forward(ctx, &Var::concat(&[&h, &skip], 1), temb_act);
+            h = resnet.forward_parts(ctx, &[&h, &skip], temb_act);
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(ctx, &h);
             }

@@ -89,7 +89,14 @@ impl ResnetBlock {
 
     /// The block on `x` `[N, c_in, H, W]` given `temb_act = silu(emb)` `[N, temb_channels]`.
     pub fn forward(&self, ctx: &mut Ctx, x: &Var, temb_act: &Var) -> Var {
-        let h = self.norm1.forward_silu(ctx, x);
+        self.forward_parts(ctx, &[x], temb_act)
+    }
+
+    /// The block on the concatenation of `parts` along the channel axis (`c_in` channels in
+    /// all), without forming it: the first group norm and the 1x1 shortcut read the parts in
+    /// place (the up path's skip connections).
+    pub fn forward_parts(&self, ctx: &mut Ctx, parts: &[&Var], temb_act: &Var) -> Var {
+        let h = self.norm1.forward_silu_parts(ctx, parts);
         // conv1(h) + time_emb_proj(temb) and skip + conv2(h) are each one op: the
         // convolution adds them as it writes its output (the same bits as separate adds).
         let shift = self.time_emb_proj.forward(ctx, temb_act);
@@ -99,9 +106,10 @@ impl ResnetBlock {
             .forward_add(ctx, &h, Some(&shift.reshape(&[n, c, 1, 1])), None);
         let h = self.norm2.forward_silu(ctx, &h);
         let h = self.dropout.forward(ctx, &h);
-        let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(ctx, x),
-            None => x.clone(),
+        let skip = match (&self.conv_shortcut, parts) {
+            (Some(conv), _) => conv.forward_parts(ctx, parts),
+            (None, [x]) => (*x).clone(),
+            (None, _) => Var::concat(parts, 1),
         };
         let out = self.conv2.forward_add(ctx, &h, None, Some(&skip));
         if self.output_scale_factor == 1.0 {

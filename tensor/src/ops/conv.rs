@@ -15,7 +15,7 @@ use crate::kernels::conv::{self, Conv2dParams};
 use crate::shape::numel;
 use crate::Tensor;
 
-fn dims4(op: &str, what: &str, t: &Tensor) -> [usize; 4] {
+pub(super) fn dims4(op: &str, what: &str, t: &Tensor) -> [usize; 4] {
     match t.shape() {
         &[a, b, c, d] => [a, b, c, d],
         s => panic!("{op}: {what} must have 4 dimensions, got shape {s:?}"),
@@ -108,15 +108,7 @@ pub fn conv2d_plus(
         stride,
         padding,
     );
-    if let Some(b) = bias {
-        assert_eq!(
-            b.shape(),
-            &[p.c_out],
-            "{OP}: bias shape {:?} does not match weight {:?}",
-            b.shape(),
-            weight.shape()
-        );
-    }
+    check_bias(OP, &p, bias, weight);
     let out_shape = p.output_shape();
     if let Some(s) = addends.shift {
         let ok = s.shape() == [p.batch, p.c_out] || s.shape() == [p.batch, p.c_out, 1, 1];
@@ -238,7 +230,7 @@ pub fn conv2d_backward_weight(
     (grad_weight, grad_bias)
 }
 
-fn check_grad_output(op: &str, p: &Conv2dParams, grad_output: &Tensor) {
+pub(super) fn check_grad_output(op: &str, p: &Conv2dParams, grad_output: &Tensor) {
     assert_eq!(
         grad_output.shape(),
         &p.output_shape(),
@@ -248,6 +240,19 @@ fn check_grad_output(op: &str, p: &Conv2dParams, grad_output: &Tensor) {
         p.input_shape(),
         p.weight_shape()
     );
+}
+
+/// Panics, naming `op` and the shapes, unless `bias` (if any) is `[C_out]`.
+pub(super) fn check_bias(op: &str, p: &Conv2dParams, bias: Option<&Tensor>, weight: &Tensor) {
+    if let Some(b) = bias {
+        assert_eq!(
+            b.shape(),
+            &[p.c_out],
+            "{op}: bias shape {:?} does not match weight {:?}",
+            b.shape(),
+            weight.shape()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod bandwidth;
 pub mod binary;
 mod broadcast;
 pub mod conv;
+pub mod conv_parts;
 pub mod flops;
 pub mod layout;
 pub mod matmul;

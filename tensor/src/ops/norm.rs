@@ -16,28 +16,12 @@ use super::alloc;
 use crate::kernels::norm;
 use crate::Tensor;
 
-/// `(n, c, hw)` of an `[N, C, ...]` tensor.
-fn split(op: &str, x: &Tensor, groups: usize) -> (usize, usize, usize) {
-    let s = x.shape();
-    assert!(s.len() >= 2, "{op}: x must be [N, C, ...], got shape {s:?}");
-    assert!(
-        groups > 0 && s[1] / groups * groups == s[1],
-        "{op}: {groups} groups do not divide the {} channels of x {s:?}",
-        s[1]
-    );
-    (s[0], s[1], s[2..].iter().product())
-}
-
-fn check_channel_vector(op: &str, what: &str, t: Option<&Tensor>, x: &Tensor) {
-    if let Some(t) = t {
-        assert_eq!(
-            t.shape(),
-            &[x.shape()[1]],
-            "{op}: {what} shape {:?} does not match the channels of x {:?}",
-            t.shape(),
-            x.shape()
-        );
-    }
+/// The one input gradient of a single-input backward pass with nothing to add to.
+fn fresh_gradient(dx: Vec<Option<Tensor>>) -> Tensor {
+    dx.into_iter()
+        .next()
+        .flatten()
+        .expect("a fresh input gradient")
 }
 
 /// Group norm forward: `y = gamma[c] * (x - mean[n, g]) * rstd[n, g] + beta[c]` with the
@@ -50,7 +34,7 @@ pub fn group_norm(
     beta: Option<&Tensor>,
     eps: f32,
 ) -> (Tensor, Tensor, Tensor) {
-    forward("group_norm", x, groups, gamma, beta, eps, false)
+    forward("group_norm", &[x], groups, gamma, beta, eps, false)
 }
 
 /// `silu(group_norm(x))` in one pass: returns `(silu(z), mean, rstd)` where `z` is
@@ -62,12 +46,76 @@ pub fn group_norm_silu(
     beta: Option<&Tensor>,
     eps: f32,
 ) -> (Tensor, Tensor, Tensor) {
-    forward("group_norm_silu", x, groups, gamma, beta, eps, true)
+    forward("group_norm_silu", &[x], groups, gamma, beta, eps, true)
+}
+
+/// `silu(group_norm(concat(parts, axis 1)))` without the concatenation: `parts` are
+/// `[N, C_i, ...]` tensors with the same `N` and trailing dimensions, read in place (a group
+/// may take its channels from two parts); `gamma` and `beta` are `[sum C_i]`. Returns `(y,
+/// mean, rstd)` as [`group_norm_silu`] on the concatenation does, with the same bits when
+/// each part's `H * W` is a multiple of 8 (otherwise the statistics are summed in another
+/// order).
+pub fn group_norm_silu_parts(
+    parts: &[&Tensor],
+    groups: usize,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f32,
+) -> (Tensor, Tensor, Tensor) {
+    forward("group_norm_silu", parts, groups, gamma, beta, eps, true)
+}
+
+/// The shape of the concatenation of `parts` along axis 1, and its `(n, c, hw)`. Panics,
+/// naming `op` and the shapes, unless the parts are `[N, C_i, ...]` with the same `N` and
+/// trailing dimensions and `groups` divides `sum C_i`.
+fn parts_shape(op: &str, parts: &[&Tensor], groups: usize) -> (Vec<usize>, (usize, usize, usize)) {
+    let shapes: Vec<&[usize]> = parts.iter().map(|t| t.shape()).collect();
+    assert!(!parts.is_empty(), "{op}: no input given");
+    let first = shapes[0];
+    assert!(
+        first.len() >= 2
+            && shapes
+                .iter()
+                .all(|s| s.len() == first.len() && s[0] == first[0] && s[2..] == first[2..]),
+        "{op}: parts {shapes:?} are not [N, C_i, ...] with the same N and trailing dimensions"
+    );
+    let mut shape = first.to_vec();
+    shape[1] = shapes.iter().map(|s| s[1]).sum();
+    assert!(
+        groups > 0 && shape[1] / groups * groups == shape[1],
+        "{op}: {groups} groups do not divide the {} channels of x {shapes:?}",
+        shape[1]
+    );
+    let hw = shape[2..].iter().product();
+    let nch = (shape[0], shape[1], hw);
+    (shape, nch)
+}
+
+fn check_channels(op: &str, what: &str, t: Option<&Tensor>, shape: &[usize]) {
+    if let Some(t) = t {
+        assert_eq!(
+            t.shape(),
+            &[shape[1]],
+            "{op}: {what} shape {:?} does not match the channels of x {shape:?}",
+            t.shape(),
+        );
+    }
+}
+
+/// The profiler's label of a group norm's input: its shape, or with several parts the
+/// channel counts joined by `+`.
+fn label(parts: &[&Tensor], groups: usize) -> String {
+    let mut shape: Vec<String> = parts[0].shape().iter().map(|d| d.to_string()).collect();
+    if parts.len() > 1 {
+        let channels: Vec<String> = parts.iter().map(|t| t.shape()[1].to_string()).collect();
+        shape[1] = channels.join("+");
+    }
+    format!("[{}] groups {groups}", shape.join(", "))
 }
 
 fn forward(
     op: &'static str,
-    x: &Tensor,
+    parts: &[&Tensor],
     groups: usize,
     gamma: Option<&Tensor>,
     beta: Option<&Tensor>,
@@ -75,16 +123,18 @@ fn forward(
     silu: bool,
 ) -> (Tensor, Tensor, Tensor) {
     const OP: &str = "group_norm";
-    let _prof = crate::profile::scope(op, || format!("{:?} groups {groups}", x.shape()));
-    let (n, c, hw) = split(OP, x, groups);
-    check_channel_vector(OP, "gamma", gamma, x);
-    check_channel_vector(OP, "beta", beta, x);
+    let _prof = crate::profile::scope(op, || label(parts, groups));
+    let (shape, (n, c, hw)) = parts_shape(OP, parts, groups);
+    check_channels(OP, "gamma", gamma, &shape);
+    check_channels(OP, "beta", beta, &shape);
     let mut mean = Tensor::zeros(&[n, groups]);
     let mut rstd = Tensor::zeros(&[n, groups]);
+    let sources: Vec<(&[f32], usize)> = parts.iter().map(|t| (t.data(), t.shape()[1])).collect();
+    let rows = norm::rows_of_parts(OP, &sources, n, hw);
     let fill = |y: &mut [MaybeUninit<f32>]| {
         norm::forward_impl(
             op,
-            x.data(),
+            &rows,
             (n, c, hw, groups),
             eps,
             gamma.map(|t| t.data()),
@@ -96,8 +146,8 @@ fn forward(
         )
     };
     // SAFETY: the kernel writes every element of its output.
-    let y = unsafe { alloc::filled_by(x.data().len(), fill) };
-    (Tensor::from_vec(y, x.shape()), mean, rstd)
+    let y = unsafe { alloc::filled_by(n * c * hw, fill) };
+    (Tensor::from_vec(y, &shape), mean, rstd)
 }
 
 /// Group norm backward: with `xhat = (x - mean) * rstd` and `g = dy * gamma[c]`, per (image,
@@ -113,15 +163,15 @@ pub fn group_norm_backward(
 ) -> (Tensor, Tensor, Tensor) {
     let (dx, dgamma, dbeta) = backward(
         "group_norm_backward",
-        x,
+        &[x],
         grad_out,
         groups,
         (mean, rstd),
         gamma,
         None,
-        None,
+        vec![None],
     );
-    (dx.expect("a fresh input gradient"), dgamma, dbeta)
+    (fresh_gradient(dx), dgamma, dbeta)
 }
 
 /// [`group_norm_backward`] adding `dx` into `grad_x` (a gradient that reached `x` by another
@@ -139,13 +189,13 @@ pub fn group_norm_backward_add(
 ) -> (Tensor, Tensor) {
     let (_, dgamma, dbeta) = backward(
         "group_norm_backward",
-        x,
+        &[x],
         grad_out,
         groups,
         (mean, rstd),
         gamma,
         None,
-        Some(grad_x),
+        vec![Some(grad_x)],
     );
     (dgamma, dbeta)
 }
@@ -162,116 +212,142 @@ pub fn group_norm_silu_backward(
     gamma: Option<&Tensor>,
     beta: Option<&Tensor>,
 ) -> (Tensor, Tensor, Tensor) {
-    check_channel_vector("group_norm_silu_backward", "beta", beta, x);
     let (dx, dgamma, dbeta) = backward(
         "group_norm_silu_backward",
-        x,
+        &[x],
         grad_out,
         groups,
         (mean, rstd),
         gamma,
         Some(beta),
-        None,
+        vec![None],
     );
-    (dx.expect("a fresh input gradient"), dgamma, dbeta)
+    (fresh_gradient(dx), dgamma, dbeta)
 }
 
-/// [`group_norm_silu_backward`] adding `dx` into `grad_x` (a gradient that reached `x` by
-/// another path) as it is computed: `grad_x + dx` with the bits of adding the two tensors,
-/// without that pass over memory. Returns `(dgamma, dbeta)`.
+/// The gradients of [`group_norm_silu_parts`] (or, with one part, of [`group_norm_silu`]) given
+/// the gradient of its output: for each part, its share of `dx`, added into `acc[i]` if given (then `None` is returned in its place,
+/// with the bits of adding the tensors afterwards), else a fresh tensor; then `(dgamma,
+/// dbeta)`.
 #[allow(clippy::too_many_arguments)]
-pub fn group_norm_silu_backward_add(
-    x: &Tensor,
+pub fn group_norm_silu_backward_parts(
+    parts: &[&Tensor],
     grad_out: &Tensor,
     groups: usize,
     mean: &Tensor,
     rstd: &Tensor,
     gamma: Option<&Tensor>,
     beta: Option<&Tensor>,
-    grad_x: &mut Tensor,
-) -> (Tensor, Tensor) {
-    check_channel_vector("group_norm_silu_backward", "beta", beta, x);
-    let (_, dgamma, dbeta) = backward(
+    acc: Vec<Option<&mut Tensor>>,
+) -> (Vec<Option<Tensor>>, Tensor, Tensor) {
+    backward(
         "group_norm_silu_backward",
-        x,
+        parts,
         grad_out,
         groups,
         (mean, rstd),
         gamma,
         Some(beta),
-        Some(grad_x),
-    );
-    (dgamma, dbeta)
+        acc,
+    )
 }
 
-/// The backward pass of both ops; `dx` fresh, or added into `add_to` (then `None` is returned
-/// in its place).
+/// The backward pass of every op here, on the input held as `parts`: each part's share of
+/// `dx` fresh, or added into its entry of `acc` (then `None` is returned in its place).
 #[allow(clippy::too_many_arguments)]
 fn backward(
     op: &'static str,
-    x: &Tensor,
+    parts: &[&Tensor],
     grad_out: &Tensor,
     groups: usize,
     (mean, rstd): (&Tensor, &Tensor),
     gamma: Option<&Tensor>,
     silu_beta: Option<Option<&Tensor>>,
-    add_to: Option<&mut Tensor>,
-) -> (Option<Tensor>, Tensor, Tensor) {
+    acc: Vec<Option<&mut Tensor>>,
+) -> (Vec<Option<Tensor>>, Tensor, Tensor) {
     const OP: &str = "group_norm_backward";
-    let _prof = crate::profile::scope(op, || format!("{:?} groups {groups}", x.shape()));
-    let (n, c, hw) = split(OP, x, groups);
+    let _prof = crate::profile::scope(op, || label(parts, groups));
+    let (shape, (n, c, hw)) = parts_shape(OP, parts, groups);
     assert_eq!(
         grad_out.shape(),
-        x.shape(),
-        "{OP}: grad_out shape {:?} differs from x {:?}",
+        &shape[..],
+        "{OP}: grad_out shape {:?} differs from x {shape:?}",
         grad_out.shape(),
-        x.shape()
     );
     for (what, t) in [("mean", mean), ("rstd", rstd)] {
         assert_eq!(
             t.shape(),
             &[n, groups],
-            "{OP}: {what} shape {:?} is not [N, groups] = [{n}, {groups}] for x {:?}",
+            "{OP}: {what} shape {:?} is not [N, groups] = [{n}, {groups}] for x {shape:?}",
             t.shape(),
-            x.shape()
         );
     }
-    check_channel_vector(OP, "gamma", gamma, x);
+    check_channels(OP, "gamma", gamma, &shape);
+    if let Some(beta) = silu_beta {
+        check_channels(OP, "beta", beta, &shape);
+    }
+    assert_eq!(
+        acc.len(),
+        parts.len(),
+        "{OP}: {} gradients to add to for {} parts",
+        acc.len(),
+        parts.len()
+    );
     let mut dgamma = Tensor::zeros(&[c]);
     let mut dbeta = Tensor::zeros(&[c]);
-    let mut fill = |dx: &mut [MaybeUninit<f32>], add: bool| {
-        norm::backward_impl(
-            op,
-            x.data(),
-            grad_out.data(),
-            (n, c, hw, groups),
-            (mean.data(), rstd.data()),
-            gamma.map(|t| t.data()),
-            silu_beta.map(|b| b.map(|t| t.data())),
-            (dx, add),
-            Some(dgamma.data_mut()),
-            Some(dbeta.data_mut()),
-        )
-    };
-    let dx = match add_to {
-        Some(acc) => {
-            assert_eq!(
-                acc.shape(),
-                x.shape(),
-                "{OP}: the gradient to add to has shape {:?}, x {:?}",
-                acc.shape(),
-                x.shape()
-            );
-            // A copy first only if the storage is shared.
-            fill(alloc::as_uninit(acc.data_mut()), true);
-            None
+    let sources: Vec<(&[f32], usize)> = parts.iter().map(|t| (t.data(), t.shape()[1])).collect();
+    let rows = norm::rows_of_parts(OP, &sources, n, hw);
+    // Fresh gradients for the parts with nothing to add to.
+    let mut fresh: Vec<Option<Vec<f32>>> = acc
+        .iter()
+        .zip(parts)
+        .map(|(a, t)| a.is_none().then(|| alloc::with_capacity(t.data().len())))
+        .collect();
+    let mut targets = Vec::with_capacity(parts.len());
+    for ((a, f), t) in acc.into_iter().zip(fresh.iter_mut()).zip(parts) {
+        let channels = t.shape()[1];
+        match (a, f) {
+            (Some(a), _) => {
+                assert_eq!(
+                    a.shape(),
+                    t.shape(),
+                    "{OP}: the gradient to add to has shape {:?}, x {:?}",
+                    a.shape(),
+                    t.shape()
+                );
+                // A copy first only if the storage is shared.
+                targets.push((alloc::as_uninit(a.data_mut()), channels, true));
+            }
+            (None, Some(f)) => {
+                let len = t.data().len();
+                targets.push((&mut f.spare_capacity_mut()[..len], channels, false));
+            }
+            (None, None) => unreachable!("a fresh gradient for every part without one"),
         }
-        None => {
-            // SAFETY: the kernel writes every element of the input gradient.
-            let dx = unsafe { alloc::filled_by(x.data().len(), |dx| fill(dx, false)) };
-            Some(Tensor::from_vec(dx, x.shape()))
-        }
-    };
+    }
+    norm::backward_impl(
+        op,
+        &rows,
+        grad_out.data(),
+        (n, c, hw, groups),
+        (mean.data(), rstd.data()),
+        gamma.map(|t| t.data()),
+        silu_beta.map(|b| b.map(|t| t.data())),
+        norm::out_rows_of_parts(OP, targets, n, hw),
+        Some(dgamma.data_mut()),
+        Some(dbeta.data_mut()),
+    );
+    let dx = fresh
+        .into_iter()
+        .zip(parts)
+        .map(|(f, t)| {
+            f.map(|mut v| {
+                // SAFETY: the kernel wrote every element of each fresh gradient.
+                unsafe { v.set_len(t.data().len()) };
+                Tensor::from_vec(v, t.shape())
+            })
+        })
+        .collect();
     (dx, dgamma, dbeta)
 }
 
@@ -352,5 +428,72 @@ mod tests {
     #[should_panic(expected = "group_norm: 3 groups do not divide the 4 channels")]
     fn group_norm_op_panics_on_bad_groups() {
         group_norm(&Tensor::zeros(&[1, 4, 2]), 3, None, None, 1e-5);
+    }
+
+    /// The fused op on channel parts read in place equals it on their concatenation: with
+    /// `H * W` a multiple of 8 bit for bit (groups of 4 channels, parts of 5, 2 and 5, so two
+    /// groups straddle parts), both passes and with or without gradients to add to; with
+    /// `H * W = 9` to rounding.
+    #[test]
+    fn group_norm_silu_parts_equals_it_on_the_concatenation() {
+        for (hw, exact) in [((4, 4), true), ((3, 3), false)] {
+            let parts: Vec<Tensor> = [5, 2, 5]
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| Tensor::randn(&[3, c, hw.0, hw.1], 10 + i as u64, 0).add_scalar(1.5))
+                .collect();
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let x = Tensor::concat(&refs, 1);
+            let gamma = Tensor::randn(&[12], 2, 0);
+            let beta = Tensor::randn(&[12], 3, 0);
+            let dy = Tensor::randn(x.shape(), 4, 0);
+            let close = |what: &str, a: &Tensor, b: &Tensor| {
+                assert_eq!(a.shape(), b.shape(), "{what}");
+                for (p, q) in a.data().iter().zip(b.data()) {
+                    if exact {
+                        assert_eq!(p.to_bits(), q.to_bits(), "{what}: {p} vs {q}");
+                    } else {
+                        assert!(
+                            (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                            "{what}: {p} vs {q}"
+                        );
+                    }
+                }
+            };
+            let (y, mean, rstd) = group_norm_silu_parts(&refs, 3, Some(&gamma), Some(&beta), 1e-5);
+            let (y0, mean0, rstd0) = group_norm_silu(&x, 3, Some(&gamma), Some(&beta), 1e-5);
+            close("y", &y, &y0);
+            close("mean", &mean, &mean0);
+            close("rstd", &rstd, &rstd0);
+            let (dx0, dgamma0, dbeta0) =
+                group_norm_silu_backward(&x, &dy, 3, &mean0, &rstd0, Some(&gamma), Some(&beta));
+            let want = dx0.split(&[5, 2, 5], 1);
+            // Part 1 has a gradient already (ones), the others none.
+            let mut earlier = Tensor::ones(parts[1].shape());
+            let acc = vec![None, Some(&mut earlier), None];
+            let (dx, dgamma, dbeta) = group_norm_silu_backward_parts(
+                &refs,
+                &dy,
+                3,
+                &mean,
+                &rstd,
+                Some(&gamma),
+                Some(&beta),
+                acc,
+            );
+            assert!(dx[1].is_none(), "the gradient added to is not returned");
+            close("dx part 0", dx[0].as_ref().unwrap(), &want[0]);
+            close("dx part 1", &earlier, &want[1].add_scalar(1.0));
+            close("dx part 2", dx[2].as_ref().unwrap(), &want[2]);
+            close("dgamma", &dgamma, &dgamma0);
+            close("dbeta", &dbeta, &dbeta0);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "are not [N, C_i, ...] with the same N and trailing dimensions")]
+    fn group_norm_silu_parts_panics_on_parts_of_other_sizes() {
+        let (a, b) = (Tensor::zeros(&[1, 4, 2, 2]), Tensor::zeros(&[1, 4, 2, 3]));
+        group_norm_silu_parts(&[&a, &b], 2, None, None, 1e-5);
     }
 }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::forward::forward_images;
 use super::im2col::{col2im_rows, Geometry};
+use super::pointwise;
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
@@ -31,9 +32,14 @@ pub fn conv2d_backward_data(
     weight: &[f32],
     grad_input: &mut [f32],
 ) {
-    if !backward_data_winograd(p, grad_output, weight, as_uninit(grad_input)) {
-        backward_data_other(p, grad_output, weight, grad_input);
+    if backward_data_winograd(p, grad_output, weight, as_uninit(grad_input)) {
+        return;
     }
+    if p.is_pointwise() {
+        pointwise_images(p, grad_output, weight, grad_input);
+        return;
+    }
+    backward_data_other(p, grad_output, weight, grad_input);
 }
 
 /// [`conv2d_backward_data`] into an output that may be uninitialised: every element is
@@ -45,9 +51,36 @@ pub fn conv2d_backward_data_uninit(
     weight: &[f32],
     grad_input: &mut [MaybeUninit<f32>],
 ) {
-    if !backward_data_winograd(p, grad_output, weight, grad_input) {
-        backward_data_other(p, grad_output, weight, init_zeroed(grad_input));
+    if backward_data_winograd(p, grad_output, weight, grad_input) {
+        return;
     }
+    if p.is_pointwise() {
+        // Each image's gradient is zeroed right before its GEMM writes it (while in cache),
+        // not in a pass of its own.
+        pointwise_images(p, grad_output, weight, grad_input);
+        return;
+    }
+    backward_data_other(p, grad_output, weight, init_zeroed(grad_input));
+}
+
+/// The 1x1, stride-1, unpadded route (the arguments already checked): `dX_n = Wt^T * dY_n`,
+/// one GEMM per image, every element of `grad_input` written (see `pointwise.rs`).
+fn pointwise_images<T: pointwise::Out>(
+    p: &Conv2dParams,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [T],
+) {
+    let (npix, channels) = (p.h * p.w, [p.c_in]);
+    pointwise::backward_data(
+        p.batch,
+        p.c_out,
+        npix,
+        &channels,
+        grad_output,
+        weight,
+        &mut [grad_input],
+    );
 }
 
 /// The checks, then the Winograd route if it applies (returns whether it did).
@@ -91,7 +124,7 @@ fn transposed(p: &Conv2dParams) -> Conv2dParams {
     }
 }
 
-/// Every route but Winograd's (the arguments already checked).
+/// Every route but Winograd's and the pointwise one (the arguments already checked).
 fn backward_data_other(
     p: &Conv2dParams,
     grad_output: &[f32],
@@ -151,7 +184,8 @@ fn flip_kernel(p: &Conv2dParams, weight: &[f32]) -> Vec<f32> {
     flipped
 }
 
-/// One image by GEMM + col2im: `dy` is `[c_out, oh * ow]`, `dx` is `[g.c, g.h, g.w]`.
+/// One image (not pointwise) by GEMM + col2im: `dy` is `[c_out, oh * ow]`, `dx` is
+/// `[g.c, g.h, g.w]`.
 fn backward_data_image(
     g: &Geometry,
     c_out: usize,
@@ -161,24 +195,6 @@ fn backward_data_image(
     cols: &mut Vec<f32>,
 ) {
     let (k, npix) = (g.k(), g.out_pixels());
-    if g.is_pointwise() {
-        sgemm(
-            Trans::Yes,
-            Trans::No,
-            k,
-            npix,
-            c_out,
-            1.0,
-            weight,
-            k,
-            dy,
-            npix,
-            0.0,
-            dx,
-            npix,
-        );
-        return;
-    }
     dx.fill(0.0);
     for (r0, r1) in g.tiles() {
         let t = (r1 - r0) * g.ow;

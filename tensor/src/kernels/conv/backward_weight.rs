@@ -7,12 +7,13 @@ use rayon::prelude::*;
 use super::direct;
 use super::hwc::{im2row_rows, pad_channels_last, permute_to_oihw};
 use super::im2col::Geometry;
+use super::pointwise;
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
 
 /// At most this many partial weight gradients (chunks of images) per call.
-const MAX_CHUNKS: usize = 8;
+pub(super) const MAX_CHUNKS: usize = 8;
 
 /// conv2d backward-weight:
 /// `dWt[co, ci, a, b] = sum_{n, i, j} dY[n, co, i, j] * X[n, ci, i*s + a - p, j*s + b - p]` and
@@ -67,7 +68,16 @@ pub fn conv2d_backward_weight(
     let chunks = p.batch.div_ceil(per_chunk);
     let wlen = grad_weight.len();
     if p.is_pointwise() {
-        pointwise(p, input, grad_output, grad_weight, per_chunk);
+        let (parts, channels) = ([input], [p.c_in]);
+        let parts = pointwise::Parts::new(&parts, &channels);
+        pointwise::backward_weight(
+            p.c_out,
+            g.out_pixels(),
+            parts,
+            grad_output,
+            grad_weight,
+            per_chunk,
+        );
         return;
     }
     // One partial per chunk, in (co, a, b, ci) order (see `hwc`).
@@ -101,102 +111,6 @@ pub fn conv2d_backward_weight(
     permute_to_oihw(&g, p.c_out, sum, grad_weight);
 }
 
-/// The weight gradient of a 1x1, stride-1, unpadded convolution: per image the product
-/// `dW += dY_n X_n^T` (`[c_out, pixels] x [pixels, c_in]`) straight from the NCHW tensors, one
-/// partial per chunk of `per_chunk` images, the partials added in chunk order.
-fn pointwise(
-    p: &Conv2dParams,
-    input: &[f32],
-    grad_output: &[f32],
-    grad_weight: &mut [f32],
-    per_chunk: usize,
-) {
-    let len = p.batch.div_ceil(per_chunk) * grad_weight.len();
-    PARTIALS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut kept) => {
-            // Grown, never cleared: the first image of each chunk overwrites its partial.
-            if kept.len() < len {
-                kept.resize(len, 0.0);
-            }
-            pointwise_into(
-                p,
-                input,
-                grad_output,
-                grad_weight,
-                per_chunk,
-                &mut kept[..len],
-            );
-        }
-        Err(_) => {
-            let mut fresh = vec![0.0f32; len];
-            pointwise_into(p, input, grad_output, grad_weight, per_chunk, &mut fresh);
-        }
-    });
-}
-
-thread_local! {
-    /// The pointwise weight gradient's per-chunk partials, kept by the calling thread between
-    /// calls (neither zeroed nor faulted in again).
-    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// [`pointwise`] with the partials' storage (`chunks * wlen` values, overwritten).
-fn pointwise_into(
-    p: &Conv2dParams,
-    input: &[f32],
-    grad_output: &[f32],
-    grad_weight: &mut [f32],
-    per_chunk: usize,
-    partials: &mut [f32],
-) {
-    let npix = p.h * p.w;
-    let (in_len, out_len, wlen) = (p.c_in * npix, p.c_out * npix, grad_weight.len());
-    partials
-        .par_chunks_exact_mut(wlen)
-        .zip(input.par_chunks(per_chunk * in_len))
-        .zip(grad_output.par_chunks(per_chunk * out_len))
-        .for_each(|((dw, x), dy)| {
-            for (i, (xn, dyn_)) in x
-                .chunks_exact(in_len)
-                .zip(dy.chunks_exact(out_len))
-                .enumerate()
-            {
-                let beta = if i == 0 { 0.0 } else { 1.0 };
-                sgemm(
-                    Trans::No,
-                    Trans::Yes,
-                    p.c_out,
-                    p.c_in,
-                    npix,
-                    1.0,
-                    dyn_,
-                    npix,
-                    xn,
-                    npix,
-                    beta,
-                    dw,
-                    p.c_in,
-                );
-            }
-        });
-    // The partials added in chunk order, straight into the gradient, in parallel over blocks
-    // of its entries.
-    const BLOCK: usize = 4096;
-    let partials = &*partials;
-    grad_weight
-        .par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(b, out)| {
-            let at = b * BLOCK;
-            out.copy_from_slice(&partials[at..at + out.len()]);
-            for partial in partials.chunks_exact(wlen).skip(1) {
-                for (d, &v) in out.iter_mut().zip(&partial[at..]) {
-                    *d += v;
-                }
-            }
-        });
-}
-
 /// Per-task scratch: the padded channels-last image and one pixel-major column tile.
 #[derive(Default)]
 struct Workspace {
@@ -212,7 +126,7 @@ thread_local! {
 }
 
 /// `db[co] = sum_{n, pixels} dY[n, co, pixel]`, accumulated in f64 in a fixed order.
-fn bias_gradient(dy: &[f32], batch: usize, c_out: usize, npix: usize, db: &mut [f32]) {
+pub(super) fn bias_gradient(dy: &[f32], batch: usize, c_out: usize, npix: usize, db: &mut [f32]) {
     db.par_iter_mut().enumerate().for_each(|(co, d)| {
         // Eight interleaved accumulators: a fixed order the compiler can vectorise.
         let mut acc = [0.0f64; 8];

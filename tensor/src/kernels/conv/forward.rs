@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::im2col::{im2col_rows, Geometry};
+use super::pointwise::{self, Parts};
 use super::winograd;
 use super::{Addends, Conv2dParams};
 use crate::kernels::gemm::{sgemm, Trans};
@@ -84,9 +85,18 @@ pub fn conv2d_forward_uninit_plus(
         return;
     }
     let g = Geometry::of(p);
-    let y = if let (true, Some(b)) = (g.is_pointwise() && g.c > 0, bias) {
-        pointwise_biased(&g, p.c_out, input, weight, b, output);
-        // SAFETY: pointwise_biased wrote every element.
+    let y = if g.is_pointwise() && g.c > 0 {
+        // Each image's rows are first written with the bias (or zeroed), which initialises
+        // them, so no zeroing pass over the whole output comes first.
+        pointwise::forward(
+            p.c_out,
+            g.out_pixels(),
+            Parts::new(&[input], &[g.c]),
+            weight,
+            bias,
+            output,
+        );
+        // SAFETY: pointwise::forward wrote every element.
         unsafe { assume_init(output) }
     } else {
         let y = init_zeroed(output);
@@ -119,65 +129,6 @@ fn add_after(c_out: usize, npix: usize, addends: Addends, y: &mut [f32]) {
                 }
             }
         });
-}
-
-/// A pointwise (1x1) convolution with a bias into an uninitialised output, in parallel over
-/// images: each image's rows are first written with the bias (which initialises them, so no
-/// zeroing pass comes first), then the product adds onto them.
-fn pointwise_biased(
-    g: &Geometry,
-    c_out: usize,
-    input: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    output: &mut [MaybeUninit<f32>],
-) {
-    let npix = g.out_pixels();
-    let (in_len, out_len) = (g.c * g.in_pixels(), c_out * npix);
-    if out_len == 0 {
-        return;
-    }
-    output
-        .par_chunks_exact_mut(out_len)
-        .zip(input.par_chunks_exact(in_len))
-        .for_each(|(y, x)| {
-            for (row, &b) in y.chunks_exact_mut(npix).zip(bias) {
-                for v in row {
-                    v.write(b);
-                }
-            }
-            // SAFETY: every row of the image was just written.
-            let y = unsafe { assume_init(y) };
-            pointwise_product(g, c_out, x, weight, 1.0, y);
-        });
-}
-
-/// `y = W x + beta y` for one image of a pointwise convolution (`W` `[c_out, g.c]`, `x`
-/// `[g.c, pixels]`, `y` `[c_out, pixels]`).
-fn pointwise_product(
-    g: &Geometry,
-    c_out: usize,
-    x: &[f32],
-    weight: &[f32],
-    beta: f32,
-    y: &mut [f32],
-) {
-    let (k, npix) = (g.k(), g.out_pixels());
-    sgemm(
-        Trans::No,
-        Trans::No,
-        c_out,
-        npix,
-        k,
-        1.0,
-        weight,
-        k,
-        x,
-        npix,
-        beta,
-        y,
-        npix,
-    );
 }
 
 /// The length checks of [`conv2d_forward`].
@@ -229,7 +180,18 @@ pub(crate) fn forward_images(
         }
         return;
     }
-    if direct::available() && !g.is_pointwise() {
+    if g.is_pointwise() {
+        pointwise::forward(
+            c_out,
+            g.out_pixels(),
+            Parts::new(&[input], &[g.c]),
+            weight,
+            bias,
+            output,
+        );
+        return;
+    }
+    if direct::available() {
         let mut packed = Vec::new();
         direct::pack_rows(weight, c_out, g.k(), g.k(), 0, &mut packed);
         output
@@ -262,7 +224,8 @@ fn fill_bias(y: &mut [f32], bias: Option<&[f32]>, npix: usize) {
     }
 }
 
-/// One image: `x` is `[g.c, g.h, g.w]`, `y` is `[c_out, g.oh * g.ow]`; `cols` is scratch.
+/// One image of a convolution that is not pointwise: `x` is `[g.c, g.h, g.w]`, `y` is
+/// `[c_out, g.oh * g.ow]`; `cols` is scratch.
 fn forward_image(
     g: &Geometry,
     c_out: usize,
@@ -275,13 +238,6 @@ fn forward_image(
     let (k, npix) = (g.k(), g.out_pixels());
     // The bias is the GEMM's initial C (beta = 1), so it costs no extra pass over Y.
     let beta = if bias.is_some() { 1.0 } else { 0.0 };
-    if g.is_pointwise() {
-        if bias.is_some() {
-            fill_bias(y, bias, npix);
-        }
-        pointwise_product(g, c_out, x, weight, beta, y);
-        return;
-    }
     for (r0, r1) in g.tiles() {
         let t = (r1 - r0) * g.ow;
         cols.resize(k * t, 0.0);

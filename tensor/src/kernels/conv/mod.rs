@@ -27,7 +27,9 @@
 //!
 //! Backward-data with stride 1 is a forward convolution of `dY` with the flipped,
 //! channel-transposed kernel; with stride 2 it is `dcols = Wt^T * dY` then a scatter-add
-//! (col2im). A 1x1, stride-1, unpadded convolution is a plain GEMM on the image.
+//! (col2im). A 1x1, stride-1, unpadded convolution is a plain GEMM on the image
+//! (`pointwise.rs`), which also takes its input as a list of channel parts (the operands of a
+//! channel concatenation, never built) and gives its input gradient part by part.
 //!
 //! Threads: rayon over images (forward, backward-data) or over fixed-size chunks of images whose
 //! partial weight gradients are added in chunk order (backward-weight), so results are bitwise
@@ -43,6 +45,7 @@ mod forward;
 mod hwc;
 mod im2col;
 mod params;
+mod pointwise;
 mod winograd;
 
 #[cfg(test)]
@@ -68,6 +71,10 @@ pub fn winograd_allowed() -> bool {
 pub use backward_data::{conv2d_backward_data, conv2d_backward_data_uninit};
 pub use backward_weight::conv2d_backward_weight;
 pub use forward::{conv2d_forward, conv2d_forward_uninit, conv2d_forward_uninit_plus};
+pub use pointwise::{
+    conv2d_pointwise_parts_backward_data_uninit, conv2d_pointwise_parts_backward_weight,
+    conv2d_pointwise_parts_forward_uninit,
+};
 
 /// What a forward convolution's output gets added after its bias, each as a rounding of its
 /// own in this order (so the result has the bits of separate additions):

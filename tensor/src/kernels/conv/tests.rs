@@ -1,6 +1,9 @@
 use super::reference::{self, TestRng};
 use super::*;
 use crate::kernels::cpu::with_portable;
+use crate::ops::conv as ops;
+use crate::ops::conv_parts as parts_ops;
+use crate::Tensor;
 
 #[allow(clippy::too_many_arguments)]
 fn params(
@@ -243,5 +246,143 @@ fn uninit_outputs_are_fully_written() {
         let mut dxu = vec![MaybeUninit::new(f32::NAN); dx.len()];
         conv2d_backward_data_uninit(p, &d.dy, &d.w, &mut dxu);
         assert_eq!(written(dxu), bits(&dx), "backward_data {p:?}");
+    }
+}
+
+/// Pointwise convolutions with the input given as channel parts:
+/// `(batch, part channels, c_out, h, w, bias)`. Batches of 9 and 17 give 5 and 6 chunks of
+/// weight-gradient partials; one part has no channels.
+type PartsCase = (usize, &'static [usize], usize, usize, usize, bool);
+const PARTS_CASES: [PartsCase; 7] = [
+    (9, &[6], 5, 4, 3, true),
+    (17, &[3, 5], 7, 5, 5, true),
+    (9, &[3, 5], 4, 3, 7, false),
+    (17, &[4, 1, 2], 6, 4, 4, false),
+    (9, &[4, 1, 2], 3, 6, 5, true),
+    (3, &[2, 0, 3], 4, 3, 3, true),
+    (11, &[16, 8], 16, 12, 12, true),
+];
+
+/// The parts, weight, bias and output gradient of a parts case.
+fn parts_data(case: PartsCase, seed: u64) -> (Vec<Tensor>, Tensor, Option<Tensor>, Tensor) {
+    let (n, channels, c_out, h, w, with_bias) = case;
+    let mut rng = TestRng::new(seed);
+    let mut tensor = |shape: &[usize]| Tensor::from_vec(rng.vec(shape.iter().product()), shape);
+    let parts = channels.iter().map(|&c| tensor(&[n, c, h, w])).collect();
+    let weight = tensor(&[c_out, channels.iter().sum(), 1, 1]);
+    let bias = tensor(&[c_out]);
+    let dy = tensor(&[n, c_out, h, w]);
+    (parts, weight, with_bias.then_some(bias), dy)
+}
+
+/// The three parts ops: (y, dx per part, dw, db).
+type PartsRun = (Tensor, Vec<Tensor>, Tensor, Option<Tensor>);
+
+fn run_parts(parts: &[Tensor], w: &Tensor, b: Option<&Tensor>, dy: &Tensor) -> PartsRun {
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    let channels: Vec<usize> = parts.iter().map(|t| t.shape()[1]).collect();
+    let y = parts_ops::conv2d_pointwise_parts(&refs, w, b);
+    let dx = parts_ops::conv2d_pointwise_parts_backward_data(dy, w, &channels);
+    let (dw, db) =
+        parts_ops::conv2d_pointwise_parts_backward_weight(&refs, dy, w.shape(), b.is_some());
+    (y, dx, dw, db)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Forward, backward-data (one tensor per part) and backward-weight of the parts form against
+/// the f64 reference convolution of the concatenated input, on the SIMD and portable paths.
+#[test]
+fn pointwise_parts_match_reference() {
+    let _guard = crate::kernels::cpu::test_lock();
+    for (seed, &case) in PARTS_CASES.iter().enumerate() {
+        let (parts, w, b, dy) = parts_data(case, 2000 + seed as u64);
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        let x = Tensor::concat(&refs, 1);
+        let [n, c, h, wd] = x.shape().try_into().unwrap();
+        let p = params(n, c, w.shape()[0], h, wd, 1, 1, 1, 0);
+        let bias = b.as_ref().map(|b| b.data());
+        let y_ref = reference::forward(&p, x.data(), w.data(), bias);
+        let dx_ref = reference::backward_data(&p, dy.data(), w.data());
+        let (dw_ref, db_ref) = reference::backward_weight(&p, x.data(), dy.data());
+        for portable in [false, true] {
+            let run = || run_parts(&parts, &w, b.as_ref(), &dy);
+            let (y, dx, dw, db) = if portable { with_portable(run) } else { run() };
+            assert_close("parts forward", &p, y.data(), &y_ref, c);
+            assert_eq!(dx.len(), parts.len());
+            for (dxi, xi) in dx.iter().zip(&parts) {
+                assert_eq!(dxi.shape(), xi.shape(), "parts backward_data {p:?}");
+            }
+            let dx = Tensor::concat(&dx.iter().collect::<Vec<_>>(), 1);
+            assert_close("parts backward_data", &p, dx.data(), &dx_ref, p.c_out);
+            assert_close("parts backward_weight", &p, dw.data(), &dw_ref, n * h * wd);
+            assert_eq!(db.is_some(), b.is_some());
+            if let Some(db) = db {
+                assert_close("parts backward_bias", &p, db.data(), &db_ref, n * h * wd);
+            }
+        }
+    }
+}
+
+/// The parts form gives the same bits on 1 and 2 threads.
+#[test]
+fn pointwise_parts_bitwise_identical_for_1_and_2_threads() {
+    let _guard = crate::kernels::cpu::test_lock();
+    for (seed, &case) in PARTS_CASES.iter().enumerate() {
+        let (parts, w, b, dy) = parts_data(case, 3000 + seed as u64);
+        let one = in_pool(1, || run_parts(&parts, &w, b.as_ref(), &dy));
+        let two = in_pool(2, || run_parts(&parts, &w, b.as_ref(), &dy));
+        assert_eq!(bits(one.0.data()), bits(two.0.data()), "forward {case:?}");
+        for (a, b) in one.1.iter().zip(&two.1) {
+            assert_eq!(bits(a.data()), bits(b.data()), "backward_data {case:?}");
+        }
+        assert_eq!(
+            bits(one.2.data()),
+            bits(two.2.data()),
+            "backward_weight {case:?}"
+        );
+        let db = |r: &PartsRun| r.3.as_ref().map(|t| bits(t.data()));
+        assert_eq!(db(&one), db(&two), "backward_bias {case:?}");
+    }
+}
+
+/// One part is the plain pointwise convolution: the bits of `conv2d` and its backward passes.
+#[test]
+fn pointwise_one_part_has_the_bits_of_conv2d() {
+    let _guard = crate::kernels::cpu::test_lock();
+    let cases: [PartsCase; 4] = [
+        (9, &[6], 5, 4, 3, true),
+        (9, &[6], 5, 4, 3, false),
+        (11, &[24], 16, 12, 12, true),
+        (17, &[64], 32, 16, 16, false),
+    ];
+    for (seed, &case) in cases.iter().enumerate() {
+        let (parts, w, b, dy) = parts_data(case, 4000 + seed as u64);
+        let x = &parts[0];
+        let (y, dx, dw, db) = run_parts(&parts, &w, b.as_ref(), &dy);
+        let y_want = ops::conv2d(x, &w, b.as_ref(), 1, 0);
+        let dx_want = ops::conv2d_backward_data(&dy, &w, x.shape(), 1, 0);
+        let (dw_want, db_want) = ops::conv2d_backward_weight(x, &dy, w.shape(), 1, 0, b.is_some());
+        assert_eq!(bits(y.data()), bits(y_want.data()), "forward {case:?}");
+        assert_eq!(dx.len(), 1);
+        assert_eq!(dx[0].shape(), dx_want.shape());
+        assert_eq!(
+            bits(dx[0].data()),
+            bits(dx_want.data()),
+            "backward_data {case:?}"
+        );
+        assert_eq!(
+            bits(dw.data()),
+            bits(dw_want.data()),
+            "backward_weight {case:?}"
+        );
+        let db = db.map(|t| bits(t.data()));
+        assert_eq!(
+            db,
+            db_want.map(|t| bits(t.data())),
+            "backward_bias {case:?}"
+        );
     }
 }

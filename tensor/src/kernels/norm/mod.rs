@@ -78,20 +78,105 @@ macro_rules! sums_on {
     };
 }
 
-sums_on!(mean_var_on, mean_var, (v: &[f32]));
+sums_on!(mean_var_on, mean_var, (rows: &[&[f32]]));
 sums_on!(grad_sums_on, grad_sums, (dy: &[f32], x: &[f32], mu: f64));
 
-fn check_sizes(op: &str, x: usize, n: usize, c: usize, hw: usize, groups: usize) {
+fn check_sizes(op: &str, rows: usize, n: usize, c: usize, hw: usize, groups: usize) {
     assert!(
         groups > 0 && c / groups * groups == c,
         "{op}: {c} channels do not split into {groups} groups (x [{n}, {c}, {hw}])"
     );
     assert_eq!(
-        x,
-        n * c * hw,
-        "{op}: x has {x} values, expected [{n}, {c}, {hw}] = {}",
-        n * c * hw
+        rows,
+        n * c,
+        "{op}: x has {rows} rows of {hw} values, expected [{n}, {c}] = {} rows",
+        n * c
     );
+}
+
+/// The rows of `[n, c, hw]` values `x` (one per image and channel, in that order).
+fn rows_of(x: &[f32], (n, c, hw): (usize, usize, usize)) -> Vec<&[f32]> {
+    if hw == 0 {
+        return vec![&x[..0]; n * c];
+    }
+    x.chunks_exact(hw).collect()
+}
+
+/// [`rows_of`] for an output, each row to be overwritten (or added into if `add`).
+fn out_rows_of(
+    out: &mut [MaybeUninit<f32>],
+    (n, c, hw): (usize, usize, usize),
+    add: bool,
+) -> Vec<OutRow<'_>> {
+    if hw == 0 {
+        return (0..n * c)
+            .map(|_| OutRow {
+                values: &mut [],
+                add,
+            })
+            .collect();
+    }
+    out.chunks_exact_mut(hw)
+        .map(|values| OutRow { values, add })
+        .collect()
+}
+
+/// The rows of activations whose channels are held as `parts` (`(values, channels)`, each
+/// `[n, channels, hw]`) that concatenate along the channel axis: one row of `hw` values per
+/// image and channel, image by image, and within an image part by part. A group may take its
+/// channels from two parts; nothing is copied. Panics, naming `op`, if a part's length is not
+/// `n * channels * hw`.
+pub fn rows_of_parts<'a>(
+    op: &str,
+    parts: &[(&'a [f32], usize)],
+    n: usize,
+    hw: usize,
+) -> Vec<&'a [f32]> {
+    for &(values, channels) in parts {
+        check_len(op, "a part", values.len(), n * channels * hw);
+    }
+    let c: usize = parts.iter().map(|p| p.1).sum();
+    let mut rows = Vec::with_capacity(n * c);
+    for img in 0..n {
+        for &(values, channels) in parts {
+            let image = &values[img * channels * hw..][..channels * hw];
+            rows.extend((0..channels).map(|ch| &image[ch * hw..][..hw]));
+        }
+    }
+    rows
+}
+
+/// [`rows_of_parts`] for gradients (`(values, channels, add)`): each part's rows, overwritten
+/// or, where its `add` is set, added into.
+pub fn out_rows_of_parts<'a>(
+    op: &str,
+    parts: Vec<(&'a mut [MaybeUninit<f32>], usize, bool)>,
+    n: usize,
+    hw: usize,
+) -> Vec<OutRow<'a>> {
+    let c: usize = parts.iter().map(|p| p.1).sum();
+    let mut images = Vec::with_capacity(parts.len());
+    for (values, channels, add) in parts {
+        check_len(op, "a part's gradient", values.len(), n * channels * hw);
+        let rows = out_rows_of(values, (n, channels, hw), add);
+        images.push((rows.into_iter(), channels));
+    }
+    let mut rows = Vec::with_capacity(n * c);
+    for _ in 0..n {
+        for (part, channels) in images.iter_mut() {
+            rows.extend(part.by_ref().take(*channels));
+        }
+    }
+    rows
+}
+
+/// One row of `hw` values of an input gradient: overwritten (it may start uninitialised), or
+/// if `add` initialised and added into.
+pub struct OutRow<'a> {
+    /// The row's values.
+    pub values: &'a mut [MaybeUninit<f32>],
+    /// Whether the row holds a gradient the new one is added to.
+    pub add: bool,
 }
 
 fn check_len(op: &str, what: &str, len: usize, want: usize) {
@@ -121,7 +206,7 @@ pub fn group_norm_forward(
 ) {
     forward_impl(
         "group_norm_forward",
-        x,
+        &rows_of(x, (n, c, hw)),
         (n, c, hw, groups),
         eps,
         gamma,
@@ -152,7 +237,7 @@ pub fn group_norm_silu_forward(
 ) {
     forward_impl(
         "group_norm_silu_forward",
-        x,
+        &rows_of(x, (n, c, hw)),
         (n, c, hw, groups),
         eps,
         gamma,
@@ -164,12 +249,13 @@ pub fn group_norm_silu_forward(
     );
 }
 
-/// The group norm (with SiLU if `silu`) into `out`, every element of which is written (so it
-/// may start uninitialised).
+/// The group norm (with SiLU if `silu`) of the rows `x` (from [`rows_of`] or
+/// [`rows_of_parts`]) into `out` (`[n, c, hw]`), every element of which is written (so it may
+/// start uninitialised).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_impl(
     op: &str,
-    x: &[f32],
+    x: &[&[f32]],
     (n, c, hw, groups): (usize, usize, usize, usize),
     eps: f32,
     gamma: Option<&[f32]>,
@@ -181,7 +267,7 @@ pub(crate) fn forward_impl(
 ) {
     let isa = crate::kernels::cpu::isa();
     check_sizes(op, x.len(), n, c, hw, groups);
-    check_len(op, "out", out.len(), x.len());
+    check_len(op, "out", out.len(), n * c * hw);
     check_len(op, "mean_out", mean_out.len(), n * groups);
     check_len(op, "rstd_out", rstd_out.len(), n * groups);
     if let Some(g) = gamma {
@@ -198,7 +284,7 @@ pub(crate) fn forward_impl(
         return;
     }
     out.par_chunks_exact_mut(block)
-        .zip(x.par_chunks_exact(block))
+        .zip(x.par_chunks_exact(cpg))
         .zip(mean_out.par_iter_mut().zip(rstd_out.par_iter_mut()))
         .enumerate()
         .for_each(|(idx, ((yb, xb), (mean_o, rstd_o)))| {
@@ -207,7 +293,8 @@ pub(crate) fn forward_impl(
             *mean_o = mean as f32;
             *rstd_o = rstd as f32;
             let g0 = (idx % groups) * cpg;
-            for (ch, (yr, xr)) in yb.chunks_exact_mut(hw).zip(xb.chunks_exact(hw)).enumerate() {
+            for (ch, (yr, xr)) in yb.chunks_exact_mut(hw).zip(xb).enumerate() {
+                check_len(op, "a row of x", xr.len(), hw);
                 let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
                 let bt = beta.map_or(0.0, |b| b[g0 + ch] as f64);
                 // y = (x - mean) * scale + beta with scale = gamma * rstd; subtracting the mean
@@ -215,7 +302,7 @@ pub(crate) fn forward_impl(
                 let scale = (gm * rstd) as f32;
                 let (mean, bt) = (mean as f32, bt as f32);
                 simd(|| {
-                    for (y, &v) in yr.iter_mut().zip(xr) {
+                    for (y, &v) in yr.iter_mut().zip(*xr) {
                         y.write((v - mean) * scale + bt);
                     }
                 });
@@ -228,36 +315,41 @@ pub(crate) fn forward_impl(
         });
 }
 
-/// Mean and biased variance of `v`, in f64, in one pass over shifted values: with `K = v[0]`,
-/// `s1 = sum (v - K)` and `s2 = sum (v - K)^2`, `mean = K + s1 / m` and `var = (s2 - s1^2 / m) /
-/// m`. Shifting by a sample keeps the sums small when the values share a large offset, so the
-/// subtraction loses at most a few of f64's 16 digits.
+/// Mean and biased variance of the values of `rows`, in f64, in one pass over shifted values:
+/// with `K` the first value, `s1 = sum (v - K)` and `s2 = sum (v - K)^2` over the `m` values,
+/// `mean = K + s1 / m` and `var = (s2 - s1^2 / m) / m`. Shifting by a sample keeps the sums
+/// small when the values share a large offset, so the subtraction loses at most a few of f64's
+/// 16 digits.
 #[inline(always)]
-fn mean_var(v: &[f32]) -> (f64, f64) {
-    let m = v.len() as f64;
-    let shift = v[0] as f64;
-    let (s1, s2) = shifted_sums(v, shift);
+fn mean_var(rows: &[&[f32]]) -> (f64, f64) {
+    let m = rows.iter().map(|r| r.len()).sum::<usize>() as f64;
+    let shift = rows[0][0] as f64;
+    let (s1, s2) = shifted_sums(rows, shift);
     let var = ((s2 - s1 * s1 / m) / m).max(0.0);
     (shift + s1 / m, var)
 }
 
-/// `(sum (v - shift), sum (v - shift)^2)` with eight interleaved accumulators (a fixed order,
-/// so deterministic, and vectorisable).
+/// `(sum (v - shift), sum (v - shift)^2)` over the rows with eight interleaved accumulators
+/// (a fixed order, so deterministic, and vectorisable): each row's values go to lanes 0, 1, ..
+/// 7, 0, .. in turn, so rows whose length is a multiple of eight give the bits of one
+/// contiguous block.
 #[inline(always)]
-fn shifted_sums(v: &[f32], shift: f64) -> (f64, f64) {
+fn shifted_sums(rows: &[&[f32]], shift: f64) -> (f64, f64) {
     let (mut a1, mut a2) = ([0.0f64; 8], [0.0f64; 8]);
-    let mut chunks = v.chunks_exact(8);
-    for ch in &mut chunks {
-        for l in 0..8 {
-            let d = ch[l] as f64 - shift;
+    for v in rows {
+        let mut chunks = v.chunks_exact(8);
+        for ch in &mut chunks {
+            for l in 0..8 {
+                let d = ch[l] as f64 - shift;
+                a1[l] += d;
+                a2[l] += d * d;
+            }
+        }
+        for (l, &x) in chunks.remainder().iter().enumerate() {
+            let d = x as f64 - shift;
             a1[l] += d;
             a2[l] += d * d;
         }
-    }
-    for (l, &x) in chunks.remainder().iter().enumerate() {
-        let d = x as f64 - shift;
-        a1[l] += d;
-        a2[l] += d * d;
     }
     (a1.iter().sum(), a2.iter().sum())
 }
@@ -325,13 +417,13 @@ pub fn group_norm_backward(
 ) {
     backward_impl(
         "group_norm_backward",
-        x,
+        &rows_of(x, (n, c, hw)),
         grad_out,
         (n, c, hw, groups),
         (mean, rstd),
         gamma,
         None,
-        (as_uninit(grad_x), false),
+        out_rows_of(as_uninit(grad_x), (n, c, hw), false),
         grad_gamma,
         grad_beta,
     );
@@ -359,40 +451,41 @@ pub fn group_norm_silu_backward(
 ) {
     backward_impl(
         "group_norm_silu_backward",
-        x,
+        &rows_of(x, (n, c, hw)),
         grad_out,
         (n, c, hw, groups),
         (mean, rstd),
         gamma,
         Some(beta),
-        (as_uninit(grad_x), false),
+        out_rows_of(as_uninit(grad_x), (n, c, hw), false),
         grad_gamma,
         grad_beta,
     );
 }
 
-/// The group norm's backward pass; with `silu_beta` `Some(beta)`, `grad_out` is first mapped
-/// through the SiLU's derivative at the recomputed normalised values. Every element of
-/// `grad_x` is written (so it may start uninitialised), unless `add_to_grad_x`: then `grad_x`
-/// must be initialised and each element becomes `grad_x + dx` (one rounding, as adding the
-/// two tensors afterwards would give, without that pass over memory).
+/// The group norm's backward pass on the rows `x` (from [`rows_of`] or [`rows_of_parts`]);
+/// with `silu_beta` `Some(beta)`, `grad_out` (`[n, c, hw]`) is first mapped through the SiLU's
+/// derivative at the recomputed normalised values. Every element of each row of `grad_x`
+/// (one per row of `x`) is written (so it may start uninitialised), unless the row's `add`:
+/// then it must be initialised and each element becomes `grad_x + dx` (one rounding, as adding
+/// the two tensors afterwards would give, without that pass over memory).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_impl(
     op: &str,
-    x: &[f32],
+    x: &[&[f32]],
     grad_out: &[f32],
     (n, c, hw, groups): (usize, usize, usize, usize),
     (mean, rstd): (&[f32], &[f32]),
     gamma: Option<&[f32]>,
     silu_beta: Option<Option<&[f32]>>,
-    (grad_x, add_to_grad_x): (&mut [MaybeUninit<f32>], bool),
+    mut grad_x: Vec<OutRow>,
     grad_gamma: Option<&mut [f32]>,
     grad_beta: Option<&mut [f32]>,
 ) {
     let isa = crate::kernels::cpu::isa();
     check_sizes(op, x.len(), n, c, hw, groups);
-    check_len(op, "grad_out", grad_out.len(), x.len());
-    check_len(op, "grad_x", grad_x.len(), x.len());
+    check_len(op, "grad_out", grad_out.len(), n * c * hw);
+    check_len(op, "rows of grad_x", grad_x.len(), n * c);
     check_len(op, "mean", mean.len(), n * groups);
     check_len(op, "rstd", rstd.len(), n * groups);
     if let Some(g) = gamma {
@@ -405,9 +498,9 @@ pub(crate) fn backward_impl(
     let mut partial_beta = vec![0.0f64; n * c];
     if block > 0 {
         grad_x
-            .par_chunks_exact_mut(block)
+            .par_chunks_exact_mut(cpg)
             .zip(
-                x.par_chunks_exact(block)
+                x.par_chunks_exact(cpg)
                     .zip(grad_out.par_chunks_exact(block)),
             )
             .zip(
@@ -422,6 +515,10 @@ pub(crate) fn backward_impl(
                 let mu = mean[idx] as f64;
                 let rs = rstd[idx] as f64;
                 let g0 = (idx % groups) * cpg;
+                for (xr, dxr) in xb.iter().zip(dxb.iter()) {
+                    check_len(op, "a row of x", xr.len(), hw);
+                    check_len(op, "a row of grad_x", dxr.values.len(), hw);
+                }
                 // With SiLU after the norm: dz = dy * silu'(z) for this block, z rounded as
                 // the forward pass rounds it.
                 let dyb = match silu_beta {
@@ -438,7 +535,7 @@ pub(crate) fn backward_impl(
                             let r = ch * hw..(ch + 1) * hw;
                             crate::ops::simd::silu_grad_affine(
                                 &dyb[r.clone()],
-                                &xb[r.clone()],
+                                xb[ch],
                                 affine,
                                 &mut d[r],
                                 isa,
@@ -450,9 +547,8 @@ pub(crate) fn backward_impl(
                 // Pass 1: per-channel sums, and the two group means of the formula.
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
                 for ch in 0..cpg {
-                    let xr = &xb[ch * hw..][..hw];
                     let dr = &dyb[ch * hw..][..hw];
-                    let (sdy, sdyx) = grad_sums_on(dr, xr, mu);
+                    let (sdy, sdyx) = grad_sums_on(dr, xb[ch], mu);
                     let sdyx = sdyx * rs;
                     pb[ch] = sdy;
                     pg[ch] = sdyx;
@@ -467,23 +563,22 @@ pub(crate) fn backward_impl(
                 let b = (-rs * rs * mean_gx) as f32;
                 let c0 = (-rs * mean_g) as f32;
                 let mu = mu as f32;
-                for ch in 0..cpg {
+                for (ch, out) in dxb.iter_mut().enumerate() {
                     let gm = gamma.map_or(1.0, |g| g[g0 + ch] as f64);
                     let a = (rs * gm) as f32;
-                    let xr = &xb[ch * hw..][..hw];
+                    let xr = xb[ch];
                     let dr = &dyb[ch * hw..][..hw];
-                    let out = &mut dxb[ch * hw..][..hw];
-                    if add_to_grad_x {
+                    if out.add {
                         simd(|| {
-                            for ((o, &d), &v) in out.iter_mut().zip(dr).zip(xr) {
-                                // SAFETY: with `add_to_grad_x` the caller initialised grad_x.
+                            for ((o, &d), &v) in out.values.iter_mut().zip(dr).zip(xr) {
+                                // SAFETY: a row marked `add` was initialised by the caller.
                                 let old = unsafe { o.assume_init_read() };
                                 o.write(old + (d * a + (v - mu) * b + c0));
                             }
                         });
                     } else {
                         simd(|| {
-                            for ((o, &d), &v) in out.iter_mut().zip(dr).zip(xr) {
+                            for ((o, &d), &v) in out.values.iter_mut().zip(dr).zip(xr) {
                                 o.write(d * a + (v - mu) * b + c0);
                             }
                         });
