@@ -81,6 +81,16 @@ impl Conv2d {
         )
     }
 
+    /// The convolution of the nearest-neighbour 2x upsampling of `x` as one op
+    /// ([`crate::ops::conv::conv2d_upsampled`]): the value of
+    /// `self.forward(ctx, &x.upsample_nearest2x())` without the upsampled tensor.
+    pub fn forward_upsampled(&self, ctx: &mut Ctx, x: &Var) -> Var {
+        let w = ctx.param(&self.weight);
+        let b = self.bias.as_ref().map(|b| ctx.param(b));
+        let (stride, padding) = (self.stride, self.padding);
+        crate::ops::conv::conv2d_upsampled(x, &w, b.as_ref(), stride, padding)
+    }
+
     /// A pointwise (1x1, stride 1, unpadded) convolution of the concatenation of `parts`
     /// along the channel axis, without forming it ([`crate::ops::conv::conv2d_parts`]); one
     /// part is [`Module::forward`]. Panics for other kernels.

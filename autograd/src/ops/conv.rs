@@ -1,6 +1,9 @@
 //! 2-D convolution (NCHW), with the input, weight and bias gradients.
 
-use tensor::ops::conv::{conv2d_backward_data, conv2d_backward_weight, conv2d_plus, ConvAddends};
+use tensor::ops::conv::{
+    conv2d_backward_data, conv2d_backward_weight, conv2d_plus, conv2d_upsampled_backward_weight,
+    ConvAddends,
+};
 use tensor::ops::conv_parts::{
     conv2d_pointwise_parts, conv2d_pointwise_parts_backward_data,
     conv2d_pointwise_parts_backward_weight, parts_shape_label,
@@ -20,8 +23,15 @@ use crate::{Backward, Var};
 ///
 /// With the addends of [`conv2d_plus`] (`Y = conv2d(X, W) + b + shift + residual`), the
 /// residual's gradient is `dY` itself and the shift's `dY` summed over the pixels.
+///
+/// Of [`conv2d_upsampled`] (`Y = conv2d(U(X), W) + b` with `U` nearest-neighbour 2x
+/// upsampling), the weight gradient reads `U(X)` through `X` as the forward pass does, and the
+/// input gradient is the adjoint of `U` applied to backward-data's result: each pixel of `X`
+/// gets the sum of the 2x2 block it was copied to (`sum_pool2x`).
 struct Conv2dRule {
+    /// The input as given: with `upsampled`, before the upsampling.
     input: Tensor,
+    upsampled: bool,
     weight: Tensor,
     has_bias: bool,
     /// The shift's shape, if the op added one.
@@ -44,30 +54,25 @@ impl Backward for Conv2dRule {
         // pair as one op (the two overlap).
         let _prof = tensor::profile::scope("conv2d_backward", || {
             let sh = tensor::profile::shape;
+            let up = if self.upsampled { " up2x" } else { "" };
             format!(
-                "{} * {} s{s} p{p}",
+                "{}{up} * {} s{s} p{p}",
                 sh(self.input.shape()),
                 sh(self.weight.shape())
             )
         });
         let (dx, (dw, db)) = rayon::join(
-            || {
-                tensor::profile::untimed(|| {
-                    needs[0]
-                        .then(|| conv2d_backward_data(g, &self.weight, self.input.shape(), s, p))
-                })
-            },
+            || tensor::profile::untimed(|| needs[0].then(|| self.input_gradient(g))),
             || {
                 tensor::profile::untimed(|| {
                     if needs[1] || want_bias {
-                        let (dw, db) = conv2d_backward_weight(
-                            &self.input,
-                            g,
-                            self.weight.shape(),
-                            s,
-                            p,
-                            want_bias,
-                        );
+                        let weight_grad = if self.upsampled {
+                            conv2d_upsampled_backward_weight
+                        } else {
+                            conv2d_backward_weight
+                        };
+                        let (dw, db) =
+                            weight_grad(&self.input, g, self.weight.shape(), s, p, want_bias);
                         (needs[1].then_some(dw), db)
                     } else {
                         (None, None)
@@ -88,6 +93,21 @@ impl Backward for Conv2dRule {
             grads.push(needs[next].then(|| g.clone()));
         }
         grads
+    }
+}
+
+impl Conv2dRule {
+    /// `dX`: backward-data, then with `upsampled` the adjoint of the upsampling.
+    fn input_gradient(&self, g: &Tensor) -> Tensor {
+        let (s, p) = (self.stride, self.padding);
+        if self.upsampled {
+            let mut shape = self.input.shape().to_vec();
+            shape[2] *= 2;
+            shape[3] *= 2;
+            conv2d_backward_data(g, &self.weight, &shape, s, p).sum_pool2x()
+        } else {
+            conv2d_backward_data(g, &self.weight, self.input.shape(), s, p)
+        }
     }
 }
 
@@ -133,6 +153,7 @@ pub fn conv2d_add(
     );
     let rule = Conv2dRule {
         input: input.value().clone(),
+        upsampled: false,
         weight: weight.value().clone(),
         has_bias: bias.is_some(),
         shift: shift.map(|s| s.shape().to_vec()),
@@ -230,6 +251,42 @@ pub fn conv2d_parts(parts: &[&Var], weight: &Var, bias: Option<&Var>) -> Var {
         has_bias: bias.is_some(),
     };
     let inputs: Vec<&Var> = parts.iter().copied().chain([weight]).chain(bias).collect();
+    Var::from_op(y, rule, &inputs)
+}
+
+/// [`conv2d`] of the nearest-neighbour 2x upsampling of `input` (`[N, C_in, H, W]` seen as
+/// `[N, C_in, 2H, 2W]`), a UNet's upsampling block as one op: the value of
+/// `conv2d(&input.upsample_nearest2x(), ..)` without the upsampled tensor being written out
+/// or kept for the backward pass where the kernel reads `input` in place
+/// ([`tensor::ops::conv::conv2d_upsampled`]).
+pub fn conv2d_upsampled(
+    input: &Var,
+    weight: &Var,
+    bias: Option<&Var>,
+    stride: usize,
+    padding: usize,
+) -> Var {
+    let y = tensor::ops::conv::conv2d_upsampled(
+        input.value(),
+        weight.value(),
+        bias.map(|b| b.value()),
+        stride,
+        padding,
+    );
+    let rule = Conv2dRule {
+        input: input.value().clone(),
+        upsampled: true,
+        weight: weight.value().clone(),
+        has_bias: bias.is_some(),
+        shift: None,
+        has_residual: false,
+        stride,
+        padding,
+    };
+    let inputs: Vec<&Var> = [Some(input), Some(weight), bias]
+        .into_iter()
+        .flatten()
+        .collect();
     Var::from_op(y, rule, &inputs)
 }
 
@@ -376,6 +433,52 @@ mod tests {
             close("output", y.value(), y2.value());
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 close(&format!("gradient {i} of {channels:?}"), a, b);
+            }
+        }
+    }
+
+    /// The convolution of an upsampled input passes gradcheck (a Winograd shape and a small
+    /// one) and has the bits of upsampling, then convolving, in its value and every gradient.
+    #[test]
+    fn conv2d_upsampled_passes_gradcheck_and_matches_the_composition() {
+        let tolerance = Tolerance {
+            step: 0.5,
+            ..Tolerance::default()
+        };
+        // (n, c_in, c_out, h, w) before the upsampling.
+        for (n, ci, co, h, w) in [(2, 16, 16, 2, 3), (1, 2, 3, 2, 2)] {
+            let inputs = vec![
+                randn(&[n, ci, h, w], 31),
+                randn(&[co, ci, 3, 3], 32),
+                randn(&[co], 33),
+            ];
+            gradcheck(
+                |v| conv2d_upsampled(&v[0], &v[1], Some(&v[2]), 1, 1),
+                &inputs,
+                tolerance,
+            )
+            .unwrap_or_else(|e| panic!("conv2d_upsampled {ci}->{co} {h}x{w}: {e}"));
+            let seed = randn(&[n, co, 2 * h, 2 * w], 34);
+            let run = |fused: bool| {
+                let graph = crate::Graph::new();
+                let v: Vec<Var> = inputs.iter().map(|t| graph.leaf(t.clone())).collect();
+                let y = if fused {
+                    conv2d_upsampled(&v[0], &v[1], Some(&v[2]), 1, 1)
+                } else {
+                    conv2d(&v[0].upsample_nearest2x(), &v[1], Some(&v[2]), 1, 1)
+                };
+                y.backward_with(seed.clone());
+                let mut out = vec![y.value().clone()];
+                out.extend(v.iter().map(|x| x.grad().unwrap()));
+                out
+            };
+            let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            for (what, (a, b)) in ["y", "dx", "dw", "db"]
+                .iter()
+                .zip(run(true).iter().zip(&run(false)))
+            {
+                assert_eq!(a.shape(), b.shape(), "{what}");
+                assert!(bits(a) == bits(b), "{what} of {ci}->{co} {h}x{w}");
             }
         }
     }

@@ -62,7 +62,8 @@ pub fn pad_right_bottom(x: &Var) -> Var {
 }
 
 /// Doubles the resolution: nearest-neighbour 2x, then a 3x3 convolution `conv` (C -> C,
-/// padding 1).
+/// padding 1), as one op that reads the small images in place
+/// ([`autograd::nn::Conv2d::forward_upsampled`]).
 pub struct Upsample {
     /// The convolution after the upsampling, `upsamplers.0.conv`.
     pub conv: Conv2d,
@@ -78,7 +79,7 @@ impl Upsample {
 
     /// `[N, C, H, W] -> [N, C, 2H, 2W]`.
     pub fn forward(&self, ctx: &mut Ctx, x: &Var) -> Var {
-        self.conv.forward(ctx, &x.upsample_nearest2x())
+        self.conv.forward_upsampled(ctx, x)
     }
 }
 

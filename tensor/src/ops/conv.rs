@@ -55,6 +55,19 @@ fn params_of(
     }
 }
 
+/// The profiler's label of a convolution: `[16, 128, 16, 16] * [128, 128, 3, 3] s1 p1`, with
+/// `up2x` after the input's shape when it is upsampled first.
+fn label(
+    input: &[usize],
+    upsampled: bool,
+    weight: &[usize],
+    stride: usize,
+    padding: usize,
+) -> String {
+    let (s, up) = (crate::profile::shape, if upsampled { " up2x" } else { "" });
+    format!("{}{up} * {} s{stride} p{padding}", s(input), s(weight))
+}
+
 /// conv2d forward:
 /// `Y[n, co, i, j] = bias[co] + sum_{ci, a, b} W[co, ci, a, b] * X[n, ci, i*s + a - p, j*s + b - p]`
 /// with `input` `[N, C_in, H, W]`, `weight` `[C_out, C_in, kh, kw]`, `bias` `[C_out]`; returns
@@ -94,12 +107,7 @@ pub fn conv2d_plus(
 ) -> Tensor {
     const OP: &str = "conv2d";
     let _prof = crate::profile::scope(OP, || {
-        let s = crate::profile::shape;
-        format!(
-            "{} * {} s{stride} p{padding}",
-            s(input.shape()),
-            s(weight.shape())
-        )
+        label(input.shape(), false, weight.shape(), stride, padding)
     });
     let p = params_of(
         OP,
@@ -164,12 +172,7 @@ pub fn conv2d_backward_data(
 ) -> Tensor {
     const OP: &str = "conv2d_backward_data";
     let _prof = crate::profile::scope(OP, || {
-        let s = crate::profile::shape;
-        format!(
-            "{} * {} s{stride} p{padding}",
-            s(input_shape),
-            s(weight.shape())
-        )
+        label(input_shape, false, weight.shape(), stride, padding)
     });
     let input_shape: [usize; 4] = input_shape.try_into().unwrap_or_else(|_| {
         panic!("{OP}: input shape must have 4 dimensions, got {input_shape:?}")
@@ -204,23 +207,39 @@ pub fn conv2d_backward_weight(
     padding: usize,
     with_bias: bool,
 ) -> (Tensor, Option<Tensor>) {
+    let geometry = (stride, padding, false);
+    weight_gradient(input, grad_output, weight_shape, geometry, with_bias)
+}
+
+/// [`conv2d_backward_weight`] and, with `upsampled`, [`conv2d_upsampled_backward_weight`].
+fn weight_gradient(
+    input: &Tensor,
+    grad_output: &Tensor,
+    weight_shape: &[usize],
+    (stride, padding, upsampled): (usize, usize, bool),
+    with_bias: bool,
+) -> (Tensor, Option<Tensor>) {
     const OP: &str = "conv2d_backward_weight";
     let _prof = crate::profile::scope(OP, || {
-        let s = crate::profile::shape;
-        format!(
-            "{} * {} s{stride} p{padding}",
-            s(input.shape()),
-            s(weight_shape)
-        )
+        label(input.shape(), upsampled, weight_shape, stride, padding)
     });
     let weight_shape: [usize; 4] = weight_shape.try_into().unwrap_or_else(|_| {
         panic!("{OP}: weight shape must have 4 dimensions, got {weight_shape:?}")
     });
-    let p = params_of(OP, dims4(OP, "input", input), weight_shape, stride, padding);
+    let p = if upsampled {
+        upsampled_params(OP, input, weight_shape, stride, padding)
+    } else {
+        params_of(OP, dims4(OP, "input", input), weight_shape, stride, padding)
+    };
     check_grad_output(OP, &p, grad_output);
     let mut grad_weight = Tensor::zeros(&weight_shape);
     let mut grad_bias = with_bias.then(|| Tensor::zeros(&[p.c_out]));
-    conv::conv2d_backward_weight(
+    let kernel = if upsampled {
+        conv::conv2d_backward_weight_upsampled
+    } else {
+        conv::conv2d_backward_weight
+    };
+    kernel(
         &p,
         input.data(),
         grad_output.data(),
@@ -228,6 +247,72 @@ pub fn conv2d_backward_weight(
         grad_bias.as_mut().map(|b| b.data_mut()),
     );
     (grad_weight, grad_bias)
+}
+
+/// The geometry of the convolution of the nearest-neighbour 2x upsampling of `input`
+/// (`[N, C_in, H, W]`, so the convolution sees `2H x 2W` images).
+fn upsampled_params(
+    op: &str,
+    input: &Tensor,
+    weight_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Conv2dParams {
+    let [n, c, h, w] = dims4(op, "input", input);
+    params_of(op, [n, c, 2 * h, 2 * w], weight_shape, stride, padding)
+}
+
+/// [`conv2d`] of the nearest-neighbour 2x upsampling of `input` (`[N, C_in, H, W]`, so the
+/// convolution sees `[N, C_in, 2H, 2W]` with `up[y][x] = input[y / 2][x / 2]`), as a UNet's
+/// upsampling block does, with the bits of `conv2d(&input.upsample_nearest2x(), ..)`. Where
+/// Winograd's algorithm applies (3x3, stride 1, padding 1, at least 16 channels) the kernel
+/// reads `input` in place, so the upsampled tensor is never written out. Panics, naming the op
+/// and the shapes, on a mismatch.
+pub fn conv2d_upsampled(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Tensor {
+    const OP: &str = "conv2d";
+    let _prof = crate::profile::scope(OP, || {
+        label(input.shape(), true, weight.shape(), stride, padding)
+    });
+    let p = upsampled_params(OP, input, dims4(OP, "weight", weight), stride, padding);
+    check_bias(OP, &p, bias, weight);
+    super::flops::add(p.flops() as u64);
+    let out_shape = p.output_shape();
+    // SAFETY: conv2d_forward_upsampled_uninit writes every element.
+    let out = unsafe {
+        alloc::filled_by(numel(&out_shape), |y| {
+            conv::conv2d_forward_upsampled_uninit(
+                &p,
+                input.data(),
+                weight.data(),
+                bias.map(|b| b.data()),
+                y,
+            )
+        })
+    };
+    Tensor::from_vec(out, &out_shape)
+}
+
+/// The weight (and, when `with_bias`, bias) gradient of [`conv2d_upsampled`]: that of
+/// [`conv2d_backward_weight`] on the upsampled input, read in place where the forward pass
+/// reads it in place. Its input gradient is `conv2d_backward_data` on the upsampled shape
+/// followed by `sum_pool2x` (the adjoint of the upsampling). Panics, naming the op and the
+/// shapes, on a mismatch.
+pub fn conv2d_upsampled_backward_weight(
+    input: &Tensor,
+    grad_output: &Tensor,
+    weight_shape: &[usize],
+    stride: usize,
+    padding: usize,
+    with_bias: bool,
+) -> (Tensor, Option<Tensor>) {
+    let geometry = (stride, padding, true);
+    weight_gradient(input, grad_output, weight_shape, geometry, with_bias)
 }
 
 pub(super) fn check_grad_output(op: &str, p: &Conv2dParams, grad_output: &Tensor) {

@@ -105,7 +105,8 @@ fn backward_data_winograd(
         return false;
     }
     let u = winograd::Filters::new(weight, p.c_in, p.c_out, winograd::Orientation::Adjoint);
-    winograd::forward(&tp, grad_output, &u, None, Default::default(), grad_input);
+    let dy = (grad_output, super::source::Source::Plain);
+    winograd::forward(&tp, dy, &u, None, Default::default(), grad_input);
     true
 }
 

@@ -8,6 +8,7 @@ use super::direct;
 use super::hwc::{im2row_rows, pad_channels_last, permute_to_oihw};
 use super::im2col::Geometry;
 use super::pointwise;
+use super::source::{upsampled_images, Source};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
@@ -34,12 +35,38 @@ pub fn conv2d_backward_weight(
     grad_weight: &mut [f32],
     grad_bias: Option<&mut [f32]>,
 ) {
-    p.validate(
-        "conv2d_backward_weight",
-        Some(input.len()),
-        Some(grad_weight.len()),
-        Some(grad_output.len()),
-    );
+    let input = (input, Source::Plain);
+    backward_weight_from(p, input, grad_output, grad_weight, grad_bias);
+}
+
+/// [`conv2d_backward_weight`] of the convolution of the nearest-neighbour 2x upsampling of
+/// `input` (see [`super::conv2d_forward_upsampled_uninit`]): `p` is the geometry of the
+/// convolution of the upsampled images (`h x w`), `input` holds them at half the resolution
+/// (`[batch, c_in, h / 2, w / 2]`). Where Winograd's algorithm applies, it reads `input` in
+/// place; the other routes form the upsampled images first.
+pub fn conv2d_backward_weight_upsampled(
+    p: &Conv2dParams,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+    grad_bias: Option<&mut [f32]>,
+) {
+    let input = (input, Source::Upsampled2x);
+    backward_weight_from(p, input, grad_output, grad_weight, grad_bias);
+}
+
+/// The weight and bias gradients with the input held as its `Source` says.
+fn backward_weight_from(
+    p: &Conv2dParams,
+    (input, source): (&[f32], Source),
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+    grad_bias: Option<&mut [f32]>,
+) {
+    const OP: &str = "conv2d_backward_weight";
+    let plain = (source == Source::Plain).then_some(input.len());
+    p.validate(OP, plain, Some(grad_weight.len()), Some(grad_output.len()));
+    source.check_len(OP, p, input.len());
     let g = Geometry::of(p);
     let (in_len, out_len) = (p.c_in * g.in_pixels(), p.c_out * g.out_pixels());
     if let Some(db) = grad_bias {
@@ -61,8 +88,13 @@ pub fn conv2d_backward_weight(
         return;
     }
     if winograd::applies(p) {
-        winograd::backward_weight(p, input, grad_output, grad_weight);
+        winograd::backward_weight(p, (input, source), grad_output, grad_weight);
         return;
+    }
+    if source != Source::Plain {
+        let formed = upsampled_images(p, input);
+        let formed = (&formed[..], Source::Plain);
+        return backward_weight_from(p, formed, grad_output, grad_weight, None);
     }
     let per_chunk = p.batch.div_ceil(MAX_CHUNKS);
     let chunks = p.batch.div_ceil(per_chunk);

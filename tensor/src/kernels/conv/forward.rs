@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::direct;
 use super::im2col::{im2col_rows, Geometry};
 use super::pointwise::{self, Parts};
+use super::source::{upsampled_images, Source};
 use super::winograd;
 use super::{Addends, Conv2dParams};
 use crate::kernels::gemm::{sgemm, Trans};
@@ -26,9 +27,10 @@ pub fn conv2d_forward(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) {
-    check_args(p, input, weight, bias, output.len());
+    check_args(p, (input, Source::Plain), weight, bias, output.len());
     if winograd::applies(p) {
         let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
+        let input = (input, Source::Plain);
         winograd::forward(p, input, &u, bias, Addends::default(), as_uninit(output));
         return;
     }
@@ -59,7 +61,36 @@ pub fn conv2d_forward_uninit_plus(
     addends: Addends,
     output: &mut [MaybeUninit<f32>],
 ) {
-    check_args(p, input, weight, bias, output.len());
+    forward_from(p, (input, Source::Plain), weight, bias, addends, output);
+}
+
+/// [`conv2d_forward_uninit`] of the nearest-neighbour 2x upsampling of `input`: `p` is the
+/// geometry of the convolution of the upsampled images (`h x w`), `input` holds them at half
+/// the resolution (`[batch, c_in, h / 2, w / 2]`). Where Winograd's algorithm applies, it
+/// reads `input` in place, so the upsampled images are never written out; the other routes
+/// form them first. Each output value has the bits of upsampling and then convolving.
+pub fn conv2d_forward_upsampled_uninit(
+    p: &Conv2dParams,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [MaybeUninit<f32>],
+) {
+    let input = (input, Source::Upsampled2x);
+    forward_from(p, input, weight, bias, Addends::default(), output);
+}
+
+/// The forward convolution of the input held as its `Source` says (see
+/// [`conv2d_forward_uninit_plus`]).
+fn forward_from(
+    p: &Conv2dParams,
+    (input, source): (&[f32], Source),
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    addends: Addends,
+    output: &mut [MaybeUninit<f32>],
+) {
+    check_args(p, (input, source), weight, bias, output.len());
     if let Some(s) = addends.shift {
         assert_eq!(
             s.len(),
@@ -81,7 +112,12 @@ pub fn conv2d_forward_uninit_plus(
     }
     if winograd::applies(p) {
         let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
-        winograd::forward(p, input, &u, bias, addends, output);
+        winograd::forward(p, (input, source), &u, bias, addends, output);
+        return;
+    }
+    if source != Source::Plain {
+        let formed = upsampled_images(p, input);
+        forward_from(p, (&formed, Source::Plain), weight, bias, addends, output);
         return;
     }
     let g = Geometry::of(p);
@@ -131,20 +167,22 @@ fn add_after(c_out: usize, npix: usize, addends: Addends, y: &mut [f32]) {
         });
 }
 
-/// The length checks of [`conv2d_forward`].
+/// The length checks of [`conv2d_forward`], the input held as `source` says.
 fn check_args(
     p: &Conv2dParams,
-    input: &[f32],
+    (input, source): (&[f32], Source),
     weight: &[f32],
     bias: Option<&[f32]>,
     output_len: usize,
 ) {
+    let plain = (source == Source::Plain).then_some(input.len());
     p.validate(
         "conv2d_forward",
-        Some(input.len()),
+        plain,
         Some(weight.len()),
         Some(output_len),
     );
+    source.check_len("conv2d_forward", p, input.len());
     if let Some(b) = bias {
         assert_eq!(
             b.len(),

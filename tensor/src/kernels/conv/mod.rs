@@ -46,6 +46,7 @@ mod hwc;
 mod im2col;
 mod params;
 mod pointwise;
+mod source;
 mod winograd;
 
 #[cfg(test)]
@@ -69,8 +70,11 @@ pub fn winograd_allowed() -> bool {
 }
 
 pub use backward_data::{conv2d_backward_data, conv2d_backward_data_uninit};
-pub use backward_weight::conv2d_backward_weight;
-pub use forward::{conv2d_forward, conv2d_forward_uninit, conv2d_forward_uninit_plus};
+pub use backward_weight::{conv2d_backward_weight, conv2d_backward_weight_upsampled};
+pub use forward::{
+    conv2d_forward, conv2d_forward_uninit, conv2d_forward_uninit_plus,
+    conv2d_forward_upsampled_uninit,
+};
 pub use pointwise::{
     conv2d_pointwise_parts_backward_data_uninit, conv2d_pointwise_parts_backward_weight,
     conv2d_pointwise_parts_forward_uninit,

@@ -43,9 +43,17 @@ fn split_quads(row: &[f32], phases: &mut [f32], dst: [usize; 4]) -> usize {
     16 * groups
 }
 
+/// True if [`gather`] can read a channel held at half the resolution (`up = 2`) itself; else
+/// the caller upsamples the plane first.
+pub(super) fn gathers_upsampled(p: &Conv2dParams) -> bool {
+    cfg!(target_arch = "x86_64") && p.w <= 32 && cpu::isa() == Isa::Avx512
+}
+
 /// `rows[i * N + j][col0 + ty * tw + tx] = x[4ty + i - OFF][4tx + j - OFF]` (zero outside the
 /// image) for every tile of one channel `x` (`h x w`) of one image: the 6x6 input patches
-/// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). `phases` is scratch of at
+/// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). With `up = 2` the
+/// channel is held at half the resolution (`h / 2 x w / 2`) and read as its nearest-neighbour
+/// 2x upsampling (only where [`gathers_upsampled`]). `phases` is scratch of at
 /// least `(4 * th + 2) * 4 * (tw + 1)` values: shifted row `r` (image row `r - OFF`) split by
 /// shifted column `4t + k` (image column `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`,
 /// zero outside the image, so that each run of `rows` is contiguous there. Only the entries
@@ -54,6 +62,7 @@ fn split_quads(row: &[f32], phases: &mut [f32], dst: [usize; 4]) -> usize {
 pub(super) fn gather<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
     x: &[f32],
+    up: usize,
     rows: &mut [&mut [f32]],
     col0: usize,
     phases: &mut [f32],
@@ -61,18 +70,24 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
     let (th, tw) = tiles(p);
     let w = p.w;
     #[cfg(target_arch = "x86_64")]
-    if w <= 32 && cpu::isa() == Isa::Avx512 {
+    if gathers_upsampled(p) {
         assert!(
-            x.len() == p.h * w
+            (up == 1 || up == 2 && p.h.is_multiple_of(2) && w.is_multiple_of(2))
+                && x.len() * up * up == p.h * w
                 && rows.len() >= N * N
                 && rows[..N * N].iter().all(|r| r.len() >= col0 + th * tw),
             "winograd gather: image or rows too short"
         );
-        // SAFETY: AVX-512F is available (cpu::isa), the image is h x w with w <= 32, and every
-        // row holds the th * tw columns from col0 (asserted above).
-        unsafe { gather_rows_avx512::<N, OFF>(p, x, rows, col0) };
+        // SAFETY: AVX-512F is available (cpu::isa), the image is h x w with w <= 32 (h / 2
+        // x w / 2 when upsampled), and every row holds the th * tw columns from col0
+        // (asserted above).
+        unsafe { gather_rows_avx512::<N, OFF>(p, x, up, rows, col0) };
         return;
     }
+    assert_eq!(
+        up, 1,
+        "winograd gather: upsample the plane first on this path"
+    );
     let run = tw + 1;
     for (y, row) in x.chunks_exact(w).enumerate() {
         let at = |k: usize| (4 * (y + OFF) + k) * run;
@@ -100,22 +115,27 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
 /// [`gather`] for images at most 32 wide, without the phase buffer: each image row is held in
 /// two 16-lane registers, and the run `x[y][4 tx + j - OFF]` (`tx < tw`, zero outside the
 /// image) that row `(i, j)` of tile row `ty` needs (`y = 4 ty + i - OFF`) is one two-source
-/// permutation with zero masking, stored straight into the row.
+/// permutation with zero masking, stored straight into the row. Upsampled (`up = 2`), the
+/// register holds source row `y / 2` and the permutation picks column `x / 2`.
 ///
 /// # Safety
-/// AVX-512F must be available; `x` must be `h x w` with `w <= 32`, and `rows[..N * N]` must
-/// each hold at least `col0 + th * tw` values.
+/// AVX-512F must be available; `x` must be `h / up x w / up` with `w <= 32` and `up` 1 or 2
+/// (dividing `h` and `w`), and `rows[..N * N]` must each hold at least `col0 + th * tw`
+/// values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
     x: &[f32],
+    up: usize,
     rows: &mut [&mut [f32]],
     col0: usize,
 ) {
     use std::arch::x86_64::*;
     let (th, tw) = tiles(p);
     let (h, w) = (p.h, p.w);
+    // The width of a stored row.
+    let sw = w / up;
     // For run j: lane t takes column 4t + j - OFF of the row (a lane of the 32-lane pair
     // `lo | hi`), kept where that column is inside the image and t < tw.
     let mut idx = [_mm512_setzero_si512(); N];
@@ -125,18 +145,18 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
         for (t, lane) in lanes.iter_mut().enumerate().take(tw) {
             let c = (4 * t + j) as isize - OFF as isize;
             if c >= 0 && (c as usize) < w {
-                *lane = c as i32;
+                *lane = (c as usize / up) as i32;
                 keep[j] |= 1 << t;
             }
         }
         idx[j] = _mm512_loadu_si512(lanes.as_ptr().cast());
     }
     let store: u16 = if tw >= 16 { u16::MAX } else { (1u16 << tw) - 1 };
-    let lo_mask: u16 = if w >= 16 { u16::MAX } else { (1u16 << w) - 1 };
-    let hi_mask: u16 = if w <= 16 {
+    let lo_mask: u16 = if sw >= 16 { u16::MAX } else { (1u16 << sw) - 1 };
+    let hi_mask: u16 = if sw <= 16 {
         0
     } else {
-        ((1u32 << (w - 16)) - 1) as u16
+        ((1u32 << (sw - 16)) - 1) as u16
     };
     for ty in 0..th {
         let at = col0 + ty * tw;
@@ -144,7 +164,7 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
             let y = (4 * ty + i) as isize - OFF as isize;
             let inside = y >= 0 && (y as usize) < h;
             let (lo, hi) = if inside {
-                let row = x.as_ptr().add(y as usize * w);
+                let row = x.as_ptr().add(y as usize / up * sw);
                 (
                     _mm512_maskz_loadu_ps(lo_mask, row),
                     _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16)),

@@ -45,9 +45,10 @@ mod products;
 mod tests;
 mod transforms;
 
+use super::source::{upsample_plane, Source};
 use filters::fold_filter_gradients;
 pub(crate) use filters::Orientation;
-use layout::{gather, scatter_tiles, Epilogue};
+use layout::{gather, gathers_upsampled, scatter_tiles, Epilogue};
 pub(crate) use products::Filters;
 use transforms::{transform_grad_output_on, transform_input_on, transform_output_on};
 
@@ -196,48 +197,63 @@ fn for_each_channel<T: Send, S>(
 }
 
 /// Phase one of a chunk: `V[xi][ci][..len] = (B^T d B)[xi]` for every input channel `ci` and
-/// tile of the images `inp` (`[_, c_in, h, w]`), in parallel over channels if `par`. `V` has
-/// planes of `v_plane` values and rows of `stride`; columns `cols..len` are zero.
+/// tile of the images `inp` (`[_, c_in, h, w]`, held as `source` says), in parallel over
+/// channels if `par`. `V` has planes of `v_plane` values and rows of `stride`; columns
+/// `cols..len` are zero.
 fn transform_chunk_input(
     p: &Conv2dParams,
     isa: Isa,
-    inp: &[f32],
+    (inp, source): (&[f32], Source),
     (v, v_plane, stride): (&mut [f32], usize, usize),
     par: bool,
 ) {
     let rows = &mut rows_by_channel(v, v_plane, p.c_in, stride);
-    gather_transformed::<6, 1>(p, (inp, p.c_in), rows, par, |rows, len| {
+    gather_transformed::<6, 1>(p, (inp, p.c_in, source), rows, par, |rows, len| {
         transform_input_on(isa, rows, len)
     });
 }
 
-/// For every channel of the images `images` (`[_, channels, h, w]`) with its 36 `rows` (from
-/// [`rows_by_channel`]), in parallel over channels if `par`: [`gather`]s the channel's `N x N`
-/// patches (offset `OFF`) of every image into the first `N * N` rows, zeroes those rows'
-/// columns past the tiles up to the next multiple of [`COLUMN_ALIGN`] (`len`), and calls
-/// `transform(rows, len)`.
+/// For every channel of the images `images` (`[_, channels, h, w]`, held as `source` says)
+/// with its 36 `rows` (from [`rows_by_channel`]), in parallel over channels if `par`:
+/// [`gather`]s the channel's `N x N` patches (offset `OFF`) of every image into the first
+/// `N * N` rows, zeroes those rows' columns past the tiles up to the next multiple of
+/// [`COLUMN_ALIGN`] (`len`), and calls `transform(rows, len)`.
 fn gather_transformed<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
-    (images, channels): (&[f32], usize),
+    (images, channels, source): (&[f32], usize, Source),
     rows: &mut [&mut [f32]],
     par: bool,
     transform: impl Fn(&mut [&mut [f32]], usize) + Sync + Send,
 ) {
     let (th, tw) = tiles(p);
-    let plane = p.h * p.w;
+    let plane = source.plane(p);
     let image_len = channels * plane;
     let per_image = th * tw;
     let cols = images.len() / image_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
+    // Where the gather cannot read an upsampled channel itself, it is upsampled into scratch.
+    let up = source.scale();
+    let upsample_first = up > 1 && !gathers_upsampled(p);
     for_each_channel(
         rows,
         par,
-        // Zeros, reused only for this geometry (see `gather`).
-        || vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
-        |phases, (c, rows)| {
+        // Zeros, reused only for this geometry (see `gather`), and the upsampled plane.
+        || {
+            let upsampled = if upsample_first { p.h * p.w } else { 0 };
+            (
+                vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)],
+                vec![0.0f32; upsampled],
+            )
+        },
+        |(phases, upsampled), (c, rows)| {
             for (n, x) in images.chunks_exact(image_len).enumerate() {
                 let x = &x[c * plane..(c + 1) * plane];
-                gather::<N, OFF>(p, x, rows, n * per_image, phases);
+                if upsample_first {
+                    upsample_plane(p, x, upsampled);
+                    gather::<N, OFF>(p, upsampled, 1, rows, n * per_image, phases);
+                } else {
+                    gather::<N, OFF>(p, x, up, rows, n * per_image, phases);
+                }
             }
             for r in rows[..N * N].iter_mut() {
                 r[cols..len].fill(0.0);
@@ -247,9 +263,9 @@ fn gather_transformed<const N: usize, const OFF: usize>(
     );
 }
 
-/// The convolution of every image of `input` (`[batch, c_in, h, w]`) with the transformed
-/// filters `u` (from [`Filters::new`]) plus `bias` and `addends` (added as each tile is
-/// written), into `output`
+/// The convolution of every image of `input` (`[batch, c_in, h, w]`, held as `source` says)
+/// with the transformed filters `u` (from [`Filters::new`]) plus `bias` and `addends` (added
+/// as each tile is written), into `output`
 /// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
 /// [`applies`].
 ///
@@ -258,7 +274,7 @@ fn gather_transformed<const N: usize, const OFF: usize>(
 /// Either way every chunk is computed the same way, so the result does not depend on it.
 pub(crate) fn forward(
     p: &Conv2dParams,
-    input: &[f32],
+    (input, source): (&[f32], Source),
     u: &Filters,
     bias: Option<&[f32]>,
     addends: Addends,
@@ -267,7 +283,7 @@ pub(crate) fn forward(
     debug_assert!(applies(p));
     let (_, chunk, stride) = chunking(p);
     let plane = p.h * p.w;
-    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
     // Chunk k's share of the addends.
@@ -283,7 +299,7 @@ pub(crate) fn forward(
             .for_each(|(k, (inp, out))| {
                 with_buffers([v_len, m_len, 0], |[v, m, _]| {
                     let extra = (bias, addends_of(k));
-                    forward_chunk(p, u, extra, (inp, out), (v, m, stride), false);
+                    forward_chunk(p, u, extra, (inp, source, out), (v, m, stride), false);
                 });
             });
     } else {
@@ -294,7 +310,14 @@ pub(crate) fn forward(
                 .enumerate()
             {
                 let extra = (bias, addends_of(k));
-                forward_chunk(p, u, extra, (inp, out), (&mut *v, &mut *m, stride), true);
+                forward_chunk(
+                    p,
+                    u,
+                    extra,
+                    (inp, source, out),
+                    (&mut *v, &mut *m, stride),
+                    true,
+                );
             }
         });
     }
@@ -307,7 +330,7 @@ fn forward_chunk(
     p: &Conv2dParams,
     u: &Filters,
     (bias, addends): (Option<&[f32]>, Addends),
-    (inp, out): (&[f32], &mut [MaybeUninit<f32>]),
+    (inp, source, out): (&[f32], Source, &mut [MaybeUninit<f32>]),
     (v, m, stride): (&mut [f32], &mut [f32], usize),
     par: bool,
 ) {
@@ -315,11 +338,11 @@ fn forward_chunk(
     let per_image = th * tw;
     let isa = cpu::isa();
     let plane = p.h * p.w;
-    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
-    transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), par);
+    transform_chunk_input(p, isa, (inp, source), (&mut *v, v_plane, stride), par);
     u.products(par, cols, (v, v_plane), (&mut *m, m_plane), stride);
     let images = inp.len() / in_len;
     let mut planes = blocks_by_channel(out, out_len, p.c_out, plane);
@@ -360,10 +383,11 @@ fn forward_chunk(
 /// through the same tiles (the adjoint of [`forward`]): per chunk of images,
 /// `dU[xi] (C_out x C_in) += dM[xi] V[xi]^T` with `dM = A dY A^T` and `V = B^T d B` (the
 /// chunks in order, each product accumulating onto the last), then `dWt = G^T dU G` for every
-/// filter. `grad_weight` is `[c_out, c_in, 3, 3]`, overwritten. Requires [`applies`].
+/// filter. `input` is held as `source` says; `grad_weight` is `[c_out, c_in, 3, 3]`, overwritten.
+/// Requires [`applies`].
 pub(crate) fn backward_weight(
     p: &Conv2dParams,
-    input: &[f32],
+    (input, source): (&[f32], Source),
     grad_output: &[f32],
     grad_weight: &mut [f32],
 ) {
@@ -371,7 +395,7 @@ pub(crate) fn backward_weight(
     let (per_image, chunk, stride) = chunking(p);
     let isa = cpu::isa();
     let plane = p.h * p.w;
-    let (in_len, out_len) = (p.c_in * plane, p.c_out * plane);
+    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * plane);
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let u_plane = p.c_out * p.c_in + PLANE_SKEW;
     with_buffers([XI * v_plane, XI * m_plane, XI * u_plane], |[v, m, du]| {
@@ -381,11 +405,15 @@ pub(crate) fn backward_weight(
             .enumerate()
         {
             let cols = inp.len() / in_len * per_image;
-            transform_chunk_input(p, isa, inp, (&mut *v, v_plane, stride), true);
+            transform_chunk_input(p, isa, (inp, source), (&mut *v, v_plane, stride), true);
             let rows = &mut rows_by_channel(m, m_plane, p.c_out, stride);
-            gather_transformed::<4, 0>(p, (dyc, p.c_out), rows, true, |rows, len| {
-                transform_grad_output_on(isa, rows, len)
-            });
+            gather_transformed::<4, 0>(
+                p,
+                (dyc, p.c_out, Source::Plain),
+                rows,
+                true,
+                |rows, len| transform_grad_output_on(isa, rows, len),
+            );
             sgemm_batched(
                 XI,
                 Trans::No,

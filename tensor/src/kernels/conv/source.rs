@@ -1,0 +1,206 @@
+//! How a convolution's input is held: as it is, or at half the resolution, read through
+//! nearest-neighbour 2x upsampling (a UNet's `Upsample2D`: upsampling, then a 3x3
+//! convolution), so that the upsampled images are never written out.
+
+use rayon::prelude::*;
+
+use super::Conv2dParams;
+
+/// How a convolution's input images are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// As they are, `[batch, c_in, h, w]`.
+    Plain,
+    /// At half the resolution, `[batch, c_in, h / 2, w / 2]`, read as their nearest-neighbour
+    /// 2x upsampling (`x[y][x] = low[y / 2][x / 2]`, a UNet's upsampling before its 3x3
+    /// convolution), which is never formed.
+    Upsampled2x,
+}
+
+impl Source {
+    /// The factor from a stored pixel to the convolution's input pixels, along each axis.
+    pub(crate) fn scale(self) -> usize {
+        match self {
+            Source::Plain => 1,
+            Source::Upsampled2x => 2,
+        }
+    }
+
+    /// Values of one stored channel of `p`'s input.
+    pub(crate) fn plane(self, p: &Conv2dParams) -> usize {
+        let s = self.scale();
+        assert!(
+            p.h.is_multiple_of(s) && p.w.is_multiple_of(s),
+            "conv2d: an upsampled input of {}x{} pixels is not even",
+            p.h,
+            p.w
+        );
+        (p.h / s) * (p.w / s)
+    }
+
+    /// Panics, naming `op` and the shapes, unless `len` values hold `p`'s input this way.
+    pub(crate) fn check_len(self, op: &str, p: &Conv2dParams, len: usize) {
+        let want = p.batch * p.c_in * self.plane(p);
+        assert_eq!(
+            len,
+            want,
+            "{op}: input has {len} values but {:?} held as {self:?} needs {want}",
+            p.input_shape()
+        );
+    }
+}
+
+/// `plane[y][x] = low[y / 2][x / 2]` for the `h x w` plane of `p` (nearest-neighbour 2x
+/// upsampling of the `h / 2 x w / 2` channel `low`).
+pub(crate) fn upsample_plane(p: &Conv2dParams, low: &[f32], plane: &mut [f32]) {
+    let (h, w) = (p.h, p.w);
+    assert!(
+        low.len() * 4 == h * w && plane.len() == h * w,
+        "conv2d: a plane of {} values does not upsample to {h}x{w}",
+        low.len()
+    );
+    for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+        let src = &low[(y / 2) * (w / 2)..][..w / 2];
+        for (pair, &v) in row.chunks_exact_mut(2).zip(src) {
+            pair[0] = v;
+            pair[1] = v;
+        }
+    }
+}
+
+/// The upsampled images of `p`'s input held at half the resolution (`low`, `[batch, c_in,
+/// h / 2, w / 2]`), formed: for the routes that cannot read them in place.
+pub(crate) fn upsampled_images(p: &Conv2dParams, low: &[f32]) -> Vec<f32> {
+    let plane = Source::Upsampled2x.plane(p);
+    Source::Upsampled2x.check_len("conv2d", p, low.len());
+    let mut out = vec![0.0f32; p.batch * p.c_in * p.h * p.w];
+    if plane > 0 {
+        out.par_chunks_mut(p.h * p.w)
+            .zip(low.par_chunks(plane))
+            .for_each(|(dst, src)| upsample_plane(p, src, dst));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reference::TestRng;
+    use super::super::{
+        conv2d_backward_weight, conv2d_backward_weight_upsampled, conv2d_forward_uninit,
+        conv2d_forward_upsampled_uninit,
+    };
+    use super::*;
+    use crate::kernels::cpu::with_portable;
+    use crate::ops::alloc::as_uninit;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The upsampled images, value by value.
+    #[test]
+    fn upsampled_images_repeat_each_pixel_two_by_two() {
+        let p = Conv2dParams {
+            batch: 2,
+            c_in: 3,
+            c_out: 1,
+            h: 4,
+            w: 6,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let low: Vec<f32> = (0..2 * 3 * 2 * 3).map(|i| i as f32).collect();
+        let up = upsampled_images(&p, &low);
+        for (i, &v) in up.iter().enumerate() {
+            let (plane, y, x) = (i / 24, i % 24 / 6, i % 6);
+            assert_eq!(v, low[plane * 6 + y / 2 * 3 + x / 2], "value {i}");
+        }
+    }
+
+    /// Convolving images held at half the resolution gives the bits of upsampling them first
+    /// and convolving, forward and weight gradient (with the bias gradient): through Winograd
+    /// with the gather reading the small images in place (up to 32 wide, AVX-512), with the
+    /// planes upsampled into scratch (wider, or the portable path), and on a route that forms
+    /// the upsampled images (fewer than 16 channels).
+    #[test]
+    fn upsampled_input_has_the_bits_of_upsampling_first() {
+        // (batch, c_in, c_out, h, w) of the upsampled images.
+        for (batch, c_in, c_out, h, w) in [
+            (3, 16, 17, 8, 10),
+            (2, 16, 16, 16, 16),
+            (2, 16, 18, 40, 36),
+            (2, 3, 5, 6, 8),
+        ] {
+            let p = Conv2dParams {
+                batch,
+                c_in,
+                c_out,
+                h,
+                w,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                padding: 1,
+            };
+            let mut rng = TestRng::new((h * w + c_in) as u64);
+            let low = rng.vec(batch * c_in * h * w / 4);
+            let weight = rng.vec(c_out * c_in * 9);
+            let bias = rng.vec(c_out);
+            let dy = rng.vec(batch * c_out * h * w);
+            let run = |upsampled: bool| {
+                let formed = upsampled_images(&p, &low);
+                let mut y = vec![0.0f32; dy.len()];
+                let (mut dw, mut db) = (vec![0.0f32; weight.len()], vec![0.0f32; c_out]);
+                if upsampled {
+                    conv2d_forward_upsampled_uninit(
+                        &p,
+                        &low,
+                        &weight,
+                        Some(&bias),
+                        as_uninit(&mut y),
+                    );
+                    conv2d_backward_weight_upsampled(&p, &low, &dy, &mut dw, Some(&mut db));
+                } else {
+                    conv2d_forward_uninit(&p, &formed, &weight, Some(&bias), as_uninit(&mut y));
+                    conv2d_backward_weight(&p, &formed, &dy, &mut dw, Some(&mut db));
+                }
+                (bits(&y), bits(&dw), bits(&db))
+            };
+            for portable in [false, true] {
+                let go = |u| {
+                    if portable {
+                        with_portable(|| run(u))
+                    } else {
+                        run(u)
+                    }
+                };
+                let (got, want) = (go(true), go(false));
+                let case = format!("{p:?} portable {portable}");
+                assert!(got.0 == want.0, "forward: {case}");
+                assert!(got.1 == want.1, "weight gradient: {case}");
+                assert!(got.2 == want.2, "bias gradient: {case}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "held as Upsampled2x needs")]
+    fn upsampled_input_of_the_wrong_size_panics() {
+        let p = Conv2dParams {
+            batch: 1,
+            c_in: 16,
+            c_out: 16,
+            h: 8,
+            w: 8,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let mut y = vec![0.0f32; 16 * 64];
+        let (low, weight) = (vec![0.0f32; 16 * 64], vec![0.0f32; 16 * 16 * 9]);
+        conv2d_forward_upsampled_uninit(&p, &low, &weight, None, as_uninit(&mut y));
+    }
+}
