@@ -1,8 +1,8 @@
 //! 2-D convolution (NCHW), with the input, weight and bias gradients.
 
 use tensor::ops::conv::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_plus, conv2d_upsampled_backward_weight,
-    ConvAddends,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_plus, conv2d_upsampled_backward_data,
+    conv2d_upsampled_backward_weight, ConvAddends,
 };
 use tensor::ops::conv_parts::{
     conv2d_pointwise_parts, conv2d_pointwise_parts_backward_data,
@@ -97,14 +97,12 @@ impl Backward for Conv2dRule {
 }
 
 impl Conv2dRule {
-    /// `dX`: backward-data, then with `upsampled` the adjoint of the upsampling.
+    /// `dX`: backward-data, with `upsampled` summed into the small images (the adjoint of the
+    /// upsampling).
     fn input_gradient(&self, g: &Tensor) -> Tensor {
         let (s, p) = (self.stride, self.padding);
         if self.upsampled {
-            let mut shape = self.input.shape().to_vec();
-            shape[2] *= 2;
-            shape[3] *= 2;
-            conv2d_backward_data(g, &self.weight, &shape, s, p).sum_pool2x()
+            conv2d_upsampled_backward_data(g, &self.weight, self.input.shape(), s, p)
         } else {
             conv2d_backward_data(g, &self.weight, self.input.shape(), s, p)
         }

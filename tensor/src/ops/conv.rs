@@ -170,25 +170,40 @@ pub fn conv2d_backward_data(
     stride: usize,
     padding: usize,
 ) -> Tensor {
+    data_gradient(grad_output, weight, input_shape, (stride, padding, false))
+}
+
+/// [`conv2d_backward_data`] and, with `upsampled`, [`conv2d_upsampled_backward_data`].
+fn data_gradient(
+    grad_output: &Tensor,
+    weight: &Tensor,
+    input_shape: &[usize],
+    (stride, padding, upsampled): (usize, usize, bool),
+) -> Tensor {
     const OP: &str = "conv2d_backward_data";
     let _prof = crate::profile::scope(OP, || {
-        label(input_shape, false, weight.shape(), stride, padding)
+        label(input_shape, upsampled, weight.shape(), stride, padding)
     });
     let input_shape: [usize; 4] = input_shape.try_into().unwrap_or_else(|_| {
         panic!("{OP}: input shape must have 4 dimensions, got {input_shape:?}")
     });
-    let p = params_of(
-        OP,
-        input_shape,
-        dims4(OP, "weight", weight),
-        stride,
-        padding,
-    );
+    let [n, c, h, w] = input_shape;
+    let seen = if upsampled {
+        [n, c, 2 * h, 2 * w]
+    } else {
+        input_shape
+    };
+    let p = params_of(OP, seen, dims4(OP, "weight", weight), stride, padding);
     check_grad_output(OP, &p, grad_output);
-    // SAFETY: conv2d_backward_data_uninit writes every element.
+    let kernel = if upsampled {
+        conv::conv2d_backward_data_pooled_uninit
+    } else {
+        conv::conv2d_backward_data_uninit
+    };
+    // SAFETY: both kernels write every element.
     let grad_input = unsafe {
         alloc::filled_by(numel(&input_shape), |dx| {
-            conv::conv2d_backward_data_uninit(&p, grad_output.data(), weight.data(), dx)
+            kernel(&p, grad_output.data(), weight.data(), dx)
         })
     };
     Tensor::from_vec(grad_input, &input_shape)
@@ -296,6 +311,21 @@ pub fn conv2d_upsampled(
         })
     };
     Tensor::from_vec(out, &out_shape)
+}
+
+/// The input gradient of [`conv2d_upsampled`]: [`conv2d_backward_data`] on the upsampled
+/// shape, summed over each 2x2 block (`sum_pool2x`, the adjoint of the upsampling), with the
+/// bits of the two steps apart; where Winograd's algorithm applies, the full-size gradient is
+/// never written out. `input_shape` is the small images' `[N, C_in, H, W]`. Panics, naming the
+/// op and the shapes, on a mismatch.
+pub fn conv2d_upsampled_backward_data(
+    grad_output: &Tensor,
+    weight: &Tensor,
+    input_shape: &[usize],
+    stride: usize,
+    padding: usize,
+) -> Tensor {
+    data_gradient(grad_output, weight, input_shape, (stride, padding, true))
 }
 
 /// The weight (and, when `with_bias`, bias) gradient of [`conv2d_upsampled`]: that of

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::forward::forward_images;
 use super::im2col::{col2im_rows, Geometry};
 use super::pointwise;
+use super::source::{sum_pool_plane, Sink, Source};
 use super::winograd;
 use super::Conv2dParams;
 use crate::kernels::gemm::{sgemm, Trans};
@@ -32,7 +33,7 @@ pub fn conv2d_backward_data(
     weight: &[f32],
     grad_input: &mut [f32],
 ) {
-    if backward_data_winograd(p, grad_output, weight, as_uninit(grad_input)) {
+    if backward_data_winograd(p, grad_output, weight, (as_uninit(grad_input), Sink::Plain)) {
         return;
     }
     if p.is_pointwise() {
@@ -51,7 +52,7 @@ pub fn conv2d_backward_data_uninit(
     weight: &[f32],
     grad_input: &mut [MaybeUninit<f32>],
 ) {
-    if backward_data_winograd(p, grad_output, weight, grad_input) {
+    if backward_data_winograd(p, grad_output, weight, (grad_input, Sink::Plain)) {
         return;
     }
     if p.is_pointwise() {
@@ -83,18 +84,56 @@ fn pointwise_images<T: pointwise::Out>(
     );
 }
 
-/// The checks, then the Winograd route if it applies (returns whether it did).
-fn backward_data_winograd(
+/// The gradient with respect to the small images of a convolution of their nearest-neighbour
+/// 2x upsampling (see [`super::conv2d_forward_upsampled_uninit`]): [`conv2d_backward_data`]
+/// of the upsampled images, summed over each 2x2 block (the adjoint of the upsampling), with
+/// the bits of the two steps apart. `p` is the geometry of the convolution of the upsampled
+/// images (`h x w`), `grad_input` is `[batch, c_in, h / 2, w / 2]`, every element written.
+/// Where Winograd's algorithm applies, each image's full-size gradient exists only one
+/// channel at a time, in scratch.
+pub fn conv2d_backward_data_pooled_uninit(
     p: &Conv2dParams,
     grad_output: &[f32],
     weight: &[f32],
     grad_input: &mut [MaybeUninit<f32>],
+) {
+    if backward_data_winograd(
+        p,
+        grad_output,
+        weight,
+        (&mut *grad_input, Sink::SumPooled2x),
+    ) {
+        return;
+    }
+    let mut full = vec![0.0f32; p.batch * p.c_in * p.h * p.w];
+    conv2d_backward_data(p, grad_output, weight, &mut full);
+    let plane = Source::Upsampled2x.plane(p);
+    if plane > 0 {
+        grad_input
+            .par_chunks_mut(plane)
+            .zip(full.par_chunks(p.h * p.w))
+            .for_each(|(dst, src)| sum_pool_plane(src, p.w, dst));
+    }
+}
+
+/// The checks, then the Winograd route if it applies (returns whether it did), the input
+/// gradient stored as `sink` says.
+fn backward_data_winograd(
+    p: &Conv2dParams,
+    grad_output: &[f32],
+    weight: &[f32],
+    (grad_input, sink): (&mut [MaybeUninit<f32>], Sink),
 ) -> bool {
-    p.validate(
-        "conv2d_backward_data",
-        Some(grad_input.len()),
-        Some(weight.len()),
-        Some(grad_output.len()),
+    const OP: &str = "conv2d_backward_data";
+    let plain = (sink == Sink::Plain).then_some(grad_input.len());
+    p.validate(OP, plain, Some(weight.len()), Some(grad_output.len()));
+    let want = p.batch * p.c_in * sink.plane(p.h, p.w);
+    assert_eq!(
+        grad_input.len(),
+        want,
+        "{OP}: grad_input has {} values, {:?} stored as {sink:?} needs {want}",
+        grad_input.len(),
+        p.input_shape()
     );
     let g = Geometry::of(p);
     if p.c_in * g.in_pixels() == 0 || p.c_out * g.out_pixels() == 0 {
@@ -105,8 +144,8 @@ fn backward_data_winograd(
         return false;
     }
     let u = winograd::Filters::new(weight, p.c_in, p.c_out, winograd::Orientation::Adjoint);
-    let dy = (grad_output, super::source::Source::Plain);
-    winograd::forward(&tp, dy, &u, None, Default::default(), grad_input);
+    let dy = (grad_output, Source::Plain);
+    winograd::forward(&tp, dy, &u, None, Default::default(), (grad_input, sink));
     true
 }
 

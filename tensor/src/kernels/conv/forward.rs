@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::direct;
 use super::im2col::{im2col_rows, Geometry};
 use super::pointwise::{self, Parts};
-use super::source::{upsampled_images, Source};
+use super::source::{upsampled_images, Sink, Source};
 use super::winograd;
 use super::{Addends, Conv2dParams};
 use crate::kernels::gemm::{sgemm, Trans};
@@ -31,7 +31,8 @@ pub fn conv2d_forward(
     if winograd::applies(p) {
         let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
         let input = (input, Source::Plain);
-        winograd::forward(p, input, &u, bias, Addends::default(), as_uninit(output));
+        let output = (as_uninit(output), Sink::Plain);
+        winograd::forward(p, input, &u, bias, Addends::default(), output);
         return;
     }
     forward_images(&Geometry::of(p), p.c_out, input, weight, bias, output);
@@ -112,7 +113,7 @@ fn forward_from(
     }
     if winograd::applies(p) {
         let u = winograd::Filters::new(weight, p.c_out, p.c_in, winograd::Orientation::Forward);
-        winograd::forward(p, (input, source), &u, bias, addends, output);
+        winograd::forward(p, (input, source), &u, bias, addends, (output, Sink::Plain));
         return;
     }
     if source != Source::Plain {

@@ -69,7 +69,9 @@ pub fn winograd_allowed() -> bool {
     WINOGRAD.load(Ordering::Relaxed)
 }
 
-pub use backward_data::{conv2d_backward_data, conv2d_backward_data_uninit};
+pub use backward_data::{
+    conv2d_backward_data, conv2d_backward_data_pooled_uninit, conv2d_backward_data_uninit,
+};
 pub use backward_weight::{conv2d_backward_weight, conv2d_backward_weight_upsampled};
 pub use forward::{
     conv2d_forward, conv2d_forward_uninit, conv2d_forward_uninit_plus,

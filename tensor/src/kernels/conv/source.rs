@@ -1,6 +1,10 @@
 //! How a convolution's input is held: as it is, or at half the resolution, read through
 //! nearest-neighbour 2x upsampling (a UNet's `Upsample2D`: upsampling, then a 3x3
-//! convolution), so that the upsampled images are never written out.
+//! convolution), so that the upsampled images are never written out; and how its output is
+//! stored: as it is, or summed over 2x2 blocks (the adjoint of that upsampling, for the input
+//! gradient), so that the full-size gradient is never written out either.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -68,6 +72,53 @@ pub(crate) fn upsample_plane(p: &Conv2dParams, low: &[f32], plane: &mut [f32]) {
     }
 }
 
+/// How a convolution's output is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sink {
+    /// As it is, `[batch, c_out, out_h, out_w]`.
+    Plain,
+    /// Summed over 2x2 blocks, `[batch, c_out, out_h / 2, out_w / 2]` ([`sum_pool_plane`]).
+    SumPooled2x,
+}
+
+impl Sink {
+    /// Values of one stored channel of `h x w` pixels.
+    pub(crate) fn plane(self, h: usize, w: usize) -> usize {
+        match self {
+            Sink::Plain => h * w,
+            Sink::SumPooled2x => {
+                assert!(
+                    h.is_multiple_of(2) && w.is_multiple_of(2),
+                    "conv2d: an output of {h}x{w} pixels does not pool 2x2"
+                );
+                (h / 2) * (w / 2)
+            }
+        }
+    }
+}
+
+/// `out[y][x] = (full[2y][2x] + full[2y][2x + 1]) + (full[2y + 1][2x] + full[2y + 1][2x + 1])`
+/// for an `h x w` plane `full` (`h` and `w` even): the adjoint of [`upsample_plane`], with
+/// the bits of `Tensor::sum_pool2x`.
+pub(crate) fn sum_pool_plane(full: &[f32], w: usize, out: &mut [MaybeUninit<f32>]) {
+    assert!(
+        w.is_multiple_of(2) && full.len() == out.len() * 4 && (out.is_empty() || w > 0),
+        "conv2d: a plane of {} values does not pool 2x2 into {} at width {w}",
+        full.len(),
+        out.len()
+    );
+    if out.is_empty() {
+        return;
+    }
+    for (r, line) in out.chunks_mut(w / 2).enumerate() {
+        let top = &full[2 * r * w..][..w];
+        let bottom = &full[(2 * r + 1) * w..][..w];
+        for (x, o) in line.iter_mut().enumerate() {
+            o.write((top[2 * x] + top[2 * x + 1]) + (bottom[2 * x] + bottom[2 * x + 1]));
+        }
+    }
+}
+
 /// The upsampled images of `p`'s input held at half the resolution (`low`, `[batch, c_in,
 /// h / 2, w / 2]`), formed: for the routes that cannot read them in place.
 pub(crate) fn upsampled_images(p: &Conv2dParams, low: &[f32]) -> Vec<f32> {
@@ -86,12 +137,13 @@ pub(crate) fn upsampled_images(p: &Conv2dParams, low: &[f32]) -> Vec<f32> {
 mod tests {
     use super::super::reference::TestRng;
     use super::super::{
-        conv2d_backward_weight, conv2d_backward_weight_upsampled, conv2d_forward_uninit,
-        conv2d_forward_upsampled_uninit,
+        conv2d_backward_data, conv2d_backward_data_pooled_uninit, conv2d_backward_weight,
+        conv2d_backward_weight_upsampled, conv2d_forward_uninit, conv2d_forward_upsampled_uninit,
     };
     use super::*;
     use crate::kernels::cpu::with_portable;
     use crate::ops::alloc::as_uninit;
+    use crate::Tensor;
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
@@ -120,7 +172,8 @@ mod tests {
     }
 
     /// Convolving images held at half the resolution gives the bits of upsampling them first
-    /// and convolving, forward and weight gradient (with the bias gradient): through Winograd
+    /// and convolving, forward and weight gradient (with the bias gradient), and the pooled
+    /// input gradient those of `sum_pool2x` after backward-data: through Winograd
     /// with the gather reading the small images in place (up to 32 wide, AVX-512), with the
     /// planes upsampled into scratch (wider, or the portable path), and on a route that forms
     /// the upsampled images (fewer than 16 channels).
@@ -153,6 +206,7 @@ mod tests {
                 let formed = upsampled_images(&p, &low);
                 let mut y = vec![0.0f32; dy.len()];
                 let (mut dw, mut db) = (vec![0.0f32; weight.len()], vec![0.0f32; c_out]);
+                let mut dx = vec![0.0f32; low.len()];
                 if upsampled {
                     conv2d_forward_upsampled_uninit(
                         &p,
@@ -162,11 +216,16 @@ mod tests {
                         as_uninit(&mut y),
                     );
                     conv2d_backward_weight_upsampled(&p, &low, &dy, &mut dw, Some(&mut db));
+                    conv2d_backward_data_pooled_uninit(&p, &dy, &weight, as_uninit(&mut dx));
                 } else {
                     conv2d_forward_uninit(&p, &formed, &weight, Some(&bias), as_uninit(&mut y));
                     conv2d_backward_weight(&p, &formed, &dy, &mut dw, Some(&mut db));
+                    let mut full = vec![0.0f32; formed.len()];
+                    conv2d_backward_data(&p, &dy, &weight, &mut full);
+                    let full = Tensor::from_vec(full, &p.input_shape());
+                    dx = full.sum_pool2x().data().to_vec();
                 }
-                (bits(&y), bits(&dw), bits(&db))
+                (bits(&y), bits(&dw), bits(&db), bits(&dx))
             };
             for portable in [false, true] {
                 let go = |u| {
@@ -181,6 +240,7 @@ mod tests {
                 assert!(got.0 == want.0, "forward: {case}");
                 assert!(got.1 == want.1, "weight gradient: {case}");
                 assert!(got.2 == want.2, "bias gradient: {case}");
+                assert!(got.3 == want.3, "input gradient: {case}");
             }
         }
     }

@@ -37,6 +37,7 @@ use rayon::prelude::*;
 use super::{Addends, Conv2dParams};
 use crate::kernels::cpu::{self, Isa};
 use crate::kernels::gemm::{sgemm_batched, Trans};
+use crate::ops::alloc::as_uninit;
 
 mod filters;
 mod layout;
@@ -45,7 +46,7 @@ mod products;
 mod tests;
 mod transforms;
 
-use super::source::{upsample_plane, Source};
+use super::source::{sum_pool_plane, upsample_plane, Sink, Source};
 use filters::fold_filter_gradients;
 pub(crate) use filters::Orientation;
 use layout::{gather, gathers_upsampled, scatter_tiles, Epilogue};
@@ -278,12 +279,16 @@ pub(crate) fn forward(
     u: &Filters,
     bias: Option<&[f32]>,
     addends: Addends,
-    output: &mut [MaybeUninit<f32>],
+    (output, sink): (&mut [MaybeUninit<f32>], Sink),
 ) {
     debug_assert!(applies(p));
+    assert!(
+        sink == Sink::Plain
+            || (bias.is_none() && addends.shift.is_none() && addends.residual.is_none()),
+        "winograd: a pooled output takes no bias or addends"
+    );
     let (_, chunk, stride) = chunking(p);
-    let plane = p.h * p.w;
-    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * plane);
+    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * sink.plane(p.h, p.w));
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
     // Chunk k's share of the addends.
@@ -299,7 +304,7 @@ pub(crate) fn forward(
             .for_each(|(k, (inp, out))| {
                 with_buffers([v_len, m_len, 0], |[v, m, _]| {
                     let extra = (bias, addends_of(k));
-                    forward_chunk(p, u, extra, (inp, source, out), (v, m, stride), false);
+                    forward_chunk(p, u, extra, (inp, source, out, sink), (v, m, stride), false);
                 });
             });
     } else {
@@ -314,7 +319,7 @@ pub(crate) fn forward(
                     p,
                     u,
                     extra,
-                    (inp, source, out),
+                    (inp, source, out, sink),
                     (&mut *v, &mut *m, stride),
                     true,
                 );
@@ -325,12 +330,12 @@ pub(crate) fn forward(
 
 /// [`forward`] for one chunk of images (`inp` to `out`, with the bias and the chunk's share of
 /// the addends) with the buffers `V` and `M` (rows of `stride` values), each step in parallel
-/// if `par`.
+/// if `par`. A pooled output plane is scattered whole into scratch first, then summed.
 fn forward_chunk(
     p: &Conv2dParams,
     u: &Filters,
     (bias, addends): (Option<&[f32]>, Addends),
-    (inp, source, out): (&[f32], Source, &mut [MaybeUninit<f32>]),
+    (inp, source, out, sink): (&[f32], Source, &mut [MaybeUninit<f32>], Sink),
     (v, m, stride): (&mut [f32], &mut [f32], usize),
     par: bool,
 ) {
@@ -338,15 +343,15 @@ fn forward_chunk(
     let per_image = th * tw;
     let isa = cpu::isa();
     let plane = p.h * p.w;
-    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * plane);
+    let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * sink.plane(p.h, p.w));
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let cols = inp.len() / in_len * per_image;
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     transform_chunk_input(p, isa, (inp, source), (&mut *v, v_plane, stride), par);
     u.products(par, cols, (v, v_plane), (&mut *m, m_plane), stride);
     let images = inp.len() / in_len;
-    let mut planes = blocks_by_channel(out, out_len, p.c_out, plane);
-    let each = |row: &mut Vec<f32>,
+    let mut planes = blocks_by_channel(out, out_len, p.c_out, sink.plane(p.h, p.w));
+    let each = |(row, full): &mut (Vec<f32>, Vec<f32>),
                 co: usize,
                 rows: &mut [&mut [f32]],
                 planes: &mut [&mut [MaybeUninit<f32>]]| {
@@ -360,11 +365,17 @@ fn forward_chunk(
                 residual: addends.residual.map(|r| &r[at..at + plane]),
             };
             // Every element of the plane is written: the output is never zeroed.
-            scatter_tiles(p, rows, n * per_image, epilogue, y, row);
+            if sink == Sink::Plain {
+                scatter_tiles(p, rows, n * per_image, epilogue, y, row);
+            } else {
+                scatter_tiles(p, rows, n * per_image, epilogue, as_uninit(full), row);
+                sum_pool_plane(full, p.w, y);
+            }
         }
     };
     let mut rows = rows_by_channel(m, m_plane, p.c_out, stride);
-    let row = || vec![0.0f32; 4 * tw];
+    let full = if sink == Sink::Plain { 0 } else { plane };
+    let row = || (vec![0.0f32; 4 * tw], vec![0.0f32; full]);
     if par {
         rows.par_chunks_mut(XI)
             .zip(planes.par_chunks_mut(images))
