@@ -118,3 +118,56 @@ fn unet_reports_faults_and_sleeps_per_step() {
         }
     }
 }
+
+/// `bench unet --compare-in-place`: a training and a sampling step, each with both forms'
+/// medians and the ratio of formed to in place over the pairs (its range around it).
+#[test]
+fn unet_compares_reading_in_place_with_forming_the_inputs() {
+    let out = ok(&[
+        "bench",
+        "unet",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--compare-in-place",
+        "--pairs",
+        "3",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let steps: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v["bench"] == "unet_in_place")
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["train_step", "sample_step"], "in:\n{stdout}");
+    for step in &steps {
+        assert_eq!(step["pairs"], 3);
+        assert!(step["in_place_ms"].as_f64().unwrap() > 0.0, "{step}");
+        assert!(step["formed_ms"].as_f64().unwrap() > 0.0, "{step}");
+        let [ratio, lo, hi] = ["formed_over_in_place", "ratio_min", "ratio_max"]
+            .map(|k| step[k].as_f64().unwrap_or_else(|| panic!("{k} in {step}")));
+        assert!(
+            lo > 0.0 && lo <= ratio && ratio <= hi && hi.is_finite(),
+            "{step}"
+        );
+    }
+}
+
+#[test]
+fn unet_compare_in_place_rejects_zero_pairs() {
+    fails(
+        &[
+            "bench",
+            "unet",
+            "--preset",
+            "tiny",
+            "--compare-in-place",
+            "--pairs",
+            "0",
+        ],
+        "--pairs must be at least 1",
+    );
+}

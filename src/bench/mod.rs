@@ -5,6 +5,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod gemm;
+mod in_place;
 mod profile;
 mod report;
 mod scaling;

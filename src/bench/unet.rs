@@ -36,9 +36,14 @@ pub struct UnetArgs {
     /// (two copies of the model, each on its own pool), and report the speed-up pair by pair.
     #[arg(long)]
     scaling: bool,
-    /// Pairs of steps for `--scaling`.
+    /// Pairs of steps for `--scaling` and `--compare-in-place`.
     #[arg(long, default_value_t = 10)]
     pub(super) pairs: usize,
+    /// Instead, time steps with the up path reading its skip concatenations and upsampled
+    /// images in place against steps with them formed, alternately in one process, and report
+    /// the ratio pair by pair.
+    #[arg(long, conflicts_with = "scaling")]
+    compare_in_place: bool,
 }
 
 /// The benchmark's model with its inputs and optimiser.
@@ -156,6 +161,9 @@ fn counts_per_call(reps: u64, mut f: impl FnMut()) -> [Option<f64>; 2] {
 pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), String> {
     if args.scaling {
         return super::scaling::run(args, threads, report);
+    }
+    if args.compare_in_place {
+        return super::in_place::run(args, threads, report);
     }
     let mut bench = Workload::new(args)?;
     let peak_gflops = peak(threads, report);

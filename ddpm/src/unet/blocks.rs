@@ -189,7 +189,11 @@ impl UpBlock {
         let mut h = h.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("UpBlock: ran out of skip connections");
-            h = resnet.forward_parts(ctx, &[&h, &skip], temb_act);
+            h = if super::reads_in_place() {
+                resnet.forward_parts(ctx, &[&h, &skip], temb_act)
+            } else {
+                resnet.forward(ctx, &Var::concat(&[&h, &skip], 1), temb_act)
+            };
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(ctx, &h);
             }

@@ -36,5 +36,26 @@ pub mod resnet;
 pub use config::{DownBlockType, UNetConfig, UpBlockType};
 pub use model::UNet;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the up path reads its inputs in place (see [`read_in_place`]).
+static READ_IN_PLACE: AtomicBool = AtomicBool::new(true);
+
+/// Lets the up path read its skip concatenations and upsampled images in place (the
+/// default: the first group norm and the 1x1 shortcut of each up ResNet block take `h` and
+/// the skip as channel parts, and each upsampling's convolution reads the small images), or
+/// makes it form them (`Var::concat`, then `upsample_nearest2x`), process-wide, so that
+/// `ddpm bench unet --compare-in-place` can time both forms in one process. The two agree
+/// to rounding (the 1x1 shortcut sums its two parts in another order; the rest has the same
+/// bits). Returns the previous setting.
+pub fn read_in_place(allowed: bool) -> bool {
+    READ_IN_PLACE.swap(allowed, Ordering::Relaxed)
+}
+
+/// True unless [`read_in_place`] turned reading in place off.
+pub fn reads_in_place() -> bool {
+    READ_IN_PLACE.load(Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests;

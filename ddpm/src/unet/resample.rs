@@ -79,7 +79,11 @@ impl Upsample {
 
     /// `[N, C, H, W] -> [N, C, 2H, 2W]`.
     pub fn forward(&self, ctx: &mut Ctx, x: &Var) -> Var {
-        self.conv.forward_upsampled(ctx, x)
+        if super::reads_in_place() {
+            self.conv.forward_upsampled(ctx, x)
+        } else {
+            self.conv.forward(ctx, &x.upsample_nearest2x())
+        }
     }
 }
 
