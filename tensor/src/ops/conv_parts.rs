@@ -127,7 +127,7 @@ pub fn conv2d_pointwise_parts(parts: &[&Tensor], weight: &Tensor, bias: Option<&
 /// The input gradient of [`conv2d_pointwise_parts`], one tensor per part:
 /// `dX_i[n] = W[:, off_i..off_i + C_i]^T dY[n]` (`[N, C_i, H, W]`, `C_i = part_channels[i]`),
 /// with `grad_output` `[N, C_out, H, W]` and `weight` `[C_out, sum C_i, 1, 1]`. Each element
-/// has the bits of [`conv2d_backward_data`] of the concatenated input. Panics, naming the op and
+/// has the bits of [`conv2d_backward_data`](super::conv::conv2d_backward_data) of the concatenated input. Panics, naming the op and
 /// the shapes, on a mismatch.
 pub fn conv2d_pointwise_parts_backward_data(
     grad_output: &Tensor,
@@ -177,7 +177,7 @@ pub fn conv2d_pointwise_parts_backward_data(
 /// The weight gradient of [`conv2d_pointwise_parts`]:
 /// `dW[:, off_i..off_i + C_i] = sum_n dY[n] X_i[n]^T` and, when `want_bias`,
 /// `dbias[co] = sum_{n, pixels} dY[n, co]`, with `weight_shape` `[C_out, sum C_i, 1, 1]`. One
-/// part gives exactly the bits of [`conv2d_backward_weight`]. Panics, naming the op and the
+/// part gives exactly the bits of [`conv2d_backward_weight`](super::conv::conv2d_backward_weight). Panics, naming the op and the
 /// shapes, on a mismatch.
 pub fn conv2d_pointwise_parts_backward_weight(
     parts: &[&Tensor],
