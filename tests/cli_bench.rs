@@ -72,6 +72,15 @@ fn unet_scaling_reports_pairs_and_the_machine_between_them() {
         Some(s) => assert!(whole > 0 && lo <= s && s <= hi, "{s} of {whole} pairs"),
         None => assert_eq!(whole, 0),
     }
+    // Over the pairs with the memory whole as well: a subset of those.
+    let whole_memory = report["pairs_whole_memory"]
+        .as_u64()
+        .expect("pairs_whole_memory");
+    assert!(whole_memory <= whole, "{whole_memory} of {whole}");
+    match report["speedup_whole_memory"].as_f64() {
+        Some(s) => assert!(whole_memory > 0 && lo <= s && s <= hi, "{s}"),
+        None => assert_eq!(whole_memory, 0),
+    }
 }
 
 #[test]

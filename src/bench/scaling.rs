@@ -18,9 +18,11 @@
 //! those.
 //!
 //! A memory probe ([`StreamProbe`]: each thread sweeping 64 MiB of its own) runs beside each
-//! FMA probe and is reported the same way, but no pair is left out for it: how much memory
-//! bandwidth a second thread adds is part of what the step's scaling has to live with (on
-//! this shared machine often 1.2-1.4x one thread's, where the caches give 2x).
+//! FMA probe and is reported the same way: how much memory bandwidth a second thread adds is
+//! part of what the step's scaling has to live with (on this shared machine often 1.2-1.4x
+//! one thread's, where the caches give 2x). The speed-up is also given over the pairs with
+//! both the cores and the memory whole around them (the memory probe at least [`WHOLE`] too),
+//! the step's scaling when the machine's shared parts do not limit it.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -187,22 +189,26 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         .zip(&times[1])
         .map(|(a, b)| a.0 / b.0)
         .collect();
-    // The pairs with the machine whole on both sides.
-    let mut whole: Vec<f64> = ratios
-        .iter()
-        .zip(machine.windows(2))
-        .filter(|(_, around)| around.iter().all(|&m| m >= WHOLE))
-        .map(|(&r, _)| r)
+    // The pairs with the machine whole on both sides (its cores; then its memory as well).
+    let cores_whole: Vec<bool> = machine
+        .windows(2)
+        .map(|w| w.iter().all(|&m| m >= WHOLE))
         .collect();
+    let memory_whole: Vec<bool> = memory
+        .windows(2)
+        .map(|w| w.iter().all(|&m| m >= WHOLE))
+        .collect();
+    let both_whole: Vec<bool> = cores_whole
+        .iter()
+        .zip(&memory_whole)
+        .map(|(a, b)| *a && *b)
+        .collect();
+    let (whole, speedup_whole) = median_where(&ratios, &cores_whole);
+    let (whole_memory, speedup_whole_memory) = median_where(&ratios, &both_whole);
     let speedup = median(&mut ratios);
     let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
         (lo.min(r), hi.max(r))
     });
-    let speedup_whole = if whole.is_empty() {
-        None
-    } else {
-        Some(median(&mut whole))
-    };
     let seconds = |side: usize| -> Vec<f64> { times[side].iter().map(|t| t.0).collect() };
     let one = median(&mut seconds(0)) * 1e3;
     let many = median(&mut seconds(1)) * 1e3;
@@ -230,8 +236,10 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 "stream_gbps_n_threads",
                 Value::from(vec![stream_before[1], stream_after[1]]),
             ),
-            ("pairs_whole", whole.len().into()),
+            ("pairs_whole", whole.into()),
             ("speedup_whole", speedup_whole.into()),
+            ("pairs_whole_memory", whole_memory.into()),
+            ("speedup_whole_memory", speedup_whole_memory.into()),
         ],
         &format!(
             "unet train_step preset={} batch={} 1 thread {one:.1} ms, {threads} threads {many:.1} ms (medians of {} interleaved pairs); speed-up {speedup:.2}x (median of pairs, range {lo:.2}-{hi:.2})",
@@ -242,7 +250,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     report.heading(&format!(
         "{threads} threads' FMA rate over {threads} x one thread's, between the pairs: {}; pairs with the machine whole (>= {WHOLE} on both sides): {} of {}{}",
         machine_text.join(" "),
-        whole.len(),
+        whole,
         args.pairs,
         speedup_whole.map_or(String::new(), |s| format!(", speed-up {s:.2}x (median)"))
     ));
@@ -252,14 +260,30 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     ));
     let memory_text: Vec<String> = memory.iter().map(|m| format!("{m:.2}")).collect();
     report.heading(&format!(
-        "memory: {threads} threads' streaming rate over {threads} x one thread's, between the pairs: {}; before / after: {}",
+        "memory: {threads} threads' streaming rate over {threads} x one thread's, between the pairs: {}; before / after: {}; pairs with the memory whole as well (>= {WHOLE} on both sides): {} of {}{}",
         memory_text.join(" "),
-        before_after("GB/s", threads, stream_before, stream_after)
+        before_after("GB/s", threads, stream_before, stream_after),
+        whole_memory,
+        args.pairs,
+        speedup_whole_memory.map_or(String::new(), |s| format!(", speed-up {s:.2}x (median)"))
     ));
     if args.profile {
         report_ops(&times, threads, report);
     }
     Ok(())
+}
+
+/// How many of the pairs' speed-ups `ratios` are marked in `keep`, and their median (none if
+/// no pair is).
+fn median_where(ratios: &[f64], keep: &[bool]) -> (usize, Option<f64>) {
+    let mut kept: Vec<f64> = ratios
+        .iter()
+        .zip(keep)
+        .filter(|(_, &k)| k)
+        .map(|(&r, _)| r)
+        .collect();
+    let n = kept.len();
+    (n, (n > 0).then(|| median(&mut kept)))
 }
 
 /// `1 thread a / b UNIT, N threads c / d UNIT (c/a x / d/b x one thread)` for a probe's
