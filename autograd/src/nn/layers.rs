@@ -91,12 +91,17 @@ impl Conv2d {
         crate::ops::conv::conv2d_upsampled(x, &w, b.as_ref(), stride, padding)
     }
 
-    /// A pointwise (1x1, stride 1, unpadded) convolution of the concatenation of `parts`
-    /// along the channel axis, without forming it ([`crate::ops::conv::conv2d_parts`]); one
-    /// part is [`Module::forward`]. Panics for other kernels.
+    /// The convolution of the concatenation of `parts` along the channel axis: for a
+    /// pointwise layer (1x1, stride 1, unpadded) without forming it
+    /// ([`crate::ops::conv::conv2d_parts`]); one part, or any other layer, through
+    /// [`Module::forward`] (of the concatenation).
     pub fn forward_parts(&self, ctx: &mut Ctx, parts: &[&Var]) -> Var {
+        let pointwise = self.weight.shape()[2..] == [1, 1] && self.stride == 1 && self.padding == 0;
         if let [x] = parts {
             return self.forward(ctx, x);
+        }
+        if !pointwise {
+            return self.forward(ctx, &Var::concat(parts, 1));
         }
         let w = ctx.param(&self.weight);
         let b = self.bias.as_ref().map(|b| ctx.param(b));

@@ -330,9 +330,8 @@ pub fn conv2d_upsampled_backward_data(
 
 /// The weight (and, when `with_bias`, bias) gradient of [`conv2d_upsampled`]: that of
 /// [`conv2d_backward_weight`] on the upsampled input, read in place where the forward pass
-/// reads it in place. Its input gradient is `conv2d_backward_data` on the upsampled shape
-/// followed by `sum_pool2x` (the adjoint of the upsampling). Panics, naming the op and the
-/// shapes, on a mismatch.
+/// reads it in place. Its input gradient is [`conv2d_upsampled_backward_data`]. Panics, naming
+/// the op and the shapes, on a mismatch.
 pub fn conv2d_upsampled_backward_weight(
     input: &Tensor,
     grad_output: &Tensor,

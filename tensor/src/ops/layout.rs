@@ -285,19 +285,18 @@ impl Tensor {
             return Tensor::zeros(&[n, c, h, w]);
         }
         let src = self.data();
-        // Pieces of whole output lines, each from two input lines.
+        // Plane by plane, with the kernel the convolution of an upsampled input sums its
+        // gradient with (so the two give the same bits).
+        let plane = h * w;
         let body = |start: usize, piece: &mut [MaybeUninit<f32>]| {
-            for (i, line) in piece.chunks_mut(w).enumerate() {
-                let r = start / w + i;
-                let top = &src[2 * r * 2 * w..(2 * r + 1) * 2 * w];
-                let bottom = &src[(2 * r + 1) * 2 * w..(2 * r + 2) * 2 * w];
-                for (x, o) in line.iter_mut().enumerate() {
-                    o.write((top[2 * x] + top[2 * x + 1]) + (bottom[2 * x] + bottom[2 * x + 1]));
-                }
+            let at = start / plane;
+            for (i, out) in piece.chunks_mut(plane).enumerate() {
+                let full = &src[(at + i) * 4 * plane..][..4 * plane];
+                crate::kernels::conv::sum_pool_plane(full, 2 * w, out);
             }
         };
-        let piece = (par::CHUNK / w).max(1) * w;
-        // SAFETY: pieces are whole output lines, each written in full.
+        let piece = (par::CHUNK / plane).max(1) * plane;
+        // SAFETY: pieces are whole output planes, each written in full.
         let out = unsafe { alloc::output_uninit_in(len, piece, body) };
         Tensor::from_vec(out, &[n, c, h, w])
     }

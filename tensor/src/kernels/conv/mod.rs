@@ -95,3 +95,4 @@ pub struct Addends<'a> {
     pub residual: Option<&'a [f32]>,
 }
 pub use params::Conv2dParams;
+pub(crate) use source::sum_pool_plane;

@@ -89,7 +89,7 @@ impl Sink {
             Sink::SumPooled2x => {
                 assert!(
                     h.is_multiple_of(2) && w.is_multiple_of(2),
-                    "conv2d: an output of {h}x{w} pixels does not pool 2x2"
+                    "conv2d: a plane of {h}x{w} pixels does not pool 2x2"
                 );
                 (h / 2) * (w / 2)
             }
@@ -179,6 +179,7 @@ mod tests {
     /// the upsampled images (fewer than 16 channels).
     #[test]
     fn upsampled_input_has_the_bits_of_upsampling_first() {
+        let _guard = crate::kernels::cpu::test_lock();
         // (batch, c_in, c_out, h, w) of the upsampled images.
         for (batch, c_in, c_out, h, w) in [
             (3, 16, 17, 8, 10),

@@ -94,12 +94,10 @@ fn check_sizes(op: &str, rows: usize, n: usize, c: usize, hw: usize, groups: usi
     );
 }
 
-/// The rows of `[n, c, hw]` values `x` (one per image and channel, in that order).
-fn rows_of(x: &[f32], (n, c, hw): (usize, usize, usize)) -> Vec<&[f32]> {
-    if hw == 0 {
-        return vec![&x[..0]; n * c];
-    }
-    x.chunks_exact(hw).collect()
+/// The rows of `[n, c, hw]` values `x` (one per image and channel, in that order). Panics,
+/// naming `op`, if `x` does not hold `n * c * hw` values.
+fn rows_of<'a>(op: &str, x: &'a [f32], (n, c, hw): (usize, usize, usize)) -> Vec<&'a [f32]> {
+    rows_of_parts(op, &[(x, c)], n, hw)
 }
 
 /// [`rows_of`] for an output, each row to be overwritten (or added into if `add`).
@@ -206,7 +204,7 @@ pub fn group_norm_forward(
 ) {
     forward_impl(
         "group_norm_forward",
-        &rows_of(x, (n, c, hw)),
+        &rows_of("group_norm_forward", x, (n, c, hw)),
         (n, c, hw, groups),
         eps,
         gamma,
@@ -237,7 +235,7 @@ pub fn group_norm_silu_forward(
 ) {
     forward_impl(
         "group_norm_silu_forward",
-        &rows_of(x, (n, c, hw)),
+        &rows_of("group_norm_silu_forward", x, (n, c, hw)),
         (n, c, hw, groups),
         eps,
         gamma,
@@ -417,13 +415,18 @@ pub fn group_norm_backward(
 ) {
     backward_impl(
         "group_norm_backward",
-        &rows_of(x, (n, c, hw)),
+        &rows_of("group_norm_backward", x, (n, c, hw)),
         grad_out,
         (n, c, hw, groups),
         (mean, rstd),
         gamma,
         None,
-        out_rows_of(as_uninit(grad_x), (n, c, hw), false),
+        out_rows_of_parts(
+            "group_norm_backward",
+            vec![(as_uninit(grad_x), c, false)],
+            n,
+            hw,
+        ),
         grad_gamma,
         grad_beta,
     );
@@ -451,13 +454,18 @@ pub fn group_norm_silu_backward(
 ) {
     backward_impl(
         "group_norm_silu_backward",
-        &rows_of(x, (n, c, hw)),
+        &rows_of("group_norm_silu_backward", x, (n, c, hw)),
         grad_out,
         (n, c, hw, groups),
         (mean, rstd),
         gamma,
         Some(beta),
-        out_rows_of(as_uninit(grad_x), (n, c, hw), false),
+        out_rows_of_parts(
+            "group_norm_silu_backward",
+            vec![(as_uninit(grad_x), c, false)],
+            n,
+            hw,
+        ),
         grad_gamma,
         grad_beta,
     );

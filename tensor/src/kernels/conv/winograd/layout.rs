@@ -43,8 +43,9 @@ fn split_quads(row: &[f32], phases: &mut [f32], dst: [usize; 4]) -> usize {
     16 * groups
 }
 
-/// True if [`gather`] can read a channel held at half the resolution (`up = 2`) itself; else
-/// the caller upsamples the plane first.
+/// True if [`gather`] takes its fast path (AVX-512, images at most 32 wide), on which it can
+/// read a channel held at half the resolution (`up = 2`) itself; else the caller upsamples
+/// the plane first.
 pub(super) fn gathers_upsampled(p: &Conv2dParams) -> bool {
     cfg!(target_arch = "x86_64") && p.w <= 32 && cpu::isa() == Isa::Avx512
 }
@@ -53,7 +54,9 @@ pub(super) fn gathers_upsampled(p: &Conv2dParams) -> bool {
 /// image) for every tile of one channel `x` (`h x w`) of one image: the 6x6 input patches
 /// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). With `up = 2` the
 /// channel is held at half the resolution (`h / 2 x w / 2`) and read as its nearest-neighbour
-/// 2x upsampling (only where [`gathers_upsampled`]). `phases` is scratch of at
+/// 2x upsampling (only on the fast path). `fast` must be [`gathers_upsampled`], read once by
+/// the caller for all its calls (so that a switch of instruction set between them cannot
+/// split a convolution across paths). `phases` is scratch of at
 /// least `(4 * th + 2) * 4 * (tw + 1)` values: shifted row `r` (image row `r - OFF`) split by
 /// shifted column `4t + k` (image column `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`,
 /// zero outside the image, so that each run of `rows` is contiguous there. Only the entries
@@ -61,8 +64,7 @@ pub(super) fn gathers_upsampled(p: &Conv2dParams) -> bool {
 /// and be reused only by calls with the same `p`, `N` and `OFF` (which write the same entries).
 pub(super) fn gather<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
-    x: &[f32],
-    up: usize,
+    (x, up, fast): (&[f32], usize, bool),
     rows: &mut [&mut [f32]],
     col0: usize,
     phases: &mut [f32],
@@ -70,7 +72,7 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
     let (th, tw) = tiles(p);
     let w = p.w;
     #[cfg(target_arch = "x86_64")]
-    if gathers_upsampled(p) {
+    if fast {
         assert!(
             (up == 1 || up == 2 && p.h.is_multiple_of(2) && w.is_multiple_of(2))
                 && x.len() * up * up == p.h * w
@@ -78,7 +80,8 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
                 && rows[..N * N].iter().all(|r| r.len() >= col0 + th * tw),
             "winograd gather: image or rows too short"
         );
-        // SAFETY: AVX-512F is available (cpu::isa), the image is h x w with w <= 32 (h / 2
+        // SAFETY: AVX-512F is available (`fast` is `gathers_upsampled`, which asks
+        // cpu::isa), the image is h x w with w <= 32 (h / 2
         // x w / 2 when upsampled), and every row holds the th * tw columns from col0
         // (asserted above).
         unsafe { gather_rows_avx512::<N, OFF>(p, x, up, rows, col0) };

@@ -234,7 +234,8 @@ fn gather_transformed<const N: usize, const OFF: usize>(
     let len = cols.next_multiple_of(COLUMN_ALIGN);
     // Where the gather cannot read an upsampled channel itself, it is upsampled into scratch.
     let up = source.scale();
-    let upsample_first = up > 1 && !gathers_upsampled(p);
+    let fast = gathers_upsampled(p);
+    let upsample_first = up > 1 && !fast;
     for_each_channel(
         rows,
         par,
@@ -251,9 +252,9 @@ fn gather_transformed<const N: usize, const OFF: usize>(
                 let x = &x[c * plane..(c + 1) * plane];
                 if upsample_first {
                     upsample_plane(p, x, upsampled);
-                    gather::<N, OFF>(p, upsampled, 1, rows, n * per_image, phases);
+                    gather::<N, OFF>(p, (upsampled, 1, fast), rows, n * per_image, phases);
                 } else {
-                    gather::<N, OFF>(p, x, up, rows, n * per_image, phases);
+                    gather::<N, OFF>(p, (x, up, fast), rows, n * per_image, phases);
                 }
             }
             for r in rows[..N * N].iter_mut() {
