@@ -255,9 +255,7 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
             fraction * 100.0
         );
         if let Some((one, mut ratios)) = scaling {
-            let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
-                (lo.min(r), hi.max(r))
-            });
+            let (lo, hi) = super::timing::range(&ratios);
             let speedup = median(&mut ratios);
             fields.extend([
                 ("ms_1_thread", Value::from(one * 1e3)),

@@ -56,9 +56,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             formed.push(b);
             ratios.push(b / a);
         }
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::INFINITY, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+        let (lo, hi) = super::timing::range(&ratios);
         let (fused_ms, formed_ms) = (median(&mut fused) * 1e3, median(&mut formed) * 1e3);
         let ratio = median(&mut ratios);
         report.line(

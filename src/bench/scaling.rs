@@ -206,9 +206,7 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     let (whole, speedup_whole) = median_where(&ratios, &cores_whole);
     let (whole_memory, speedup_whole_memory) = median_where(&ratios, &both_whole);
     let speedup = median(&mut ratios);
-    let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
-        (lo.min(r), hi.max(r))
-    });
+    let (lo, hi) = super::timing::range(&ratios);
     let seconds = |side: usize| -> Vec<f64> { times[side].iter().map(|t| t.0).collect() };
     let one = median(&mut seconds(0)) * 1e3;
     let many = median(&mut seconds(1)) * 1e3;

@@ -71,6 +71,15 @@ pub fn paired_seconds(one: &rayon::ThreadPool, mut f: impl FnMut() + Send) -> (V
     (ones, manys)
 }
 
+/// The least and the greatest of the samples (`(inf, 0)` for none).
+pub fn range(samples: &[f64]) -> (f64, f64) {
+    samples
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| {
+            (lo.min(r), hi.max(r))
+        })
+}
+
 /// The median of the samples (the mean of the middle two for an even count).
 pub fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
