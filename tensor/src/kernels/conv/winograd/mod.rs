@@ -21,7 +21,9 @@
 //! would do 2.25x fewer, with cheaper transforms).
 //!
 //! The batch is processed in chunks of about [`CHUNK_VALUES`] transformed values (the chunk
-//! size depends on the shape only). A chunk takes three steps: every input channel's patches
+//! size depends on the shape, and in the forward pass on whether more than one thread runs
+//! whole chunks: a forward tile does not depend on the chunk it is in; the weight gradient's
+//! chunks depend on the shape only). A chunk takes three steps: every input channel's patches
 //! are gathered into `V` and transformed there in place, vectorised across the chunk's tiles;
 //! the 36 products; every output channel's products are transformed back in place and
 //! scattered into the images. Either each step runs in parallel (over channels, over the 36
@@ -271,9 +273,10 @@ fn gather_transformed<const N: usize, const OFF: usize>(
 /// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
 /// [`applies`].
 ///
-/// With at least two chunks per thread, chunks run in parallel, each on one thread (no
-/// barrier between a chunk's steps); otherwise chunks run in turn, each step in parallel.
-/// Either way every chunk is computed the same way, so the result does not depend on it.
+/// With at least two chunks per thread, chunks (of half as many images on more than one thread) run
+/// in parallel, each on one thread (no barrier between a chunk's steps); otherwise chunks run
+/// in turn, each step in parallel. Either way every tile is computed the same way, so the
+/// result depends on neither.
 pub(crate) fn forward(
     p: &Conv2dParams,
     (input, source): (&[f32], Source),
@@ -288,7 +291,20 @@ pub(crate) fn forward(
             || (bias.is_none() && addends.shift.is_none() && addends.residual.is_none()),
         "winograd: a pooled output takes no bias or addends"
     );
-    let (_, chunk, stride) = chunking(p);
+    let threads = rayon::current_num_threads();
+    let (per_image, chunk, stride) = chunking(p);
+    // Whole chunks in parallel when there are at least two per thread; then, on more than one
+    // thread, chunks of half as many images, so that two threads' buffers together hold about
+    // what one chunk's do in the caches they share, and each thread has more, smaller chunks
+    // to even out a slow one (change 51). Each output tile is computed the same way in any
+    // chunk.
+    let parallel = p.batch.div_ceil(chunk) >= 2 * threads;
+    let (chunk, stride) = if parallel && threads > 1 && chunk > 1 {
+        let half = chunk / 2;
+        (half, (half * per_image).next_multiple_of(ROW_ALIGN))
+    } else {
+        (chunk, stride)
+    };
     let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * sink.plane(p.h, p.w));
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
@@ -297,7 +313,7 @@ pub(crate) fn forward(
         shift: addends.shift.map(|s| &s[k * chunk * p.c_out..]),
         residual: addends.residual.map(|r| &r[k * chunk * out_len..]),
     };
-    if p.batch.div_ceil(chunk) >= 2 * rayon::current_num_threads() {
+    if parallel {
         input
             .par_chunks(chunk * in_len)
             .zip(output.par_chunks_mut(chunk * out_len))
