@@ -6,8 +6,9 @@ use clap::{Args, ValueEnum};
 use tensor::ops::attention::{attention_heads, attention_heads_backward, HeadLayout};
 use tensor::Tensor;
 
+use super::pairwise::Timer;
 use super::report::rate_fields;
-use super::timing::{median_seconds, peak};
+use super::timing::peak;
 use super::Report;
 
 /// The attention's shape: `q`, `k`, `v` are `[batch, tokens, channels]`, `heads` side by side.
@@ -32,6 +33,10 @@ pub struct AttentionArgs {
     /// Time only this pass.
     #[arg(long, value_enum)]
     pass: Option<Pass>,
+    /// Also time each pass on one thread, in interleaved pairs with the N-thread runs, and
+    /// report the speed-up (the median of the pairs' ratios, with their range).
+    #[arg(long)]
+    scaling: bool,
 }
 
 /// The passes `--pass` chooses from.
@@ -65,15 +70,16 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
     let want = |p: Pass| args.pass.is_none_or(|only| only == p);
     // Per head: Q K^T and P V forward (d = dv = c / h), four products of that size backward.
     let forward_flops = 2.0 * (b * h * l * l) as f64 * (2 * (c / h)) as f64;
+    let timer = Timer::new(args.scaling)?;
     let mut timed = Vec::new();
     if want(Pass::Forward) {
-        let seconds = median_seconds(|| {
+        let seconds = timer.time(&mut || {
             std::hint::black_box(attention_heads(&q, &k, &v, (h, order), scale));
         });
         timed.push(("forward", seconds, forward_flops));
     }
     if want(Pass::Backward) {
-        let seconds = median_seconds(|| {
+        let seconds = timer.time(&mut || {
             std::hint::black_box(attention_heads_backward(
                 &q,
                 &k,
@@ -87,7 +93,8 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
         });
         timed.push(("backward", seconds, 2.0 * forward_flops));
     }
-    for (pass, seconds, flops) in timed {
+    for (pass, measured, flops) in timed {
+        let seconds = measured.seconds;
         let gflops = flops / seconds / 1e9;
         let fraction = gflops / peak_gflops;
         let mut fields = vec![
@@ -100,16 +107,15 @@ pub fn run(args: &AttentionArgs, threads: usize, report: &Report) -> Result<(), 
             ("channels_first", args.channels_first.into()),
         ];
         fields.extend(rate_fields(threads, seconds, gflops, peak_gflops));
-        report.line(
-            &fields,
-            &format!(
-                "attention {pass:<8} {:?} heads={h} threads={threads}  {:>8.3} ms  \
-                 {gflops:>6.1} GFLOP/s  {:>5.1}% of peak",
-                shape,
-                seconds * 1e3,
-                fraction * 100.0
-            ),
+        let mut human = format!(
+            "attention {pass:<8} {:?} heads={h} threads={threads}  {:>8.3} ms  \
+             {gflops:>6.1} GFLOP/s  {:>5.1}% of peak",
+            shape,
+            seconds * 1e3,
+            fraction * 100.0
         );
+        measured.add_scaling(&mut fields, &mut human);
+        report.line(&fields, &human);
     }
     Ok(())
 }

@@ -2,14 +2,14 @@
 //! GFLOP/s (2 * N * Cout * Cin * kh * kw * OH * OW flops per pass) and fraction of peak.
 
 use clap::{Args, ValueEnum};
-use serde_json::Value;
 use tensor::kernels::conv::{
     allow_winograd, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dParams,
 };
 use tensor::Tensor;
 
+use super::pairwise::Timer;
 use super::report::rate_fields;
-use super::timing::{median, median_seconds, paired_seconds, peak};
+use super::timing::peak;
 use super::Report;
 
 /// Which passes to time.
@@ -147,28 +147,8 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     let want = |pass: Pass| args.pass == pass || (args.pass == Pass::All && pass != Pass::Backward);
     let direct = args.algorithm == Algorithm::Direct;
     let winograd_before = allow_winograd(!direct);
-    let one_thread = if args.scaling {
-        Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .map_err(|e| format!("cannot start a one-thread pool: {e}"))?,
-        )
-    } else {
-        None
-    };
-    // The median seconds on the current pool, and with `--scaling` the one-thread median and
-    // the pairs' speed-ups.
-    let measure = |f: &mut (dyn FnMut() + Send)| -> (f64, Option<(f64, Vec<f64>)>) {
-        match &one_thread {
-            None => (median_seconds(f), None),
-            Some(one) => {
-                let (mut ones, mut manys) = paired_seconds(one, f);
-                let ratios = ones.iter().zip(&manys).map(|(a, b)| a / b).collect();
-                (median(&mut manys), Some((median(&mut ones), ratios)))
-            }
-        }
-    };
+    let timer = Timer::new(args.scaling)?;
+    let measure = |f: &mut (dyn FnMut() + Send)| timer.time(f);
     let mut timed = Vec::new();
     let mut turn = 0;
     let mut next = || {
@@ -218,7 +198,8 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
     allow_winograd(winograd_before);
     let algorithm = if direct { "direct" } else { "auto" };
     let label = if args.cold { " cold" } else { "" };
-    for (pass, (seconds, scaling)) in timed {
+    for (pass, measured) in timed {
+        let seconds = measured.seconds;
         // The joined backward does both gradients' work.
         let work = if pass == "backward" {
             2.0 * flops
@@ -254,22 +235,7 @@ pub fn run(args: &ConvArgs, threads: usize, report: &Report) -> Result<(), Strin
             seconds * 1e3,
             fraction * 100.0
         );
-        if let Some((one, mut ratios)) = scaling {
-            let (lo, hi) = super::timing::range(&ratios);
-            let speedup = median(&mut ratios);
-            fields.extend([
-                ("ms_1_thread", Value::from(one * 1e3)),
-                ("pairs", ratios.len().into()),
-                ("speedup", speedup.into()),
-                ("speedup_min", lo.into()),
-                ("speedup_max", hi.into()),
-            ]);
-            human.push_str(&format!(
-                "  | 1 thread {:.3} ms, speed-up {speedup:.2}x ({lo:.2}-{hi:.2}, {} pairs)",
-                one * 1e3,
-                ratios.len()
-            ));
-        }
+        measured.add_scaling(&mut fields, &mut human);
         report.line(&fields, &human);
     }
     Ok(())

@@ -6,6 +6,7 @@ mod conv;
 mod elementwise;
 mod gemm;
 mod in_place;
+mod pairwise;
 mod profile;
 mod report;
 mod scaling;
