@@ -188,9 +188,11 @@ fn conv_bitwise_identical_for_1_and_2_threads() {
     let cases = [
         // Winograd in two chunks (chunk by chunk on 1 thread, each step in parallel on 2), in
         // four (chunks in parallel on 2 threads, of half as many images there) and in eight
-        // (chunks in parallel on both, half-size on 2 threads).
+        // (chunks in parallel on both, half-size on 2 threads); the last chunk (shorter in
+        // the batch of 15) has its steps in parallel.
         params(16, 16, 24, 20, 20, 3, 3, 1, 1),
         params(16, 128, 16, 16, 16, 3, 3, 1, 1),
+        params(15, 128, 16, 16, 16, 3, 3, 1, 1),
         params(16, 64, 64, 32, 32, 3, 3, 1, 1),
         params(13, 16, 24, 21, 19, 3, 3, 2, 1),
         params(11, 24, 16, 12, 12, 1, 1, 1, 0),

@@ -33,6 +33,7 @@
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -273,10 +274,10 @@ fn gather_transformed<const N: usize, const OFF: usize>(
 /// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
 /// [`applies`].
 ///
-/// With at least two chunks per thread, chunks (of half as many images on more than one thread) run
-/// in parallel, each on one thread (no barrier between a chunk's steps); otherwise chunks run
-/// in turn, each step in parallel. Either way every tile is computed the same way, so the
-/// result depends on neither.
+/// With at least two chunks per thread, chunks (of half as many images on more than one
+/// thread) run in parallel, each on one thread (no barrier between a chunk's steps) but the
+/// last, whose steps run in parallel; otherwise chunks run in turn, each step in parallel.
+/// Either way every tile is computed the same way, so the result depends on neither.
 pub(crate) fn forward(
     p: &Conv2dParams,
     (input, source): (&[f32], Source),
@@ -314,16 +315,33 @@ pub(crate) fn forward(
         residual: addends.residual.map(|r| &r[k * chunk * out_len..]),
     };
     if parallel {
-        input
-            .par_chunks(chunk * in_len)
-            .zip(output.par_chunks_mut(chunk * out_len))
-            .enumerate()
-            .for_each(|(k, (inp, out))| {
+        // Each thread claims the next chunk until none is left; the last chunk's steps run in
+        // parallel, so that a thread that finds nothing left to claim helps finish it rather
+        // than wait. With every chunk on one thread, two threads' finishing times differed by
+        // about half a chunk: 4-6% of a 64-channel 32x32 forward pass, 6-9% of a 128-channel
+        // 16x16 one (change 52).
+        let unclaimed = Mutex::new((0usize, output));
+        let claim = || {
+            let mut rest = unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+            let (k, out) = &mut *rest;
+            if out.is_empty() {
+                return None;
+            }
+            let len = (chunk * out_len).min(out.len());
+            let (mine, tail) = std::mem::take(out).split_at_mut(len);
+            *out = tail;
+            *k += 1;
+            Some((*k - 1, mine, out.is_empty()))
+        };
+        (0..threads).into_par_iter().for_each(|_| {
+            while let Some((k, out, last)) = claim() {
+                let inp = &input[k * chunk * in_len..][..out.len() / out_len * in_len];
                 with_buffers([v_len, m_len, 0], |[v, m, _]| {
                     let extra = (bias, addends_of(k));
-                    forward_chunk(p, u, extra, (inp, source, out, sink), (v, m, stride), false);
+                    forward_chunk(p, u, extra, (inp, source, out, sink), (v, m, stride), last);
                 });
-            });
+            }
+        });
     } else {
         with_buffers([v_len, m_len, 0], |[v, m, _]| {
             for (k, (inp, out)) in input
