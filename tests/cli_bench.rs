@@ -6,28 +6,26 @@ use serde_json::Value;
 // Shared with the other end-to-end tests; this file does not need every helper.
 #[allow(dead_code)]
 mod common;
-use common::{fails, ok};
+use common::{fails, json_lines};
 
 #[test]
 fn unet_scaling_reports_pairs_and_the_machine_between_them() {
-    let out = ok(&[
-        "bench",
-        "unet",
-        "--preset",
-        "tiny",
-        "--batch",
-        "2",
-        "--scaling",
-        "--pairs",
-        "3",
-        "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|v| v["bench"] == "unet_scaling")
-        .unwrap_or_else(|| panic!("no unet_scaling line in:\n{stdout}"));
+    let report = json_lines(
+        &[
+            "bench",
+            "unet",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--scaling",
+            "--pairs",
+            "3",
+            "--json",
+        ],
+        "unet_scaling",
+    )
+    .remove(0);
     assert_eq!(report["threads"], 2);
     assert_eq!(report["pairs"], 3);
     // One probe before each pair and one after the last, each N threads' FMA rate over N times
@@ -103,20 +101,13 @@ fn unet_scaling_rejects_zero_pairs() {
 /// each with its page faults and its sleeps per step (counted from /proc on Linux).
 #[test]
 fn unet_reports_faults_and_sleeps_per_step() {
-    let out = ok(&[
-        "bench", "unet", "--preset", "tiny", "--batch", "2", "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let steps: Vec<Value> = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|v| v["bench"] == "unet")
-        .collect();
-    assert_eq!(
-        steps.len(),
-        2,
-        "a training and a sampling step in:\n{stdout}"
+    let steps = json_lines(
+        &[
+            "bench", "unet", "--preset", "tiny", "--batch", "2", "--json",
+        ],
+        "unet",
     );
+    assert_eq!(steps.len(), 2, "a training and a sampling step: {steps:?}");
     for step in &steps {
         assert!(step["ms"].as_f64().unwrap() > 0.0, "{step}");
         if cfg!(target_os = "linux") {
@@ -132,36 +123,26 @@ fn unet_reports_faults_and_sleeps_per_step() {
 /// medians and the ratio of formed to in place over the pairs (its range around it).
 #[test]
 fn unet_compares_reading_in_place_with_forming_the_inputs() {
-    let out = ok(&[
-        "bench",
-        "unet",
-        "--preset",
-        "tiny",
-        "--batch",
-        "2",
-        "--compare-in-place",
-        "--pairs",
-        "3",
-        "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let steps: Vec<Value> = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|v| v["bench"] == "unet_in_place")
-        .collect();
+    let steps = json_lines(
+        &[
+            "bench",
+            "unet",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--compare-in-place",
+            "--pairs",
+            "3",
+            "--json",
+        ],
+        "unet_in_place",
+    );
     let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(names, ["train_step", "sample_step"], "in:\n{stdout}");
+    assert_eq!(names, ["train_step", "sample_step"]);
     for step in &steps {
         assert_eq!(step["pairs"], 3);
-        assert!(step["in_place_ms"].as_f64().unwrap() > 0.0, "{step}");
-        assert!(step["formed_ms"].as_f64().unwrap() > 0.0, "{step}");
-        let [ratio, lo, hi] = ["formed_over_in_place", "ratio_min", "ratio_max"]
-            .map(|k| step[k].as_f64().unwrap_or_else(|| panic!("{k} in {step}")));
-        assert!(
-            lo > 0.0 && lo <= ratio && ratio <= hi && hi.is_finite(),
-            "{step}"
-        );
+        check_comparison(step, ["in_place_ms", "formed_ms", "formed_over_in_place"]);
     }
 }
 
@@ -178,5 +159,54 @@ fn unet_compare_in_place_rejects_zero_pairs() {
             "0",
         ],
         "--pairs must be at least 1",
+    );
+}
+
+/// `bench unet --compare-deferred`: the training step only, with both forms' medians and the
+/// ratio of computing every gradient in the sweep to deferring the weight gradients.
+#[test]
+fn unet_compares_deferred_weight_gradients_with_the_sweep() {
+    let steps = json_lines(
+        &[
+            "bench",
+            "unet",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--compare-deferred",
+            "--pairs",
+            "3",
+            "--json",
+        ],
+        "unet_deferred",
+    );
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["train_step"]);
+    let step = &steps[0];
+    assert_eq!(step["pairs"], 3);
+    check_comparison(
+        step,
+        ["deferred_ms", "in_sweep_ms", "in_sweep_over_deferred"],
+    );
+}
+
+/// A `--compare-*` step: both forms' medians (`keys[0]`, `keys[1]`) positive, and the median
+/// ratio of the pairs (`keys[2]`) inside their range.
+fn check_comparison(step: &Value, keys: [&str; 3]) {
+    let number = |k: &str| step[k].as_f64().unwrap_or_else(|| panic!("{k} in {step}"));
+    assert!(number(keys[0]) > 0.0 && number(keys[1]) > 0.0, "{step}");
+    let (ratio, lo, hi) = (number(keys[2]), number("ratio_min"), number("ratio_max"));
+    assert!(
+        lo > 0.0 && lo <= ratio && ratio <= hi && hi.is_finite(),
+        "{step}"
+    );
+}
+
+#[test]
+fn unet_compare_deferred_conflicts_with_scaling() {
+    fails(
+        &["bench", "unet", "--compare-deferred", "--scaling"],
+        "cannot be used with",
     );
 }

@@ -6,22 +6,14 @@ use serde_json::Value;
 // Shared with the other end-to-end tests; this file does not need every helper.
 #[allow(dead_code)]
 mod common;
-use common::ok;
+use common::json_lines;
 
 /// The JSON lines of `ddpm bench ARGS --scaling --json` (on two threads) whose `bench` is
 /// `which`.
 fn scaling_lines(args: &[&str], which: &str) -> Vec<Value> {
     let mut all = args.to_vec();
     all.extend(["--scaling", "--json"]);
-    let out = ok(&all);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|v| v["bench"] == which)
-        .collect();
-    assert!(!lines.is_empty(), "no {which} line in:\n{stdout}");
-    lines
+    json_lines(&all, which)
 }
 
 /// The one-thread median and the pairs' speed-ups: at least five pairs, the median inside
@@ -87,27 +79,25 @@ fn conv_scaling_reports_the_pairs() {
 /// Without `--scaling` no one-thread figures are reported.
 #[test]
 fn attention_without_scaling_has_no_pairs() {
-    let out = ok(&[
-        "bench",
+    let line = json_lines(
+        &[
+            "bench",
+            "attention",
+            "--batch",
+            "1",
+            "--tokens",
+            "16",
+            "--channels",
+            "4",
+            "--heads",
+            "1",
+            "--pass",
+            "forward",
+            "--json",
+        ],
         "attention",
-        "--batch",
-        "1",
-        "--tokens",
-        "16",
-        "--channels",
-        "4",
-        "--heads",
-        "1",
-        "--pass",
-        "forward",
-        "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|v| v["bench"] == "attention")
-        .unwrap_or_else(|| panic!("no attention line in:\n{stdout}"));
+    )
+    .remove(0);
     assert!(
         line.get("speedup").is_none() && line.get("ms_1_thread").is_none(),
         "{line}"

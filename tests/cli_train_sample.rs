@@ -6,6 +6,8 @@ use std::path::Path;
 use ddpm::image::load_png;
 use tensor::io::SafetensorsFile;
 
+// Shared with the other end-to-end tests; this file does not need every helper.
+#[allow(dead_code)]
 mod common;
 use common::{fails, ok, temp};
 

@@ -9,6 +9,8 @@ use ddpm::unet::{UNet, UNetConfig};
 use serde_json::Value;
 use tensor::rng::Rng;
 
+// Shared with the other end-to-end tests; this file does not need every helper.
+#[allow(dead_code)]
 mod common;
 use common::{fails, ok};
 

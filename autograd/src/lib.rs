@@ -6,6 +6,7 @@
 //! sweeps the tape once in reverse, calling each rule with the gradient of its output. See
 //! `docs/autograd.md` for a walkthrough.
 
+mod deferred;
 pub mod gradcheck;
 pub mod nn;
 pub mod ops;
@@ -17,6 +18,7 @@ mod test_util;
 pub mod toy_data;
 mod var;
 
+pub use deferred::{defer_leaf_gradients, defers_leaf_gradients, Deferred};
 pub use param::Param;
 pub use tape::Backward;
 pub use var::{is_grad_enabled, no_grad, Graph, Var};

@@ -9,9 +9,11 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Mutex;
 
 use tensor::Tensor;
 
+use crate::deferred::{count_job, defers_leaf_gradients, Deferred};
 use crate::param::Param;
 
 /// The vector-Jacobian product of one recorded op.
@@ -43,6 +45,21 @@ pub trait Backward {
             return grads;
         }
         add_gradients(acc, grads)
+    }
+
+    /// [`Backward::backward_accumulate`], except that the gradients of the inputs marked in
+    /// `later` (leaves with no gradient in `acc`) may be left out of the result and returned
+    /// as a job instead, which gives them (and nothing else) when run. The default computes
+    /// everything now; a rule overrides this where a leaf's gradient is much work.
+    fn backward_split(
+        &self,
+        grad_output: &Tensor,
+        needs: &[bool],
+        acc: Vec<Option<Tensor>>,
+        later: &[bool],
+    ) -> (Vec<Option<Tensor>>, Option<Deferred>) {
+        let _ = later;
+        (self.backward_accumulate(grad_output, needs, acc), None)
     }
 }
 
@@ -120,13 +137,60 @@ impl Tape {
     /// reachable from `output` once, in reverse push order, and delivers the leaf gradients.
     /// Each rule is dropped after it runs, so the tensors it saved are freed as the sweep goes.
     pub fn backward(&mut self, output: usize, seed: Tensor) {
+        // The deferred jobs' gradients, with the jobs' order and their inputs' nodes.
+        type Done = (usize, Vec<Option<usize>>, Vec<Option<Tensor>>);
+        let done: Mutex<Vec<Done>> = Mutex::new(Vec::new());
+        rayon::in_place_scope(|scope| {
+            let mut jobs = 0;
+            self.sweep(output, seed, |inputs, job| {
+                let done = &done;
+                let order = jobs;
+                jobs += 1;
+                count_job();
+                scope.spawn(move |_| {
+                    let grads = job();
+                    done.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((order, inputs, grads));
+                });
+            });
+        });
+        let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        done.sort_by_key(|d| d.0);
+        for (_, inputs, grads) in done {
+            for (input, g) in inputs.into_iter().zip(grads) {
+                if let (Some(input), Some(g)) = (input, g) {
+                    match &mut self.nodes[input].kind {
+                        NodeKind::Leaf { grad: slot } => accumulate(slot, g),
+                        NodeKind::Param(param) => param.accumulate_grad(g),
+                        NodeKind::Op { .. } => unreachable!("only leaves' gradients are deferred"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sweep of [`Tape::backward`], handing each deferred job with its rule's input nodes
+    /// to `defer`.
+    fn sweep(
+        &mut self,
+        output: usize,
+        seed: Tensor,
+        mut defer: impl FnMut(Vec<Option<usize>>, Deferred),
+    ) {
+        // On one thread a job would only wait for the end of the sweep, keeping what it reads;
+        // while the op profiler records, each op's time must be its own.
+        let allow_later = defers_leaf_gradients()
+            && rayon::current_num_threads() > 1
+            && !tensor::profile::enabled();
         let mut grads: Vec<Option<Tensor>> = vec![None; output + 1];
         grads[output] = Some(seed);
         for id in (0..=output).rev() {
             let Some(grad) = grads[id].take() else {
                 continue;
             };
-            let node = &mut self.nodes[id];
+            let (before, rest) = self.nodes.split_at_mut(id);
+            let node = &mut rest[0];
             assert_eq!(
                 grad.shape(),
                 node.shape.as_slice(),
@@ -150,7 +214,19 @@ impl Tape {
                             _ => None,
                         })
                         .collect();
-                    let input_grads = rule.backward_accumulate(&grad, &needs, acc);
+                    // Leaves used once by this rule, with nothing to add to, may wait.
+                    let later: Vec<bool> = (0..inputs.len())
+                        .map(|k| match inputs[k] {
+                            Some(i) => {
+                                allow_later
+                                    && acc[k].is_none()
+                                    && inputs.iter().filter(|&&j| j == Some(i)).count() == 1
+                                    && !matches!(before[i].kind, NodeKind::Op { .. })
+                            }
+                            None => false,
+                        })
+                        .collect();
+                    let (input_grads, job) = rule.backward_split(&grad, &needs, acc, &later);
                     assert_eq!(
                         input_grads.len(),
                         inputs.len(),
@@ -160,6 +236,27 @@ impl Tape {
                         inputs.len()
                     );
                     let inputs = std::mem::take(inputs);
+                    if let Some(job) = job {
+                        let (name, n) = (rule.name(), inputs.len());
+                        let leaves: Vec<Option<usize>> = inputs
+                            .iter()
+                            .zip(&later)
+                            .map(|(&i, &l)| i.filter(|_| l))
+                            .collect();
+                        defer(
+                            leaves,
+                            Box::new(move || {
+                                let grads = job();
+                                assert_eq!(
+                                    grads.len(),
+                                    n,
+                                    "backward of {name}: its deferred job returned {} gradients for {n} inputs",
+                                    grads.len()
+                                );
+                                grads
+                            }),
+                        );
+                    }
                     for (input, g) in inputs.into_iter().zip(input_grads) {
                         if let (Some(input), Some(g)) = (input, g) {
                             accumulate(&mut grads[input], g);

@@ -2,10 +2,10 @@
 //! measured in the same process (or, for memory-bound kernels, to a plain copy).
 
 mod attention;
+mod compare;
 mod conv;
 mod elementwise;
 mod gemm;
-mod in_place;
 mod pairwise;
 mod profile;
 mod report;

@@ -240,8 +240,15 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
             ("speedup_whole_memory", speedup_whole_memory.into()),
         ],
         &format!(
-            "unet train_step preset={} batch={} 1 thread {one:.1} ms, {threads} threads {many:.1} ms (medians of {} interleaved pairs); speed-up {speedup:.2}x (median of pairs, range {lo:.2}-{hi:.2})",
-            args.preset, args.batch, args.pairs
+            "unet train_step preset={} batch={} 1 thread {one:.1} ms, {threads} threads {many:.1} ms (medians of {} interleaved pairs{}); speed-up {speedup:.2}x (median of pairs, range {lo:.2}-{hi:.2})",
+            args.preset,
+            args.batch,
+            args.pairs,
+            if args.profile {
+                ", profiled: no gradient deferred"
+            } else {
+                ""
+            }
         ),
     );
     let machine_text: Vec<String> = machine.iter().map(|m| format!("{m:.2}")).collect();
@@ -322,7 +329,7 @@ fn report_ops(times: &[Vec<StepTimes>; 2], threads: usize, report: &Report) {
     report.line(
         &[("bench", "unet_scaling_ops".into())],
         &format!(
-            "\nby op (medians over the pairs): 1 thread ms, {threads} threads ms, speed-up, ms lost"
+            "\nby op (medians over the pairs; profiled steps compute every gradient in the backward sweep, none deferred): 1 thread ms, {threads} threads ms, speed-up, ms lost"
         ),
     );
     for row in &by_op {

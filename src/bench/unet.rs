@@ -16,6 +16,7 @@ use serde_json::Value;
 use tensor::ops::flops;
 use tensor::rng::Rng;
 
+use super::compare::Comparison;
 use super::timing::{median_seconds, peak};
 use super::Report;
 
@@ -36,7 +37,7 @@ pub struct UnetArgs {
     /// (two copies of the model, each on its own pool), and report the speed-up pair by pair.
     #[arg(long)]
     scaling: bool,
-    /// Pairs of steps for `--scaling` and `--compare-in-place`.
+    /// Pairs of steps for `--scaling`, `--compare-in-place` and `--compare-deferred`.
     #[arg(long, default_value_t = 10)]
     pub(super) pairs: usize,
     /// Instead, time steps with the up path reading its skip concatenations and upsampled
@@ -44,6 +45,11 @@ pub struct UnetArgs {
     /// the ratio pair by pair.
     #[arg(long, conflicts_with = "scaling")]
     compare_in_place: bool,
+    /// Instead, time training steps with the convolutions' weight gradients deferred off the
+    /// backward sweep's path against steps with every gradient computed in the sweep,
+    /// alternately in one process, and report the ratio pair by pair.
+    #[arg(long, conflicts_with_all = ["scaling", "compare_in_place"])]
+    compare_deferred: bool,
 }
 
 /// The benchmark's model with its inputs and optimiser.
@@ -163,7 +169,10 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
         return super::scaling::run(args, threads, report);
     }
     if args.compare_in_place {
-        return super::in_place::run(args, threads, report);
+        return super::compare::run(args, Comparison::InPlace, threads, report);
+    }
+    if args.compare_deferred {
+        return super::compare::run(args, Comparison::Deferred, threads, report);
     }
     let mut bench = Workload::new(args)?;
     let peak_gflops = peak(threads, report);

@@ -40,3 +40,17 @@ pub fn temp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
+
+/// Runs `ddpm ARGS` (which must succeed and print JSON lines) and returns the lines whose
+/// `bench` is `which`, asserting there is at least one.
+pub fn json_lines(args: &[&str], which: &str) -> Vec<serde_json::Value> {
+    let out = ok(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["bench"] == which)
+        .collect();
+    assert!(!lines.is_empty(), "no {which} line in:\n{stdout}");
+    lines
+}

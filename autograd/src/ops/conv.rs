@@ -4,13 +4,12 @@ use tensor::ops::conv::{
     conv2d_backward_data, conv2d_backward_weight, conv2d_plus, conv2d_upsampled_backward_data,
     conv2d_upsampled_backward_weight, ConvAddends,
 };
-use tensor::ops::conv_parts::{
-    conv2d_pointwise_parts, conv2d_pointwise_parts_backward_data,
-    conv2d_pointwise_parts_backward_weight, parts_shape_label,
-};
 use tensor::Tensor;
 
-use crate::{Backward, Var};
+use crate::tape::add_gradients;
+use crate::{Backward, Deferred, Var};
+
+pub use super::conv_parts::conv2d_parts;
 
 /// `Y = conv2d(X, W) + b` is linear in each of X, W and b, so its vector-Jacobian products are
 /// the two "transposed" convolutions:
@@ -47,32 +46,17 @@ impl Backward for Conv2dRule {
     }
 
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
-        let (s, p) = (self.stride, self.padding);
         let want_bias = self.has_bias && needs[2];
         // The two gradients are independent: computed side by side, each op's serial steps and
         // its last tasks' imbalance are filled with the other's work. The profiler times the
         // pair as one op (the two overlap).
-        let _prof = tensor::profile::scope("conv2d_backward", || {
-            let sh = tensor::profile::shape;
-            let up = if self.upsampled { " up2x" } else { "" };
-            format!(
-                "{}{up} * {} s{s} p{p}",
-                sh(self.input.shape()),
-                sh(self.weight.shape())
-            )
-        });
+        let _prof = tensor::profile::scope("conv2d_backward", || self.label());
         let (dx, (dw, db)) = rayon::join(
             || tensor::profile::untimed(|| needs[0].then(|| self.input_gradient(g))),
             || {
                 tensor::profile::untimed(|| {
                     if needs[1] || want_bias {
-                        let weight_grad = if self.upsampled {
-                            conv2d_upsampled_backward_weight
-                        } else {
-                            conv2d_backward_weight
-                        };
-                        let (dw, db) =
-                            weight_grad(&self.input, g, self.weight.shape(), s, p, want_bias);
+                        let (dw, db) = self.weight_job(g, want_bias)();
                         (needs[1].then_some(dw), db)
                     } else {
                         (None, None)
@@ -80,6 +64,74 @@ impl Backward for Conv2dRule {
                 })
             },
         );
+        self.with_addends(g, needs, dx, (dw, db))
+    }
+
+    /// With the weight (and the bias, if it needs a gradient) among the leaves that may wait,
+    /// only the input gradient is computed now; the weight gradient is the deferred job (see
+    /// `crate::deferred`), with the same bits.
+    fn backward_split(
+        &self,
+        g: &Tensor,
+        needs: &[bool],
+        acc: Vec<Option<Tensor>>,
+        later: &[bool],
+    ) -> (Vec<Option<Tensor>>, Option<Deferred>) {
+        let want_bias = self.has_bias && needs[2];
+        if !(needs[1] && later[1] && (!want_bias || later[2])) {
+            return (self.backward_accumulate(g, needs, acc), None);
+        }
+        // (Nothing is deferred while the profiler records, so neither part is timed here.)
+        let dx = needs[0].then(|| self.input_gradient(g));
+        let now = self.with_addends(g, needs, dx, (None, None));
+        let job = self.weight_job(g, want_bias);
+        let deferred = deferred_weight_gradient(job, now.len(), 1, want_bias);
+        (add_gradients(acc, now), Some(deferred))
+    }
+}
+
+impl Conv2dRule {
+    /// The shapes, for the profiler.
+    fn label(&self) -> String {
+        let sh = tensor::profile::shape;
+        let up = if self.upsampled { " up2x" } else { "" };
+        format!(
+            "{}{up} * {} s{} p{}",
+            sh(self.input.shape()),
+            sh(self.weight.shape()),
+            self.stride,
+            self.padding
+        )
+    }
+
+    /// The weight gradient (and the bias gradient if `want_bias`) as a job that owns what it
+    /// reads.
+    fn weight_job(
+        &self,
+        g: &Tensor,
+        want_bias: bool,
+    ) -> impl FnOnce() -> (Tensor, Option<Tensor>) + Send + 'static {
+        let (input, g, shape) = (self.input.clone(), g.clone(), self.weight.shape().to_vec());
+        let (s, p, upsampled) = (self.stride, self.padding, self.upsampled);
+        move || {
+            let weight_grad = if upsampled {
+                conv2d_upsampled_backward_weight
+            } else {
+                conv2d_backward_weight
+            };
+            weight_grad(&input, &g, &shape, s, p, want_bias)
+        }
+    }
+
+    /// The gradients of every input in order, given `dx` and the weight and bias gradients:
+    /// the shift's is `dY` summed over the pixels, the residual's `dY` itself.
+    fn with_addends(
+        &self,
+        g: &Tensor,
+        needs: &[bool],
+        dx: Option<Tensor>,
+        (dw, db): (Option<Tensor>, Option<Tensor>),
+    ) -> Vec<Option<Tensor>> {
         let mut grads = vec![dx, dw];
         if self.has_bias {
             grads.push(db);
@@ -94,9 +146,7 @@ impl Backward for Conv2dRule {
         }
         grads
     }
-}
 
-impl Conv2dRule {
     /// `dX`: backward-data, with `upsampled` summed into the small images (the adjoint of the
     /// upsampling).
     fn input_gradient(&self, g: &Tensor) -> Tensor {
@@ -107,6 +157,25 @@ impl Conv2dRule {
             conv2d_backward_data(g, &self.weight, self.input.shape(), s, p)
         }
     }
+}
+
+/// A convolution's weight gradient `job` (with the bias gradient if `want_bias`) as the
+/// deferred job of a rule with `n` inputs, the weight at `at` and the bias after it.
+pub(super) fn deferred_weight_gradient(
+    job: impl FnOnce() -> (Tensor, Option<Tensor>) + Send + 'static,
+    n: usize,
+    at: usize,
+    want_bias: bool,
+) -> Deferred {
+    Box::new(move || {
+        let (dw, db) = job();
+        let mut grads = vec![None; n];
+        grads[at] = Some(dw);
+        if want_bias {
+            grads[at + 1] = db;
+        }
+        grads
+    })
 }
 
 /// Convolution of `input` `[N, C_in, H, W]` with `weight` `[C_out, C_in, kh, kw]` and an
@@ -163,92 +232,6 @@ pub fn conv2d_add(
         .into_iter()
         .flatten()
         .collect();
-    Var::from_op(y, rule, &inputs)
-}
-
-/// A 1x1 convolution of the channel concatenation of parts `X_i` (`[N, C_i, H, W]`, part `i`
-/// holding channels `off_i..off_i + C_i`), which is never built:
-/// `Y[n] = b + sum_i W[:, off_i..off_i + C_i] X_i[n]`. Linear in each part, in W and in b:
-///
-/// - `dX_i[n] = W[:, off_i..off_i + C_i]^T dY[n]` (the concatenation's gradient, cut into the
-///   parts' channel blocks);
-/// - `dW[:, off_i..off_i + C_i] = sum_n dY[n] X_i[n]^T`;
-/// - `db[co] = sum_{n, pixels} dY[n, co]`.
-struct Conv2dPartsRule {
-    parts: Vec<Tensor>,
-    weight: Tensor,
-    has_bias: bool,
-}
-
-impl Backward for Conv2dPartsRule {
-    fn name(&self) -> &'static str {
-        "conv2d"
-    }
-
-    fn backward(&self, g: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>> {
-        let np = self.parts.len();
-        let channels: Vec<usize> = self.parts.iter().map(|x| x.shape()[1]).collect();
-        let want_data = needs[..np].iter().any(|&n| n);
-        let want_bias = self.has_bias && needs[np + 1];
-        // Side by side and timed as one op, as in `Conv2dRule`.
-        let _prof = tensor::profile::scope("conv2d_backward", || {
-            let sh = tensor::profile::shape;
-            let input = parts_shape_label(self.parts[0].shape(), &channels);
-            format!("{input} * {} s1 p0", sh(self.weight.shape()))
-        });
-        let (dx, (dw, db)) = rayon::join(
-            || {
-                tensor::profile::untimed(|| {
-                    want_data
-                        .then(|| conv2d_pointwise_parts_backward_data(g, &self.weight, &channels))
-                })
-            },
-            || {
-                tensor::profile::untimed(|| {
-                    if needs[np] || want_bias {
-                        let parts: Vec<&Tensor> = self.parts.iter().collect();
-                        let shape = self.weight.shape();
-                        let (dw, db) =
-                            conv2d_pointwise_parts_backward_weight(&parts, g, shape, want_bias);
-                        (needs[np].then_some(dw), db)
-                    } else {
-                        (None, None)
-                    }
-                })
-            },
-        );
-        let mut grads: Vec<Option<Tensor>> = match dx {
-            Some(dx) => dx
-                .into_iter()
-                .zip(needs)
-                .map(|(d, &n)| n.then_some(d))
-                .collect(),
-            None => vec![None; np],
-        };
-        grads.push(dw);
-        if self.has_bias {
-            grads.push(db);
-        }
-        grads
-    }
-}
-
-/// A 1x1 convolution (stride 1, no padding) of the concatenation of `parts` along the channels,
-/// without building it: `conv2d(&Var::concat(parts, 1), weight, bias, 1, 0)` with the copy
-/// saved in the forward pass and the input gradient given part by part in the backward pass
-/// ([`tensor::ops::conv_parts::conv2d_pointwise_parts`]). `parts` are `[N, C_i, H, W]`, `weight`
-/// `[C_out, sum C_i, 1, 1]`, `bias` `[C_out]`. Gradients flow to every part, the weight and
-/// the bias. Panics, naming the op and the shapes, if there is no part, the parts disagree in
-/// N, H or W, or the weight is not 1x1 with `sum C_i` input channels.
-pub fn conv2d_parts(parts: &[&Var], weight: &Var, bias: Option<&Var>) -> Var {
-    let values: Vec<&Tensor> = parts.iter().map(|v| v.value()).collect();
-    let y = conv2d_pointwise_parts(&values, weight.value(), bias.map(|b| b.value()));
-    let rule = Conv2dPartsRule {
-        parts: values.into_iter().cloned().collect(),
-        weight: weight.value().clone(),
-        has_bias: bias.is_some(),
-    };
-    let inputs: Vec<&Var> = parts.iter().copied().chain([weight]).chain(bias).collect();
     Var::from_op(y, rule, &inputs)
 }
 

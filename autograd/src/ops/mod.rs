@@ -5,6 +5,7 @@
 pub mod arith;
 pub mod attention;
 pub mod conv;
+mod conv_parts;
 pub mod dropout;
 pub mod layout;
 pub mod loss;
