@@ -46,8 +46,13 @@ pub fn report_step(what: &str, threads: usize, report: &Report, mut step: impl F
             ("ms_outside_ops", Value::from(other * 1e3)),
         ],
         &format!(
-            "\n{what}, {threads} threads: {:.1} ms per step ({STEPS} steps profiled, every gradient computed in the backward sweep, none deferred); by op:",
-            total * 1e3
+            "\n{what}, {threads} threads: {:.1} ms per step ({STEPS} steps profiled{}); by op:",
+            total * 1e3,
+            if what == "train_step" {
+                ", every gradient computed in the backward sweep, none deferred"
+            } else {
+                ""
+            }
         ),
     );
     for (op, seconds, calls) in ops {
