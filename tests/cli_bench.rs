@@ -204,9 +204,11 @@ fn check_comparison(step: &Value, keys: [&str; 3]) {
 }
 
 #[test]
-fn unet_compare_deferred_conflicts_with_scaling() {
-    fails(
-        &["bench", "unet", "--compare-deferred", "--scaling"],
-        "cannot be used with",
-    );
+fn unet_compare_deferred_conflicts_with_scaling_and_the_other_comparison() {
+    for other in ["--scaling", "--compare-in-place"] {
+        fails(
+            &["bench", "unet", "--compare-deferred", other],
+            "cannot be used with",
+        );
+    }
 }

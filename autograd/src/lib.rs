@@ -18,7 +18,7 @@ mod test_util;
 pub mod toy_data;
 mod var;
 
-pub use deferred::{defer_leaf_gradients, defers_leaf_gradients, Deferred};
+pub use deferred::{defer_leaf_gradients, deferred_jobs, defers_leaf_gradients, Deferred};
 pub use param::Param;
 pub use tape::Backward;
 pub use var::{is_grad_enabled, no_grad, Graph, Var};

@@ -135,7 +135,8 @@ impl Tape {
 
     /// The reverse sweep: starting from `seed` = dL/d(node `output`), runs every backward rule
     /// reachable from `output` once, in reverse push order, and delivers the leaf gradients.
-    /// Each rule is dropped after it runs, so the tensors it saved are freed as the sweep goes.
+    /// Each rule is dropped after it runs, so the tensors it saved are freed as the sweep goes
+    /// (but for those a deferred job reads, which it keeps until it has run).
     pub fn backward(&mut self, output: usize, seed: Tensor) {
         // The deferred jobs' gradients, with the jobs' order and their inputs' nodes.
         type Done = (usize, Vec<Option<usize>>, Vec<Option<Tensor>>);
@@ -183,6 +184,19 @@ impl Tape {
         let allow_later = defers_leaf_gradients()
             && rayon::current_num_threads() > 1
             && !tensor::profile::enabled();
+        // How many times each node is an op's input: only a leaf used once may wait, so that
+        // no other gradient is ever added to it before or after its job's (the sums then have
+        // the same bits whether the job ran or not).
+        let mut uses = vec![0usize; output + 1];
+        if allow_later {
+            for node in &self.nodes[..=output] {
+                if let NodeKind::Op { inputs, .. } = &node.kind {
+                    for &i in inputs.iter().flatten() {
+                        uses[i] += 1;
+                    }
+                }
+            }
+        }
         let mut grads: Vec<Option<Tensor>> = vec![None; output + 1];
         grads[output] = Some(seed);
         for id in (0..=output).rev() {
@@ -214,16 +228,15 @@ impl Tape {
                             _ => None,
                         })
                         .collect();
-                    // Leaves used once by this rule, with nothing to add to, may wait.
-                    let later: Vec<bool> = (0..inputs.len())
-                        .map(|k| match inputs[k] {
-                            Some(i) => {
+                    // Leaves used by this rule alone, once, may wait.
+                    let later: Vec<bool> = inputs
+                        .iter()
+                        .map(|&i| {
+                            i.is_some_and(|i| {
                                 allow_later
-                                    && acc[k].is_none()
-                                    && inputs.iter().filter(|&&j| j == Some(i)).count() == 1
+                                    && uses[i] == 1
                                     && !matches!(before[i].kind, NodeKind::Op { .. })
-                            }
-                            None => false,
+                            })
                         })
                         .collect();
                     let (input_grads, job) = rule.backward_split(&grad, &needs, acc, &later);
@@ -238,6 +251,13 @@ impl Tape {
                     let inputs = std::mem::take(inputs);
                     if let Some(job) = job {
                         let (name, n) = (rule.name(), inputs.len());
+                        // The inputs the job may give a gradient: those that may wait and got
+                        // none now.
+                        let open: Vec<bool> = later
+                            .iter()
+                            .zip(&input_grads)
+                            .map(|(&l, g)| l && g.is_none())
+                            .collect();
                         let leaves: Vec<Option<usize>> = inputs
                             .iter()
                             .zip(&later)
@@ -253,6 +273,12 @@ impl Tape {
                                     "backward of {name}: its deferred job returned {} gradients for {n} inputs",
                                     grads.len()
                                 );
+                                for (k, g) in grads.iter().enumerate() {
+                                    assert!(
+                                        g.is_none() || open[k],
+                                        "backward of {name}: its deferred job gave input {k} a gradient, which it may not defer or already got"
+                                    );
+                                }
                                 grads
                             }),
                         );

@@ -96,15 +96,21 @@ pub fn run(
     let mut work = Workload::new(args)?;
     let before = which.switch(true);
     for &step in which.steps() {
+        // Jobs deferred by each form's steps (all on this thread's sweeps), to show what the
+        // switch did.
+        let mut jobs = [0usize; 2];
         let mut timed = |on: bool| {
             which.switch(on);
+            let before = autograd::deferred_jobs();
             let start = Instant::now();
             if step == "train_step" {
                 work.train_step();
             } else {
                 work.forward();
             }
-            start.elapsed().as_secs_f64()
+            let seconds = start.elapsed().as_secs_f64();
+            jobs[usize::from(!on)] += autograd::deferred_jobs() - before;
+            seconds
         };
         for _ in 0..WARMUP {
             timed(true);
@@ -124,6 +130,8 @@ pub fn run(
             offs.push(b);
             ratios.push(b / a);
         }
+        let steps = (WARMUP + args.pairs) as f64;
+        let [jobs_on, jobs_off] = jobs.map(|j| j as f64 / steps);
         let (lo, hi) = super::timing::range(&ratios);
         let (on_ms, off_ms) = (median(&mut ons) * 1e3, median(&mut offs) * 1e3);
         let ratio = median(&mut ratios);
@@ -148,9 +156,10 @@ pub fn run(
                 (ratio_key, Value::from(ratio)),
                 ("ratio_min", Value::from(lo)),
                 ("ratio_max", Value::from(hi)),
+                ("deferred_jobs_per_step", Value::from(vec![jobs_on, jobs_off])),
             ],
             &format!(
-                "unet {step:<11} preset={} batch={} threads={threads}  {on} {on_ms:.1} ms, {off} {off_ms:.1} ms (medians of {} interleaved pairs); {off} / {on} {ratio:.3} (median of pairs, range {lo:.3}-{hi:.3})",
+                "unet {step:<11} preset={} batch={} threads={threads}  {on} {on_ms:.1} ms, {off} {off_ms:.1} ms (medians of {} interleaved pairs); {off} / {on} {ratio:.3} (median of pairs, range {lo:.3}-{hi:.3}); weight gradients deferred per step: {jobs_on:.0} {on}, {jobs_off:.0} {off}",
                 args.preset, args.batch, args.pairs,
             ),
         );

@@ -91,6 +91,12 @@ impl Tensor {
         &self.data
     }
 
+    /// True if another tensor shares this one's storage (so [`Tensor::data_mut`] would copy
+    /// it first): in-place ops then write their result to fresh storage instead.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.data) > 1
+    }
+
     /// The elements for writing; copies the storage first if it is shared.
     pub fn data_mut(&mut self) -> &mut [f32] {
         Arc::make_mut(&mut self.data).as_mut_slice()

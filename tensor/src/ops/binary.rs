@@ -71,6 +71,11 @@ where
     if a.numel() == 0 {
         return;
     }
+    if a.is_shared() {
+        // One pass into fresh storage rather than a copy and then a pass over it.
+        *a = binary(op, a, b, f);
+        return;
+    }
     let plan = Plan::new(a.shape(), b.shape(), &shape);
     plan.run_inplace(a.data_mut(), b.data(), f);
 }
@@ -395,6 +400,21 @@ mod tests {
     #[should_panic(expected = "div: shapes [3, 1, 5] and [4, 2] do not broadcast")]
     fn div_rejects_mismatched_shapes() {
         Tensor::zeros(&[3, 1, 5]).div(&Tensor::zeros(&[4, 2]));
+    }
+
+    /// On shared storage the in-place ops write to fresh storage (one pass, no copy first):
+    /// the same bits as on storage held alone, and the other holder keeps its values.
+    #[test]
+    fn in_place_ops_on_shared_storage_leave_the_other_holder_alone() {
+        let a = Tensor::randn(&[3, 37], 1, 0);
+        let b = Tensor::randn(&[37], 2, 0);
+        let mut alone = Tensor::from_vec(a.data().to_vec(), a.shape());
+        let mut shared = a.clone();
+        alone.add_assign(&b);
+        shared.add_assign(&b);
+        assert_eq!(shared.data(), alone.data());
+        assert_eq!(a.data(), Tensor::randn(&[3, 37], 1, 0).data());
+        assert!(!shared.is_shared() && !a.is_shared());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use super::alloc;
-use crate::kernels::norm;
+use crate::kernels::norm::{self, Prior};
 use crate::Tensor;
 
 /// The one input gradient of a single-input backward pass with nothing to add to.
@@ -296,32 +296,60 @@ fn backward(
     let mut dbeta = Tensor::zeros(&[c]);
     let sources: Vec<(&[f32], usize)> = parts.iter().map(|t| (t.data(), t.shape()[1])).collect();
     let rows = norm::rows_of_parts(OP, &sources, n, hw);
-    // Fresh gradients for the parts with nothing to add to.
+    // Fresh storage for the parts with nothing to add to, and for those whose gradient to add
+    // to is shared (as when a deferred weight gradient still reads it): their sum is written
+    // there, rather than the shared storage copied first and added into.
+    let shared: Vec<Option<Tensor>> = acc
+        .iter()
+        .map(|a| a.as_ref().filter(|a| a.is_shared()).map(|a| (*a).clone()))
+        .collect();
     let mut fresh: Vec<Option<Vec<f32>>> = acc
         .iter()
+        .zip(&shared)
         .zip(parts)
-        .map(|(a, t)| a.is_none().then(|| alloc::with_capacity(t.data().len())))
+        .map(|((a, s), t)| {
+            (a.is_none() || s.is_some()).then(|| alloc::with_capacity(t.data().len()))
+        })
         .collect();
     let mut targets = Vec::with_capacity(parts.len());
-    for ((a, f), t) in acc.into_iter().zip(fresh.iter_mut()).zip(parts) {
+    let mut replaced = Vec::with_capacity(parts.len());
+    for (((a, f), s), t) in acc
+        .into_iter()
+        .zip(fresh.iter_mut())
+        .zip(&shared)
+        .zip(parts)
+    {
         let channels = t.shape()[1];
-        match (a, f) {
-            (Some(a), _) => {
-                assert_eq!(
-                    a.shape(),
-                    t.shape(),
-                    "{OP}: the gradient to add to has shape {:?}, x {:?}",
-                    a.shape(),
-                    t.shape()
-                );
-                // A copy first only if the storage is shared.
-                targets.push((alloc::as_uninit(a.data_mut()), channels, true));
+        if let Some(a) = &a {
+            assert_eq!(
+                a.shape(),
+                t.shape(),
+                "{OP}: the gradient to add to has shape {:?}, x {:?}",
+                a.shape(),
+                t.shape()
+            );
+        }
+        let len = t.data().len();
+        match (a, f, s) {
+            (Some(a), Some(f), Some(s)) => {
+                targets.push((
+                    &mut f.spare_capacity_mut()[..len],
+                    channels,
+                    Prior::From(s.data()),
+                ));
+                replaced.push(Some(a));
             }
-            (None, Some(f)) => {
-                let len = t.data().len();
-                targets.push((&mut f.spare_capacity_mut()[..len], channels, false));
+            (Some(a), None, None) => {
+                targets.push((alloc::as_uninit(a.data_mut()), channels, Prior::Held));
+                replaced.push(None);
             }
-            (None, None) => unreachable!("a fresh gradient for every part without one"),
+            (None, Some(f), None) => {
+                targets.push((&mut f.spare_capacity_mut()[..len], channels, Prior::Nothing));
+                replaced.push(None);
+            }
+            _ => unreachable!(
+                "fresh storage exactly for the parts without a gradient or with a shared one"
+            ),
         }
     }
     norm::backward_impl(
@@ -338,13 +366,22 @@ fn backward(
     );
     let dx = fresh
         .into_iter()
+        .zip(replaced)
         .zip(parts)
-        .map(|(f, t)| {
-            f.map(|mut v| {
+        .map(|((f, replaced), t)| {
+            let sum = f.map(|mut v| {
                 // SAFETY: the kernel wrote every element of each fresh gradient.
                 unsafe { v.set_len(t.data().len()) };
                 Tensor::from_vec(v, t.shape())
-            })
+            });
+            match replaced {
+                // The sum takes the shared gradient's place.
+                Some(acc) => {
+                    *acc = sum.expect("fresh storage for a shared gradient");
+                    None
+                }
+                None => sum,
+            }
         })
         .collect();
     (dx, dgamma, dbeta)
@@ -479,6 +516,54 @@ mod tests {
             close("dgamma", &dgamma, &dgamma0);
             close("dbeta", &dbeta, &dbeta0);
         }
+    }
+
+    /// A gradient to add to whose storage another tensor shares (as a deferred weight gradient
+    /// shares its output gradient with a residual's) gets the same bits as one held alone,
+    /// written to fresh storage: the other tensor keeps its values.
+    #[test]
+    fn a_shared_gradient_to_add_to_is_not_written_through() {
+        let x = Tensor::randn(&[2, 8, 5, 5], 20, 0);
+        let dy = Tensor::randn(x.shape(), 21, 0);
+        let earlier = Tensor::randn(x.shape(), 22, 0);
+        let kept = earlier.data().to_vec();
+        let (_, mean, rstd) = group_norm_silu(&x, 4, None, None, 1e-5);
+        let mut alone = Tensor::from_vec(kept.clone(), x.shape());
+        let mut shared = earlier.clone();
+        assert!(shared.is_shared() && !alone.is_shared());
+        for target in [&mut alone, &mut shared] {
+            let (dx, _, _) = group_norm_silu_backward_parts(
+                &[&x],
+                &dy,
+                4,
+                &mean,
+                &rstd,
+                None,
+                None,
+                vec![Some(target)],
+            );
+            assert!(dx[0].is_none());
+        }
+        let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&shared), bits(&alone));
+        assert_eq!(
+            earlier.data(),
+            &kept[..],
+            "the other holder's values changed"
+        );
+        assert!(!shared.is_shared());
+        // The plain group norm's backward pass, likewise.
+        let mut alone = Tensor::from_vec(kept.clone(), x.shape());
+        let mut shared = earlier.clone();
+        for target in [&mut alone, &mut shared] {
+            group_norm_backward_add(&x, &dy, 4, &mean, &rstd, None, target);
+        }
+        assert_eq!(bits(&shared), bits(&alone));
+        assert_eq!(
+            earlier.data(),
+            &kept[..],
+            "the other holder's values changed"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::ops::alloc::{as_uninit, assume_init};
 mod rows;
 
 use rows::rows_of;
-pub use rows::{out_rows_of_parts, rows_of_parts, OutRow};
+pub use rows::{out_rows_of_parts, rows_of_parts, OutRow, Prior};
 
 /// Runs `f` compiled for AVX-512 or AVX2 when the CPU has it (and the portable path is not
 /// forced), so that the f64 accumulations vectorise eight or four lanes wide; otherwise as is.
@@ -345,7 +345,7 @@ pub fn group_norm_backward(
         None,
         out_rows_of_parts(
             "group_norm_backward",
-            vec![(as_uninit(grad_x), c, false)],
+            vec![(as_uninit(grad_x), c, Prior::Nothing)],
             n,
             hw,
         ),
@@ -384,7 +384,7 @@ pub fn group_norm_silu_backward(
         Some(beta),
         out_rows_of_parts(
             "group_norm_silu_backward",
-            vec![(as_uninit(grad_x), c, false)],
+            vec![(as_uninit(grad_x), c, Prior::Nothing)],
             n,
             hw,
         ),
@@ -396,9 +396,10 @@ pub fn group_norm_silu_backward(
 /// The group norm's backward pass on the rows `x` (from [`rows_of`] or [`rows_of_parts`]);
 /// with `silu_beta` `Some(beta)`, `grad_out` (`[n, c, hw]`) is first mapped through the SiLU's
 /// derivative at the recomputed normalised values. Every element of each row of `grad_x`
-/// (one per row of `x`) is written (so it may start uninitialised), unless the row's `add`:
-/// then it must be initialised and each element becomes `grad_x + dx` (one rounding, as adding
-/// the two tensors afterwards would give, without that pass over memory).
+/// (one per row of `x`) is written (so it may start uninitialised, unless the row's `prior` is
+/// `Held`). With a prior each element becomes `grad_x + dx` (`Held`) or `g + dx` (`From(g)`):
+/// one rounding, as adding the two tensors afterwards would give, without that pass over
+/// memory.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_impl(
     op: &str,
@@ -498,20 +499,25 @@ pub(crate) fn backward_impl(
                     let a = (rs * gm) as f32;
                     let xr = xb[ch];
                     let dr = &dyb[ch * hw..][..hw];
-                    if out.add {
-                        simd(|| {
+                    match out.prior {
+                        Prior::Held => simd(|| {
                             for ((o, &d), &v) in out.values.iter_mut().zip(dr).zip(xr) {
-                                // SAFETY: a row marked `add` was initialised by the caller.
+                                // SAFETY: a row marked `Held` was initialised by the caller.
                                 let old = unsafe { o.assume_init_read() };
                                 o.write(old + (d * a + (v - mu) * b + c0));
                             }
-                        });
-                    } else {
-                        simd(|| {
+                        }),
+                        Prior::From(from) => simd(|| {
+                            let rows = out.values.iter_mut().zip(dr).zip(xr).zip(from);
+                            for (((o, &d), &v), &old) in rows {
+                                o.write(old + (d * a + (v - mu) * b + c0));
+                            }
+                        }),
+                        Prior::Nothing => simd(|| {
                             for ((o, &d), &v) in out.values.iter_mut().zip(dr).zip(xr) {
                                 o.write(d * a + (v - mu) * b + c0);
                             }
-                        });
+                        }),
                     }
                 }
             });

@@ -16,23 +16,32 @@ pub(super) fn rows_of<'a>(
     rows_of_parts(op, &[(x, c)], n, hw)
 }
 
-/// [`rows_of`] for an output, each row to be overwritten (or added into if `add`).
-pub(super) fn out_rows_of(
-    out: &mut [MaybeUninit<f32>],
+/// [`rows_of`] for an output, each row to be overwritten or added to as `prior` says (for
+/// [`Prior::From`], the values added are `prior`'s, `[n, c, hw]` like `out`).
+fn out_rows_of<'a>(
+    out: &'a mut [MaybeUninit<f32>],
     (n, c, hw): (usize, usize, usize),
-    add: bool,
-) -> Vec<OutRow<'_>> {
+    prior: Prior<'a>,
+) -> Vec<OutRow<'a>> {
     if hw == 0 {
         return (0..n * c)
             .map(|_| OutRow {
                 values: &mut [],
-                add,
+                prior: Prior::Nothing,
             })
             .collect();
     }
-    out.chunks_exact_mut(hw)
-        .map(|values| OutRow { values, add })
-        .collect()
+    let rows = out.chunks_exact_mut(hw);
+    match prior {
+        Prior::From(from) => rows
+            .zip(from.chunks_exact(hw))
+            .map(|(values, from)| OutRow {
+                values,
+                prior: Prior::From(from),
+            })
+            .collect(),
+        prior => rows.map(|values| OutRow { values, prior }).collect(),
+    }
 }
 
 /// The rows of activations whose channels are held as `parts` (`(values, channels)`, each
@@ -60,19 +69,23 @@ pub fn rows_of_parts<'a>(
     rows
 }
 
-/// [`rows_of_parts`] for gradients (`(values, channels, add)`): each part's rows, overwritten
-/// or, where its `add` is set, added into.
+/// [`rows_of_parts`] for gradients (`(values, channels, prior)`): each part's rows,
+/// overwritten or added to as its `prior` says. Panics, naming `op`, if a part's gradient (or
+/// the values it adds to) does not hold `n * channels * hw` values.
 pub fn out_rows_of_parts<'a>(
     op: &str,
-    parts: Vec<(&'a mut [MaybeUninit<f32>], usize, bool)>,
+    parts: Vec<(&'a mut [MaybeUninit<f32>], usize, Prior<'a>)>,
     n: usize,
     hw: usize,
 ) -> Vec<OutRow<'a>> {
     let c: usize = parts.iter().map(|p| p.1).sum();
     let mut images = Vec::with_capacity(parts.len());
-    for (values, channels, add) in parts {
+    for (values, channels, prior) in parts {
         check_len(op, "a part's gradient", values.len(), n * channels * hw);
-        let rows = out_rows_of(values, (n, channels, hw), add);
+        if let Prior::From(from) = prior {
+            check_len(op, "the gradient added to", from.len(), n * channels * hw);
+        }
+        let rows = out_rows_of(values, (n, channels, hw), prior);
         images.push((rows.into_iter(), channels));
     }
     let mut rows = Vec::with_capacity(n * c);
@@ -84,11 +97,22 @@ pub fn out_rows_of_parts<'a>(
     rows
 }
 
-/// One row of `hw` values of an input gradient: overwritten (it may start uninitialised), or
-/// if `add` initialised and added into.
+/// One row of `hw` values of an input gradient, written as its `prior` says.
 pub struct OutRow<'a> {
     /// The row's values.
     pub values: &'a mut [MaybeUninit<f32>],
-    /// Whether the row holds a gradient the new one is added to.
-    pub add: bool,
+    /// What the new gradient is added to.
+    pub prior: Prior<'a>,
+}
+
+/// What the rows of an input gradient start from.
+#[derive(Clone, Copy)]
+pub enum Prior<'a> {
+    /// Nothing: the rows are overwritten (they may start uninitialised).
+    Nothing,
+    /// The gradient they hold (initialised), which the new one is added into.
+    Held,
+    /// Another gradient, held elsewhere (as when its storage is shared): the rows get
+    /// its values plus the new gradient (they may start uninitialised).
+    From(&'a [f32]),
 }
