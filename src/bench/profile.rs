@@ -44,6 +44,8 @@ pub fn report_step(what: &str, threads: usize, report: &Report, mut step: impl F
             ("threads", threads.into()),
             ("ms", Value::from(total * 1e3)),
             ("ms_outside_ops", Value::from(other * 1e3)),
+            // The profiler keeps every gradient in the backward sweep (see autograd::deferred).
+            ("gradients_deferred", false.into()),
         ],
         &format!(
             "\n{what}, {threads} threads: {:.1} ms per step ({STEPS} steps profiled{}); by op:",

@@ -234,6 +234,8 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
                 "stream_gbps_n_threads",
                 Value::from(vec![stream_before[1], stream_after[1]]),
             ),
+            // Profiled steps keep every gradient in the backward sweep.
+            ("gradients_deferred", (!args.profile).into()),
             ("pairs_whole", whole.into()),
             ("speedup_whole", speedup_whole.into()),
             ("pairs_whole_memory", whole_memory.into()),

@@ -184,6 +184,8 @@ mod tests {
         for (batch, c_in, c_out, h, w) in [
             (3, 16, 17, 8, 10),
             (2, 16, 16, 16, 16),
+            // Backward-data's chunks in parallel on two threads, the last one shorter.
+            (15, 16, 128, 16, 16),
             (2, 16, 18, 40, 36),
             (2, 3, 5, 6, 8),
         ] {

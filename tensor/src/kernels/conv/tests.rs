@@ -209,6 +209,38 @@ fn conv_bitwise_identical_for_1_and_2_threads() {
     }
 }
 
+/// The addends (a shift per image and channel, a residual) added as Winograd writes each tile
+/// give the bits of adding them after the convolution, on one thread and on two, where the
+/// chunks run in parallel and the last one (of a batch of 15) is shorter.
+#[test]
+fn addends_in_parallel_chunks_have_the_bits_of_adding_afterwards() {
+    use crate::ops::alloc::as_uninit;
+    let _guard = crate::kernels::cpu::test_lock();
+    let p = params(15, 128, 16, 16, 16, 3, 3, 1, 1);
+    let d = data(&p, 77);
+    let shift: Vec<f32> = (0..p.batch * p.c_out)
+        .map(|i| (i % 7) as f32 * 0.3 - 1.0)
+        .collect();
+    let residual: Vec<f32> = d.dy.iter().map(|v| v * 0.5 + 0.25).collect();
+    let mut want = vec![0.0f32; d.dy.len()];
+    conv2d_forward(&p, &d.x, &d.w, Some(&d.b), &mut want);
+    let plane = p.out_h() * p.out_w();
+    for (i, y) in want.iter_mut().enumerate() {
+        *y = (*y + shift[i / plane]) + residual[i];
+    }
+    for threads in [1, 2] {
+        let mut got = vec![f32::NAN; d.dy.len()];
+        in_pool(threads, || {
+            let addends = Addends {
+                shift: Some(&shift),
+                residual: Some(&residual),
+            };
+            conv2d_forward_uninit_plus(&p, &d.x, &d.w, Some(&d.b), addends, as_uninit(&mut got));
+        });
+        assert_eq!(bits(&got), bits(&want), "{threads} threads");
+    }
+}
+
 #[test]
 #[should_panic(expected = "conv2d_forward")]
 fn conv_forward_panics_on_wrong_weight_length() {
