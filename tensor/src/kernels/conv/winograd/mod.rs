@@ -145,26 +145,25 @@ thread_local! {
     /// Each thread keeps its transformed inputs and products (and, in the weight gradient,
     /// the transformed gradient) between calls, so a steady stream of convolutions neither
     /// allocates nor zeroes them (every value is written before it is read: the input
-    /// transform fills `V`, the products overwrite `M`, the first chunk overwrites `dU`).
-    static BUFFERS: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    /// transform fills `V`, the products overwrite `M`, the first chunk overwrites `dU`). A
+    /// stack of sets: a convolution that runs while another is under way on the same thread
+    /// (rayon runs other work while a thread waits, such as a deferred weight gradient) takes
+    /// a second set, kept for the next time as well.
+    static BUFFERS: RefCell<Vec<[Vec<f32>; 3]>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's three buffers grown to `lens` values (fresh ones if they are in
-/// use higher up the stack, as when rayon runs another chunk while this one waits).
+/// Runs `f` on a set of this thread's three buffers grown to `lens` values.
 fn with_buffers<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
-    let run = |bufs: &mut [Vec<f32>; 3]| {
-        for (b, &len) in bufs.iter_mut().zip(&lens) {
-            if b.len() < len {
-                b.resize(len, 0.0);
-            }
+    let mut bufs = BUFFERS.with(|cell| cell.borrow_mut().pop()).unwrap_or_default();
+    for (b, &len) in bufs.iter_mut().zip(&lens) {
+        if b.len() < len {
+            b.resize(len, 0.0);
         }
-        let [a, b, c] = bufs;
-        f([&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]])
-    };
-    BUFFERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => run(&mut bufs),
-        Err(_) => run(&mut Default::default()),
-    })
+    }
+    let [a, b, c] = &mut bufs;
+    let result = f([&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]]);
+    BUFFERS.with(|cell| cell.borrow_mut().push(bufs));
+    result
 }
 
 /// Chunk geometry for images of this size: `(tiles per image, images per chunk, columns of
