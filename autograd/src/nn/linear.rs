@@ -5,7 +5,7 @@ use tensor::rng::Rng;
 use super::init::uniform_fan_in;
 use super::{Ctx, Module, ParamStore};
 use crate::ops::attention::{multi_head_attention, multi_head_attention_qkv};
-use crate::ops::conv::conv2d;
+use crate::ops::conv::conv2d_pointwise_stacked;
 use crate::{Param, Var};
 
 /// `y = x W^T + b` over the last axis of `x`, with `W` `[out, in]` (PyTorch's `nn.Linear`).
@@ -30,10 +30,7 @@ impl Linear {
     /// `[B, out, H, W]`: a 1x1 convolution with the weight viewed as `[out, in, 1, 1]` and the
     /// bias added inside it (no transposes of the image to channels last and back).
     pub fn forward_pixels(&self, ctx: &mut Ctx, x: &Var) -> Var {
-        let w = ctx.param(&self.weight);
-        let (out, inp) = (w.shape()[0], w.shape()[1]);
-        let bias = self.bias.as_ref().map(|b| ctx.param(b));
-        conv2d(x, &w.reshape(&[out, inp, 1, 1]), bias.as_ref(), 1, 0)
+        stacked_pixels(ctx, &[self], x)
     }
 }
 
@@ -45,6 +42,20 @@ impl Module for Linear {
             None => y,
         }
     }
+}
+
+/// The linear `layers` (all with a bias or none) applied to every pixel of `x`, their outputs
+/// stacked along the channels: one 1x1 convolution with their weights stacked, each weight and
+/// bias still an input of the op (so their gradients may be deferred, see `crate::deferred`).
+fn stacked_pixels(ctx: &mut Ctx, layers: &[&Linear], x: &Var) -> Var {
+    let weights: Vec<Var> = layers.iter().map(|l| ctx.param(&l.weight)).collect();
+    let biases: Option<Vec<Var>> = layers
+        .iter()
+        .map(|l| l.bias.as_ref().map(|b| ctx.param(b)))
+        .collect();
+    let weights: Vec<&Var> = weights.iter().collect();
+    let biases: Option<Vec<&Var>> = biases.as_ref().map(|b| b.iter().collect());
+    conv2d_pointwise_stacked(x, &weights, biases.as_deref())
 }
 
 /// Multi-head self-attention over a sequence `[B, L, C]`: projections `to_q`, `to_k`, `to_v`
@@ -119,19 +130,12 @@ impl SelfAttention {
             }
         };
         let parts = [&self.to_q, &self.to_k, &self.to_v];
-        let weights: Vec<Var> = parts.iter().map(|p| ctx.param(&p.weight)).collect();
-        let weight = Var::concat(&weights.iter().collect::<Vec<_>>(), 0);
         let with_bias = parts.iter().filter(|p| p.bias.is_some()).count();
         assert!(
             with_bias == 0 || with_bias == 3,
             "SelfAttention::forward_pixels: to_q, to_k and to_v must all have a bias or none"
         );
-        let biases: Option<Vec<Var>> = parts
-            .iter()
-            .map(|p| p.bias.as_ref().map(|b| ctx.param(b)))
-            .collect();
-        let bias = biases.map(|b| Var::concat(&b.iter().collect::<Vec<_>>(), 0));
-        let qkv = conv2d(x, &weight.reshape(&[3 * c, c, 1, 1]), bias.as_ref(), 1, 0);
+        let qkv = stacked_pixels(ctx, &parts, x);
         let o = multi_head_attention_qkv(&qkv.reshape(&[n, 3 * c, h * w]), self.heads);
         self.to_out.forward_pixels(ctx, &o.reshape(&[n, c, h, w]))
     }

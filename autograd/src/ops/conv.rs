@@ -10,6 +10,7 @@ use crate::tape::add_gradients;
 use crate::{Backward, Deferred, Var};
 
 pub use super::conv_parts::conv2d_parts;
+pub use super::conv_stacked::conv2d_pointwise_stacked;
 
 /// `Y = conv2d(X, W) + b` is linear in each of X, W and b, so its vector-Jacobian products are
 /// the two "transposed" convolutions:

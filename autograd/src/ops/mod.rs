@@ -6,6 +6,7 @@ pub mod arith;
 pub mod attention;
 pub mod conv;
 mod conv_parts;
+mod conv_stacked;
 pub mod dropout;
 pub mod layout;
 pub mod loss;

@@ -154,7 +154,9 @@ thread_local! {
 
 /// Runs `f` on a set of this thread's three buffers grown to `lens` values.
 fn with_buffers<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
-    let mut bufs = BUFFERS.with(|cell| cell.borrow_mut().pop()).unwrap_or_default();
+    let mut bufs = BUFFERS
+        .with(|cell| cell.borrow_mut().pop())
+        .unwrap_or_default();
     for (b, &len) in bufs.iter_mut().zip(&lens) {
         if b.len() < len {
             b.resize(len, 0.0);
