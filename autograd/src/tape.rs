@@ -117,7 +117,7 @@ pub(crate) fn accumulate(slot: &mut Option<Tensor>, g: Tensor) {
                 g.shape(),
                 "gradient accumulation: shapes disagree"
             );
-            // In parallel, in place (a copy first only if the storage is shared).
+            // In parallel, in place (into fresh storage if the storage is shared).
             existing.add_assign(&g);
         }
     }

@@ -192,7 +192,8 @@ impl Tensor {
     }
 
     /// `self += other`, with `other` broadcast to `self`'s shape (which must be the broadcast
-    /// shape). Copies the storage first if it is shared.
+    /// shape). If the storage is shared, the sum goes to fresh storage (the other holder keeps
+    /// its values).
     pub fn add_assign(&mut self, other: &Tensor) {
         binary_inplace("add_assign", self, other, |a, b| a + b);
     }
