@@ -9,8 +9,8 @@
 //! so may the chain's own thread while it waits inside a parallel op. Once the sweep is done
 //! the tape adds the jobs' gradients to the leaves in the order the jobs were made.
 //!
-//! Only a leaf that is the input of one op, once, may wait: no other gradient is then added
-//! to it in this sweep, so it gets `earlier + job's` (its gradient from earlier sweeps, if
+//! Only a leaf that is the input of one op, once, may wait (a parameter counted over every
+//! node that binds it to the graph): no other gradient is then added to it in this sweep, so it gets `earlier + job's` (its gradient from earlier sweeps, if
 //! any, plus the job's) with the bits the sweep would give. A job computes exactly what the
 //! rule would have computed, so the gradients have the same bits either way and for any
 //! number of threads. A job keeps the tensors it reads (a convolution's input and output
@@ -59,9 +59,12 @@ pub fn deferred_jobs() -> usize {
     JOBS.with(Cell::get)
 }
 
+/// Serialises the tests that switch deferring (process-wide) or count on it being on.
+#[cfg(test)]
+pub(crate) static TEST_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
 
     use tensor::Tensor;
 
@@ -70,9 +73,6 @@ mod tests {
     use crate::ops::norm::group_norm_silu;
     use crate::{Graph, Param};
 
-    /// The tests here switch deferring, which is process-wide.
-    static SWITCH: Mutex<()> = Mutex::new(());
-
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         Tensor::randn(shape, seed, 0)
     }
@@ -80,8 +80,8 @@ mod tests {
     /// The bits of the gradients of every parameter and of the input of a small network that
     /// uses each kind of convolution (Winograd-sized 3x3 with a bias, one with a shift and a
     /// residual, a 1x1 over channel parts, one reading an upsampling), a weight used by two
-    /// convolutions, a weight used by a convolution and another op, and a weight computed by
-    /// an op; after two backward passes, so that the second adds to the parameters' first
+    /// convolutions, a weight used by a convolution and another op, a weight computed by an
+    /// op, and a parameter bound to the graph twice; after two backward passes, so that the second adds to the parameters' first
     /// gradients. On `threads` threads with deferring as `defer`; also how many jobs the
     /// sweeps deferred.
     fn gradients(threads: usize, defer: bool) -> (Vec<Vec<u32>>, usize) {
@@ -99,6 +99,7 @@ mod tests {
                 (vec![8, 32, 1, 1], 0.2),
                 (vec![8], 1.0),
                 (vec![4, 8, 3, 3], 0.2),
+                (vec![16, 16, 3, 3], 0.1),
                 (vec![16, 16, 3, 3], 0.1),
             ]
             .into_iter()
@@ -118,6 +119,12 @@ mod tests {
                 // A weight computed by an op, and a weight also used by another op.
                 let h = conv2d(&h, &p[7].mul(&p[7]), None, 1, 1);
                 let h = conv2d(&h, &p[0], None, 1, 1).add(&p[1].reshape(&[1, 16, 1, 1]));
+                // A parameter bound twice (two nodes, each used once), the bindings used in
+                // the reverse of their order (so a sweep meets them in another order than
+                // their uses).
+                let (first, second) = (g.param(&params[8]), g.param(&params[8]));
+                let h = conv2d(&h, &second, None, 1, 1);
+                let h = conv2d(&h, &first, None, 1, 1);
                 let y = conv2d_parts(&[&h, &x], &p[4], Some(&p[5]));
                 let up = conv2d_upsampled(&y, &p[6], None, 1, 1);
                 up.mul(&up).sum_all().backward();
@@ -135,14 +142,14 @@ mod tests {
 
     #[test]
     fn deferred_gradients_have_the_bits_of_the_sweep() {
-        let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let _switch = TEST_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         let (one, jobs_one) = gradients(1, true);
         let (kept, jobs_kept) = gradients(2, false);
         let (deferred, jobs) = gradients(2, true);
         // Nothing is deferred on one thread or when switched off. On two threads, per pass,
         // the weight gradients of the 1x1 and the upsampling convolution are deferred; the
-        // weights used twice (p[0] with its bias p[1] also added elsewhere, p[2]) or computed
-        // by an op (p[7] squared) are not.
+        // weights used twice (p[0] with its bias p[1] also added elsewhere, p[2], and p[8]
+        // through two bindings) or computed by an op (p[7] squared) are not.
         assert_eq!((jobs_one, jobs_kept, jobs), (0, 0, 4));
         assert_eq!(one, kept);
         assert_eq!(kept, deferred);
@@ -150,7 +157,7 @@ mod tests {
 
     #[test]
     fn nothing_is_deferred_while_profiling() {
-        let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let _switch = TEST_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         let before = tensor::profile::enabled();
         tensor::profile::enable(true);
         let (_, jobs) = gradients(2, true);

@@ -87,6 +87,11 @@ impl Param {
         accumulate(&mut self.0.borrow_mut().grad, g);
     }
 
+    /// The parameter's identity (shared by all its handles), for keying.
+    pub(crate) fn id(&self) -> usize {
+        Rc::as_ptr(&self.0) as usize
+    }
+
     /// True if both handles refer to the same parameter.
     pub fn same_as(&self, other: &Param) -> bool {
         Rc::ptr_eq(&self.0, &other.0)

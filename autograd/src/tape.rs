@@ -8,6 +8,7 @@
 //! computes them where it can ([`Backward::backward_accumulate`]).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Mutex;
 
@@ -184,19 +185,29 @@ impl Tape {
         let allow_later = defers_leaf_gradients()
             && rayon::current_num_threads() > 1
             && !tensor::profile::enabled();
-        // How many times each node is an op's input: only a leaf used once may wait, so that
-        // no other gradient is ever added to it before or after its job's (the sums then have
-        // the same bits whether the job ran or not).
-        let mut uses = vec![0usize; output + 1];
+        // How many times each leaf is an op's input, a parameter counted over all the nodes
+        // that bind it (each `Graph::param` call makes one): only a leaf used once may wait,
+        // so that no other gradient is ever added to it in this sweep, before or after its
+        // job's (the sums then have the same bits whether the job ran or not).
+        let mut node_uses = vec![0usize; output + 1];
+        let mut param_uses: HashMap<usize, usize> = HashMap::new();
         if allow_later {
             for node in &self.nodes[..=output] {
                 if let NodeKind::Op { inputs, .. } = &node.kind {
                     for &i in inputs.iter().flatten() {
-                        uses[i] += 1;
+                        match &self.nodes[i].kind {
+                            NodeKind::Param(p) => *param_uses.entry(p.id()).or_default() += 1,
+                            _ => node_uses[i] += 1,
+                        }
                     }
                 }
             }
         }
+        let used_once = |i: usize, kind: &NodeKind| match kind {
+            NodeKind::Param(p) => param_uses.get(&p.id()) == Some(&1),
+            NodeKind::Leaf { .. } => node_uses[i] == 1,
+            NodeKind::Op { .. } => false,
+        };
         let mut grads: Vec<Option<Tensor>> = vec![None; output + 1];
         grads[output] = Some(seed);
         for id in (0..=output).rev() {
@@ -231,13 +242,7 @@ impl Tape {
                     // Leaves used by this rule alone, once, may wait.
                     let later: Vec<bool> = inputs
                         .iter()
-                        .map(|&i| {
-                            i.is_some_and(|i| {
-                                allow_later
-                                    && uses[i] == 1
-                                    && !matches!(before[i].kind, NodeKind::Op { .. })
-                            })
-                        })
+                        .map(|&i| i.is_some_and(|i| allow_later && used_once(i, &before[i].kind)))
                         .collect();
                     let (input_grads, job) = rule.backward_split(&grad, &needs, acc, &later);
                     assert_eq!(

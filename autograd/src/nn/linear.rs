@@ -48,6 +48,11 @@ impl Module for Linear {
 /// stacked along the channels: one 1x1 convolution with their weights stacked, each weight and
 /// bias still an input of the op (so their gradients may be deferred, see `crate::deferred`).
 fn stacked_pixels(ctx: &mut Ctx, layers: &[&Linear], x: &Var) -> Var {
+    let with_bias = layers.iter().filter(|l| l.bias.is_some()).count();
+    assert!(
+        with_bias == 0 || with_bias == layers.len(),
+        "stacked linear layers must all have a bias or none"
+    );
     let weights: Vec<Var> = layers.iter().map(|l| ctx.param(&l.weight)).collect();
     let biases: Option<Vec<Var>> = layers
         .iter()

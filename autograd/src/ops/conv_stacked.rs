@@ -221,8 +221,9 @@ mod tests {
     use crate::{Graph, Param};
 
     /// The bits of the output and of every gradient (input, each weight, each bias) of the
-    /// stacked op (`stacked`) or of concatenating, reshaping and convolving, on `threads`.
-    fn run(stacked: bool, threads: usize, bias: bool) -> Vec<Vec<u32>> {
+    /// stacked op (`stacked`) or of concatenating, reshaping and convolving, on `threads`;
+    /// and how many jobs the sweep deferred.
+    fn run(stacked: bool, threads: usize, bias: bool) -> (Vec<Vec<u32>>, usize) {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -253,14 +254,16 @@ mod tests {
                 conv2d(&x, &weight, bias.as_ref(), 1, 0)
             };
             let dy = g.leaf(Tensor::randn(y.shape(), 2, 0));
+            let jobs = crate::deferred_jobs();
             y.mul(&dy).sum_all().backward();
+            let jobs = crate::deferred_jobs() - jobs;
             let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             let mut out = vec![bits(y.value()), bits(&x.grad().unwrap())];
             out.extend(weights.iter().map(|p| bits(&p.grad().unwrap())));
             if bias {
                 out.extend(biases.iter().map(|p| bits(&p.grad().unwrap())));
             }
-            out
+            (out, jobs)
         })
     }
 
@@ -268,19 +271,20 @@ mod tests {
     /// and on two (where its weight gradients are deferred).
     #[test]
     fn stacked_equals_concatenating_and_convolving_bitwise() {
+        let _switch = crate::deferred::TEST_SWITCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for bias in [true, false] {
-            let want = run(false, 1, bias);
+            let (want, _) = run(false, 1, bias);
             for threads in [1, 2] {
-                assert_eq!(
-                    run(true, threads, bias),
-                    want,
-                    "bias {bias}, {threads} threads"
-                );
-                assert_eq!(
-                    run(false, threads, bias),
-                    want,
-                    "composition, {threads} threads"
-                );
+                // The stacked op's weight gradients are deferred on two threads; the
+                // composition's weight, formed by ops, is not a leaf.
+                let (got, jobs) = run(true, threads, bias);
+                assert_eq!(got, want, "bias {bias}, {threads} threads");
+                assert_eq!(jobs, usize::from(threads > 1), "stacked, {threads} threads");
+                let (got, jobs) = run(false, threads, bias);
+                assert_eq!(got, want, "composition, {threads} threads");
+                assert_eq!(jobs, 0, "composition, {threads} threads");
             }
         }
     }

@@ -238,7 +238,9 @@ mod tests {
                         run(u)
                     }
                 };
-                let (got, want) = (go(true), go(false));
+                // On two threads, where the batch of 15 runs its chunks in parallel.
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+                let (got, want) = pool.install(|| (go(true), go(false)));
                 let case = format!("{p:?} portable {portable}");
                 assert!(got.0 == want.0, "forward: {case}");
                 assert!(got.1 == want.1, "weight gradient: {case}");
