@@ -239,7 +239,10 @@ mod tests {
                     }
                 };
                 // On two threads, where the batch of 15 runs its chunks in parallel.
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap();
                 let (got, want) = pool.install(|| (go(true), go(false)));
                 let case = format!("{p:?} portable {portable}");
                 assert!(got.0 == want.0, "forward: {case}");
