@@ -79,7 +79,7 @@ impl Backward for Conv2dRule {
         later: &[bool],
     ) -> (Vec<Option<Tensor>>, Option<Deferred>) {
         let want_bias = self.has_bias && needs[2];
-        if !(needs[1] && later[1] && (!want_bias || later[2])) {
+        if !weights_may_wait(needs, later, 1..2, 2..2 + usize::from(self.has_bias)) {
             return (self.backward_accumulate(g, needs, acc), None);
         }
         // (Nothing is deferred while the profiler records, so neither part is timed here.)
@@ -158,6 +158,18 @@ impl Conv2dRule {
             conv2d_backward_data(g, &self.weight, self.input.shape(), s, p)
         }
     }
+}
+
+/// True if a convolution's weight gradients may be deferred: some input in `weights` needs a
+/// gradient, and every input in `weights` or `biases` that needs one may wait.
+pub(super) fn weights_may_wait(
+    needs: &[bool],
+    later: &[bool],
+    weights: std::ops::Range<usize>,
+    biases: std::ops::Range<usize>,
+) -> bool {
+    needs[weights.clone()].iter().any(|&n| n)
+        && weights.chain(biases).all(|i| !needs[i] || later[i])
 }
 
 /// A convolution's weight gradient `job` (with the bias gradient if `want_bias`) as the

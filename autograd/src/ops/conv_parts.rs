@@ -7,7 +7,7 @@ use tensor::ops::conv_parts::{
 };
 use tensor::Tensor;
 
-use super::conv::deferred_weight_gradient;
+use super::conv::{deferred_weight_gradient, weights_may_wait};
 use crate::tape::add_gradients;
 use crate::{Backward, Deferred, Var};
 
@@ -67,7 +67,7 @@ impl Backward for Conv2dPartsRule {
     ) -> (Vec<Option<Tensor>>, Option<Deferred>) {
         let np = self.parts.len();
         let want_bias = self.has_bias && needs[np + 1];
-        if !(needs[np] && later[np] && (!want_bias || later[np + 1])) {
+        if !weights_may_wait(needs, later, np..np + 1, np + 1..needs.len()) {
             return (self.backward_accumulate(g, needs, acc), None);
         }
         let mut now = self.input_gradients(g, needs);

@@ -16,6 +16,7 @@
 use tensor::ops::conv::{conv2d_backward_data, conv2d_backward_weight, conv2d_plus, ConvAddends};
 use tensor::Tensor;
 
+use super::conv::weights_may_wait;
 use crate::tape::add_gradients;
 use crate::{Backward, Deferred, Var};
 
@@ -137,8 +138,7 @@ impl Backward for StackedRule {
     ) -> (Vec<Option<Tensor>>, Option<Deferred>) {
         let k = self.layers();
         let want_bias = self.has_bias && needs[1 + k..].iter().any(|&n| n);
-        let all_wait = (1..needs.len()).all(|i| !needs[i] || later[i]);
-        if !(all_wait && needs[1..=k].iter().any(|&n| n)) {
+        if !weights_may_wait(needs, later, 1..1 + k, 1 + k..needs.len()) {
             return (self.backward_accumulate(g, needs, acc), None);
         }
         // (Nothing is deferred while the profiler records, so this part is not timed.)
