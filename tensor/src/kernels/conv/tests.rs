@@ -194,6 +194,10 @@ fn conv_bitwise_identical_for_1_and_2_threads() {
         params(16, 128, 16, 16, 16, 3, 3, 1, 1),
         params(15, 128, 16, 16, 16, 3, 3, 1, 1),
         params(16, 64, 64, 32, 32, 3, 3, 1, 1),
+        // Winograd in one chunk on 1 thread, split into one chunk per thread on 2 (of 8 and
+        // 8 images; of 9 and 8 in the batch of 17).
+        params(16, 128, 128, 8, 8, 3, 3, 1, 1),
+        params(17, 64, 48, 8, 8, 3, 3, 1, 1),
         params(13, 16, 24, 21, 19, 3, 3, 2, 1),
         params(11, 24, 16, 12, 12, 1, 1, 1, 0),
     ];

@@ -27,8 +27,8 @@
 //! are gathered into `V` and transformed there in place, vectorised across the chunk's tiles;
 //! the 36 products; every output channel's products are transformed back in place and
 //! scattered into the images. Either each step runs in parallel (over channels, over the 36
-//! products), or, in the forward pass when there are enough chunks, whole chunks run in
-//! parallel; no result depends on the thread count. A channel's 36 rows are a plane apart, and
+//! products), or, in the forward pass when there are enough chunks or the batch is split into
+//! one chunk per thread, whole chunks run in parallel; no result depends on the thread count. A channel's 36 rows are a plane apart, and
 //! the planes are skewed by a cache line ([`PLANE_SKEW`]) so the rows do not share cache sets.
 
 use std::cell::RefCell;
@@ -275,10 +275,10 @@ fn gather_transformed<const N: usize, const OFF: usize>(
 /// (`[batch, c_out, h, w]`, every element written, so it may start uninitialised). Requires
 /// [`applies`].
 ///
-/// With at least two chunks per thread, chunks (of half as many images on more than one
-/// thread) run in parallel, each on one thread (no barrier between a chunk's steps) but the
-/// last, whose steps run in parallel; otherwise chunks run in turn, each step in parallel.
-/// Either way every tile is computed the same way, so the result depends on neither.
+/// Where [`parallel_chunks`] says so, chunks run in parallel, each on one thread (no barrier
+/// between a chunk's steps) but the last, whose steps run in parallel; otherwise chunks run
+/// in turn, each step in parallel. Either way every tile is computed the same way, so the
+/// result depends on neither.
 pub(crate) fn forward(
     p: &Conv2dParams,
     (input, source): (&[f32], Source),
@@ -294,19 +294,9 @@ pub(crate) fn forward(
         "winograd: a pooled output takes no bias or addends"
     );
     let threads = rayon::current_num_threads();
-    let (per_image, chunk, stride) = chunking(p);
-    // Whole chunks in parallel when there are at least two per thread; then, on more than one
-    // thread, chunks of half as many images, so that two threads' buffers together hold about
-    // what one chunk's do in the caches they share, and each thread has more, smaller chunks
-    // to even out a slow one (change 51). Each output tile is computed the same way in any
-    // chunk.
-    let parallel = p.batch.div_ceil(chunk) >= 2 * threads;
-    let (chunk, stride) = if parallel && threads > 1 && chunk > 1 {
-        let half = chunk / 2;
-        (half, (half * per_image).next_multiple_of(ROW_ALIGN))
-    } else {
-        (chunk, stride)
-    };
+    let (per_image, chunk, _) = chunking(p);
+    let (parallel, chunk) = parallel_chunks(p.batch, per_image, chunk, threads);
+    let stride = (chunk * per_image).next_multiple_of(ROW_ALIGN);
     let (in_len, out_len) = (p.c_in * source.plane(p), p.c_out * sink.plane(p.h, p.w));
     let (v_plane, m_plane) = (p.c_in * stride + PLANE_SKEW, p.c_out * stride + PLANE_SKEW);
     let (v_len, m_len) = (XI * v_plane, XI * m_plane);
@@ -361,6 +351,36 @@ pub(crate) fn forward(
                 );
             }
         });
+    }
+}
+
+/// How [`forward`] runs a batch of `batch` images of `per_image` tiles, in chunks of `chunk`
+/// images (from [`chunking`]) on `threads` threads: `(whole chunks in parallel, images per
+/// chunk)`. Each output tile is computed the same way in any chunk, so neither changes a
+/// result.
+///
+/// - At least two chunks per thread: whole chunks in parallel; on more than one thread, of
+///   half as many images, so that two threads' buffers together hold about what one chunk's
+///   do in the caches they share, and each thread has more, smaller chunks to even out a slow
+///   one (change 51).
+/// - The whole batch in one chunk, on more than one thread, with at least [`ROW_ALIGN`] tiles
+///   (one column panel of the products) for each thread: one chunk per thread, in parallel
+///   (change 56). Each step of a chunk that small is too short to share: the 128-channel 8x8
+///   forward pass spent a fifth of its time with one thread waiting on the other between
+///   the steps.
+/// - Otherwise: chunk by chunk, each step in parallel.
+fn parallel_chunks(batch: usize, per_image: usize, chunk: usize, threads: usize) -> (bool, usize) {
+    if batch.div_ceil(chunk) >= 2 * threads {
+        let half = if threads > 1 && chunk > 1 {
+            chunk / 2
+        } else {
+            chunk
+        };
+        (true, half)
+    } else if threads > 1 && chunk >= batch && batch * per_image >= ROW_ALIGN * threads {
+        (true, batch.div_ceil(threads))
+    } else {
+        (false, chunk)
     }
 }
 

@@ -109,3 +109,26 @@ fn grad_output_transform_is_a_dy_at() {
             .collect()
     });
 }
+
+/// How the forward pass runs a batch (`(whole chunks in parallel, images per chunk)`), for
+/// the UNet's shapes at batch 16 and at the edges of each rule.
+#[test]
+fn parallel_chunks_by_shape_and_threads() {
+    use super::parallel_chunks;
+    // 64 channels at 32x32 (64 tiles an image, chunks of one image): 16 chunks.
+    assert_eq!(parallel_chunks(16, 64, 1, 1), (true, 1));
+    assert_eq!(parallel_chunks(16, 64, 1, 2), (true, 1));
+    // 128 channels at 16x16 (16 tiles, chunks of 4 images): halved on 2 threads.
+    assert_eq!(parallel_chunks(16, 16, 4, 1), (true, 4));
+    assert_eq!(parallel_chunks(16, 16, 4, 2), (true, 2));
+    // 128 channels at 8x8 (4 tiles, the batch in one chunk): one chunk per thread on 2.
+    assert_eq!(parallel_chunks(16, 4, 16, 1), (false, 16));
+    assert_eq!(parallel_chunks(16, 4, 16, 2), (true, 8));
+    assert_eq!(parallel_chunks(17, 4, 17, 2), (true, 9));
+    // Fewer than 32 tiles a thread: one chunk, each step in parallel.
+    assert_eq!(parallel_chunks(15, 4, 15, 2), (false, 15));
+    assert_eq!(parallel_chunks(16, 4, 16, 3), (false, 16));
+    // Two or three chunks on 2 threads: chunk by chunk.
+    assert_eq!(parallel_chunks(16, 25, 13, 2), (false, 13));
+    assert_eq!(parallel_chunks(16, 16, 6, 2), (false, 6));
+}
