@@ -191,6 +191,40 @@ fn unet_compares_deferred_weight_gradients_with_the_sweep() {
     );
 }
 
+/// `bench unet --compare-awake`: the training and sampling steps with the workers kept awake
+/// and without (the tests run the program on two threads; on one the guard does nothing).
+#[test]
+fn unet_compares_workers_kept_awake_with_asleep() {
+    let steps = json_lines(
+        &[
+            "bench",
+            "unet",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--compare-awake",
+            "--pairs",
+            "3",
+            "--json",
+        ],
+        "unet_awake",
+    );
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["train_step", "sample_step"]);
+    for step in &steps {
+        assert_eq!(step["pairs"], 3);
+        assert_eq!(step["threads"], 2);
+        check_comparison(step, ["awake_ms", "asleep_ms", "asleep_over_awake"]);
+    }
+    for other in ["--scaling", "--compare-in-place", "--compare-deferred"] {
+        fails(
+            &["bench", "unet", "--compare-awake", other],
+            "cannot be used with",
+        );
+    }
+}
+
 /// A `--compare-*` step: both forms' medians (`keys[0]`, `keys[1]`) positive, and the median
 /// ratio of the pairs (`keys[2]`) inside their range.
 fn check_comparison(step: &Value, keys: [&str; 3]) {

@@ -127,6 +127,9 @@ pub fn sample(
     let mut x = rng.normal(shape);
     let steps = keep.len();
     for k in (0..steps).rev() {
+        // The pool's workers stay awake through the step's many parallel ops (not through the
+        // callback, which may wait on I/O).
+        let awake = tensor::awake::keep_awake();
         let t = vec![k; n];
         let timesteps = vec![respaced.schedule.timesteps[k]; n];
         let output = model(&x, &timesteps);
@@ -144,6 +147,7 @@ pub fn sample(
                 ddim_step(&respaced, k, &step.pred_x0, &step.pred_eps, eta, rng)
             }
         };
+        drop(awake);
         callback(&StepInfo {
             done: steps - k,
             total: steps,

@@ -148,6 +148,8 @@ impl Trainer {
 
     /// One optimisation step on a batch drawn from `data`.
     pub fn step(&mut self, data: &Dataset) -> StepStats {
+        // The pool's workers stay awake through the step's thousands of parallel ops.
+        let _awake = tensor::awake::keep_awake();
         let c = &self.config;
         let mut rng = Rng::new(c.seed, STEP_STREAM + self.step);
         let rows: Vec<usize> = rng

@@ -1,5 +1,5 @@
-//! `ddpm bench unet --compare-in-place` and `--compare-deferred`: the same model's steps with
-//! an optimisation on and off, in one process.
+//! `ddpm bench unet --compare-in-place`, `--compare-deferred` and `--compare-awake`: the same
+//! model's steps with an optimisation on and off, in one process.
 //!
 //! - `--compare-in-place`: the training and sampling steps with the UNet's up path reading its
 //!   skip concatenations and upsampled images in place (the default) against the same steps
@@ -7,6 +7,9 @@
 //! - `--compare-deferred`: the training step with the convolutions' weight gradients deferred
 //!   off the backward sweep's path (the default) against the same step with every gradient
 //!   computed in the sweep (see [`autograd::defer_leaf_gradients`]).
+//! - `--compare-awake`: the training and sampling steps with the pool's workers kept awake
+//!   through each step (the default) against the same steps without (see
+//!   [`tensor::awake::keep_workers_awake`]).
 //!
 //! The two forms alternate step by step in ABBA order, so that the drift of a shared
 //! machine's load weighs on both alike, and the ratio is taken pair by pair: the median of the
@@ -29,6 +32,7 @@ const WARMUP: usize = 2;
 pub enum Comparison {
     InPlace,
     Deferred,
+    Awake,
 }
 
 /// Names in the report: the JSON `bench`, the keys of the two forms' medians and of the
@@ -61,6 +65,14 @@ impl Comparison {
                 on: "deferred",
                 off: "in the sweep",
             },
+            Comparison::Awake => Names {
+                bench: "unet_awake",
+                on_key: "awake_ms",
+                off_key: "asleep_ms",
+                ratio_key: "asleep_over_awake",
+                on: "awake",
+                off: "asleep",
+            },
         }
     }
 
@@ -69,13 +81,14 @@ impl Comparison {
         match self {
             Comparison::InPlace => ddpm::unet::read_in_place(on),
             Comparison::Deferred => autograd::defer_leaf_gradients(on),
+            Comparison::Awake => tensor::awake::keep_workers_awake(on),
         }
     }
 
     /// The steps the optimisation changes.
     fn steps(self) -> &'static [&'static str] {
         match self {
-            Comparison::InPlace => &["train_step", "sample_step"],
+            Comparison::InPlace | Comparison::Awake => &["train_step", "sample_step"],
             Comparison::Deferred => &["train_step"],
         }
     }

@@ -37,7 +37,7 @@ pub struct UnetArgs {
     /// (two copies of the model, each on its own pool), and report the speed-up pair by pair.
     #[arg(long)]
     scaling: bool,
-    /// Pairs of steps for `--scaling`, `--compare-in-place` and `--compare-deferred`.
+    /// Pairs of steps for `--scaling` and the `--compare-*` options.
     #[arg(long, default_value_t = 10)]
     pub(super) pairs: usize,
     /// Instead, time steps with the up path reading its skip concatenations and upsampled
@@ -50,6 +50,11 @@ pub struct UnetArgs {
     /// alternately in one process, and report the ratio pair by pair.
     #[arg(long, conflicts_with_all = ["scaling", "compare_in_place"])]
     compare_deferred: bool,
+    /// Instead, time steps with the pool's workers kept awake through each step against steps
+    /// without (`tensor::awake`), alternately in one process, and report the ratio pair by
+    /// pair.
+    #[arg(long, conflicts_with_all = ["scaling", "compare_in_place", "compare_deferred"])]
+    compare_awake: bool,
 }
 
 /// The benchmark's model with its inputs and optimiser.
@@ -93,8 +98,10 @@ impl Workload {
         })
     }
 
-    /// A sampling step: one no-grad forward.
+    /// A sampling step: one no-grad forward (with the workers kept awake, as the sampler
+    /// does).
     pub(super) fn forward(&self) {
+        let _awake = tensor::awake::keep_awake();
         no_grad(|| {
             self.unet.forward(
                 &mut Ctx::eval(),
@@ -104,8 +111,10 @@ impl Workload {
         });
     }
 
-    /// A training step: forward, MSE loss, backward, AdamW.
+    /// A training step: forward, MSE loss, backward, AdamW (with the workers kept awake, as
+    /// the trainer does).
     pub(super) fn train_step(&mut self) {
+        let _awake = tensor::awake::keep_awake();
         let mut ctx = Ctx::train(Rng::new(1, self.step));
         self.step += 1;
         let output = self
@@ -173,6 +182,9 @@ pub fn run(args: &UnetArgs, threads: usize, report: &Report) -> Result<(), Strin
     }
     if args.compare_deferred {
         return super::compare::run(args, Comparison::Deferred, threads, report);
+    }
+    if args.compare_awake {
+        return super::compare::run(args, Comparison::Awake, threads, report);
     }
     let mut bench = Workload::new(args)?;
     let peak_gflops = peak(threads, report);

@@ -9,6 +9,7 @@
 //! Shape mismatches inside an op are programming errors and panic with the op's name and the
 //! shapes; anything that touches files returns [`Result`].
 
+pub mod awake;
 pub mod error;
 pub mod io;
 pub mod kernels;
