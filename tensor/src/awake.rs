@@ -71,7 +71,7 @@ impl Drop for Awake {
 /// by [`keep_workers_awake`], it does nothing.
 ///
 /// Keep the guard for one step (a few hundred milliseconds), not across waits for input: the
-/// workers spin for as long as it lives (a keeper that finds no work for [`IDLE_LIMIT`]
+/// workers spin for as long as it lives (a keeper that finds no work for 20 ms
 /// returns early). Take it when the pool's workers are idle, at the start of a step: a worker
 /// busy with other work may run its keeper inside a wait of that work, which then pauses
 /// until the keeper returns.
