@@ -216,6 +216,9 @@ fn unet_compares_workers_kept_awake_with_asleep() {
         assert_eq!(step["pairs"], 3);
         assert_eq!(step["threads"], 2);
         check_comparison(step, ["awake_ms", "asleep_ms", "asleep_over_awake"]);
+        // One keeper (the other worker) per step awake, none asleep.
+        assert_eq!(step["keepers_per_step"][0], 1.0, "{step}");
+        assert_eq!(step["keepers_per_step"][1], 0.0, "{step}");
     }
     for other in ["--scaling", "--compare-in-place", "--compare-deferred"] {
         fails(

@@ -109,12 +109,12 @@ pub fn run(
     let mut work = Workload::new(args)?;
     let before = which.switch(true);
     for &step in which.steps() {
-        // Jobs deferred by each form's steps (all on this thread's sweeps), to show what the
-        // switch did.
-        let mut jobs = [0usize; 2];
+        // Jobs deferred by each form's steps (all on this thread's sweeps) and keeper jobs
+        // sent for them (`tensor::awake`), to show what the switch did.
+        let (mut jobs, mut keepers) = ([0usize; 2], [0usize; 2]);
         let mut timed = |on: bool| {
             which.switch(on);
-            let before = autograd::deferred_jobs();
+            let before = (autograd::deferred_jobs(), tensor::awake::keepers_sent());
             let start = Instant::now();
             if step == "train_step" {
                 work.train_step();
@@ -122,7 +122,8 @@ pub fn run(
                 work.forward();
             }
             let seconds = start.elapsed().as_secs_f64();
-            jobs[usize::from(!on)] += autograd::deferred_jobs() - before;
+            jobs[usize::from(!on)] += autograd::deferred_jobs() - before.0;
+            keepers[usize::from(!on)] += tensor::awake::keepers_sent() - before.1;
             seconds
         };
         for _ in 0..WARMUP {
@@ -145,6 +146,7 @@ pub fn run(
         }
         let steps = (WARMUP + args.pairs) as f64;
         let [jobs_on, jobs_off] = jobs.map(|j| j as f64 / steps);
+        let [keepers_on, keepers_off] = keepers.map(|k| k as f64 / steps);
         let (lo, hi) = super::timing::range(&ratios);
         let (on_ms, off_ms) = (median(&mut ons) * 1e3, median(&mut offs) * 1e3);
         let ratio = median(&mut ratios);
@@ -170,9 +172,10 @@ pub fn run(
                 ("ratio_min", Value::from(lo)),
                 ("ratio_max", Value::from(hi)),
                 ("deferred_jobs_per_step", Value::from(vec![jobs_on, jobs_off])),
+                ("keepers_per_step", Value::from(vec![keepers_on, keepers_off])),
             ],
             &format!(
-                "unet {step:<11} preset={} batch={} threads={threads}  {on} {on_ms:.1} ms, {off} {off_ms:.1} ms (medians of {} interleaved pairs); {off} / {on} {ratio:.3} (median of pairs, range {lo:.3}-{hi:.3}); weight gradients deferred per step: {jobs_on:.0} {on}, {jobs_off:.0} {off}",
+                "unet {step:<11} preset={} batch={} threads={threads}  {on} {on_ms:.1} ms, {off} {off_ms:.1} ms (medians of {} interleaved pairs); {off} / {on} {ratio:.3} (median of pairs, range {lo:.3}-{hi:.3}); weight gradients deferred per step: {jobs_on:.0} {on}, {jobs_off:.0} {off}; workers kept awake per step: {keepers_on:.0} {on}, {keepers_off:.0} {off}",
                 args.preset, args.batch, args.pairs,
             ),
         );

@@ -16,12 +16,15 @@
 //! AMD machine of earlier sessions it made no difference beyond the noise, so it was tried
 //! and taken out twice (see docs/performance-changes.md).
 //!
-//! Only scheduling changes: which thread runs a piece of work never changes a result here
-//! (every op splits its work the same way for any number of threads).
+//! Only scheduling changes: no result here depends on which thread runs a piece of work (nor
+//! on how an op splits its work among threads).
 //!
 //! ```
-//! let _awake = tensor::awake::keep_awake();
-//! // ... the parallel ops of one step ...
+//! let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+//! pool.install(|| {
+//!     let _awake = tensor::awake::keep_awake();
+//!     // ... the parallel ops of one step ...
+//! });
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +37,13 @@ use std::time::{Duration, Instant};
 /// turns what would be a deadlock into a pause. Gaps between the parallel ops of a step are
 /// far shorter.
 const IDLE_LIMIT: Duration = Duration::from_millis(20);
+
+/// How long a keeper job runs at most, work or none. A keeper that started inside another
+/// op's wait holds that op until it returns, and while it keeps finding work (another
+/// holder's step) the idle limit never comes: this bounds the pause. A step of the UNets here
+/// takes well under a second. A keeper that returns, for either limit, is not started again
+/// in that step; the rest of the step runs as without the guard.
+const MAX_LIFETIME: Duration = Duration::from_secs(5);
 
 /// Whether [`keep_awake`] starts keeper jobs (see [`keep_workers_awake`]).
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -49,6 +59,16 @@ pub fn keep_workers_awake(on: bool) -> bool {
 static KEEPING_AWAKE: AtomicUsize = AtomicUsize::new(0);
 /// Keeper jobs started so far (all pools).
 static KEEPERS_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeper jobs sent so far (all pools).
+static KEEPERS_SENT: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeper jobs sent so far by every [`keep_awake`] guard of the process (one to each worker
+/// but the caller, counted when the guard is taken), so that a benchmark can show what the
+/// guard did.
+pub fn keepers_sent() -> usize {
+    KEEPERS_SENT.load(Ordering::Acquire)
+}
 
 /// Keeps the other workers of the current rayon pool busy until dropped (see
 /// [`keep_awake`]).
@@ -68,20 +88,23 @@ impl Drop for Awake {
 /// Starts, on every worker of the current rayon pool other than the calling thread, a job
 /// that runs pending work as it appears (stealing it like an idle worker would) and spins in
 /// between, until the returned guard is dropped. On a pool of one thread, or when turned off
-/// by [`keep_workers_awake`], it does nothing.
+/// by [`keep_workers_awake`], it does nothing; nor when called from a thread that is not one
+/// of a pool's workers (outside `ThreadPool::install`): such a thread sleeps through every
+/// parallel op it starts anyway, and its serial work needs a CPU the keepers would spin on.
 ///
 /// Keep the guard for one step (a few hundred milliseconds), not across waits for input: the
-/// workers spin for as long as it lives (a keeper that finds no work for 20 ms
-/// returns early). Take it when the pool's workers are idle, at the start of a step: a worker
-/// busy with other work may run its keeper inside a wait of that work, which then pauses
-/// until the keeper returns.
+/// workers spin for as long as it lives (a keeper that finds no work for 20 ms returns early,
+/// and none runs longer than 5 s). Take it inside the pool, at the start of a step, with one
+/// step at a time on the pool: a worker busy with other work may run its keeper inside a
+/// wait of that work, which then pauses until the keeper returns.
 pub fn keep_awake() -> Awake {
-    if rayon::current_num_threads() < 2 || !ENABLED.load(Ordering::Acquire) {
+    let caller = rayon::current_thread_index();
+    if caller.is_none() || rayon::current_num_threads() < 2 || !ENABLED.load(Ordering::Acquire) {
         return Awake { stop: None };
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let caller = rayon::current_thread_index();
     let flag = Arc::clone(&stop);
+    KEEPERS_SENT.fetch_add(rayon::current_num_threads() - 1, Ordering::AcqRel);
     rayon::spawn_broadcast(move |ctx| {
         // The calling worker runs its copy only when it waits for work inside the step: it
         // must return at once (its step cannot finish while it spins here).
@@ -91,7 +114,8 @@ pub fn keep_awake() -> Awake {
         KEEPERS_STARTED.fetch_add(1, Ordering::AcqRel);
         KEEPING_AWAKE.fetch_add(1, Ordering::AcqRel);
         let mut idle_since: Option<Instant> = None;
-        while !flag.load(Ordering::Acquire) {
+        let started = Instant::now();
+        while !flag.load(Ordering::Acquire) && started.elapsed() < MAX_LIFETIME {
             match rayon::yield_now() {
                 Some(rayon::Yield::Executed) => idle_since = None,
                 Some(rayon::Yield::Idle) => {
@@ -185,6 +209,14 @@ mod tests {
             .build()
             .unwrap();
         let awake = pool.install(keep_awake);
+        assert!(awake.stop.is_none());
+    }
+
+    /// From a thread outside the pool (not inside `install`), the guard starts no keeper.
+    #[test]
+    fn outside_a_pool_the_guard_starts_no_keeper() {
+        assert!(rayon::current_thread_index().is_none());
+        let awake = keep_awake();
         assert!(awake.stop.is_none());
     }
 

@@ -201,26 +201,48 @@ fn conv_bitwise_identical_for_1_and_2_threads() {
         params(13, 16, 24, 21, 19, 3, 3, 2, 1),
         params(11, 24, 16, 12, 12, 1, 1, 1, 0),
     ];
-    for (seed, p) in cases.iter().enumerate() {
-        let d = data(p, 1000 + seed as u64);
-        let one = in_pool(1, || run_all(p, &d));
-        let two = in_pool(2, || run_all(p, &d));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&one.0), bits(&two.0), "forward {p:?}");
-        assert_eq!(bits(&one.1), bits(&two.1), "backward_data {p:?}");
-        assert_eq!(bits(&one.2), bits(&two.2), "backward_weight {p:?}");
-        assert_eq!(bits(&one.3), bits(&two.3), "backward_bias {p:?}");
+    // With the CPU's own kernels, and with the portable ones (the Winograd products then go
+    // through the GEMM, whose column count changes with the chunks).
+    for portable in [false, true] {
+        for (seed, p) in cases.iter().enumerate() {
+            let d = data(p, 1000 + seed as u64);
+            let run = || {
+                if portable {
+                    with_portable(|| run_all(p, &d))
+                } else {
+                    run_all(p, &d)
+                }
+            };
+            let one = in_pool(1, run);
+            let two = in_pool(2, run);
+            let what = if portable { "portable" } else { "simd" };
+            assert_eq!(bits(&one.0), bits(&two.0), "forward {p:?} {what}");
+            assert_eq!(bits(&one.1), bits(&two.1), "backward_data {p:?} {what}");
+            assert_eq!(bits(&one.2), bits(&two.2), "backward_weight {p:?} {what}");
+            assert_eq!(bits(&one.3), bits(&two.3), "backward_bias {p:?} {what}");
+        }
     }
 }
 
 /// The addends (a shift per image and channel, a residual) added as Winograd writes each tile
 /// give the bits of adding them after the convolution, on one thread and on two, where the
-/// chunks run in parallel and the last one (of a batch of 15) is shorter.
+/// chunks run in parallel and the last one (of a batch of 15) is shorter, or where a batch
+/// of 17 in one chunk is split into chunks of 9 and 8 images.
 #[test]
 fn addends_in_parallel_chunks_have_the_bits_of_adding_afterwards() {
-    use crate::ops::alloc::as_uninit;
     let _guard = crate::kernels::cpu::test_lock();
-    let p = params(15, 128, 16, 16, 16, 3, 3, 1, 1);
+    for p in [
+        params(15, 128, 16, 16, 16, 3, 3, 1, 1),
+        params(17, 64, 48, 8, 8, 3, 3, 1, 1),
+    ] {
+        check_addends(&p);
+    }
+}
+
+/// One case of the test above.
+fn check_addends(p: &Conv2dParams) {
+    use crate::ops::alloc::as_uninit;
+    let p = *p;
     let d = data(&p, 77);
     let shift: Vec<f32> = (0..p.batch * p.c_out)
         .map(|i| (i % 7) as f32 * 0.3 - 1.0)
@@ -241,7 +263,7 @@ fn addends_in_parallel_chunks_have_the_bits_of_adding_afterwards() {
             };
             conv2d_forward_uninit_plus(&p, &d.x, &d.w, Some(&d.b), addends, as_uninit(&mut got));
         });
-        assert_eq!(bits(&got), bits(&want), "{threads} threads");
+        assert_eq!(bits(&got), bits(&want), "{p:?} on {threads} threads");
     }
 }
 

@@ -21,15 +21,17 @@
 //! would do 2.25x fewer, with cheaper transforms).
 //!
 //! The batch is processed in chunks of about [`CHUNK_VALUES`] transformed values (the chunk
-//! size depends on the shape, and in the forward pass on whether more than one thread runs
-//! whole chunks: a forward tile does not depend on the chunk it is in; the weight gradient's
-//! chunks depend on the shape only). A chunk takes three steps: every input channel's patches
-//! are gathered into `V` and transformed there in place, vectorised across the chunk's tiles;
-//! the 36 products; every output channel's products are transformed back in place and
-//! scattered into the images. Either each step runs in parallel (over channels, over the 36
-//! products), or, in the forward pass when there are enough chunks or the batch is split into
-//! one chunk per thread, whole chunks run in parallel; no result depends on the thread count. A channel's 36 rows are a plane apart, and
-//! the planes are skewed by a cache line ([`PLANE_SKEW`]) so the rows do not share cache sets.
+//! size depends on the shape, and in the forward pass, which also serves backward-data, on
+//! the thread count, see `parallel_chunks`: a forward tile does not depend on the chunk it is
+//! in; the weight gradient's chunks depend on the shape only, as its sums run chunk by
+//! chunk). A chunk takes three steps: every input channel's patches are gathered into `V`
+//! and transformed there in place, vectorised across the chunk's tiles; the 36 products;
+//! every output channel's products are transformed back in place and scattered into the
+//! images. Either each step runs in parallel (over channels, over the 36 products), or, in
+//! the forward pass when there are enough chunks or the batch is split into one chunk per
+//! thread, whole chunks run in parallel; no result depends on the thread count. A channel's
+//! 36 rows are a plane apart, and the planes are skewed by a cache line ([`PLANE_SKEW`]) so
+//! the rows do not share cache sets.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -364,8 +366,8 @@ pub(crate) fn forward(
 ///   do in the caches they share, and each thread has more, smaller chunks to even out a slow
 ///   one (change 51).
 /// - The whole batch in one chunk, on more than one thread, with at least [`ROW_ALIGN`] tiles
-///   (one column panel of the products) for each thread: one chunk per thread, in parallel
-///   (change 56). Each step of a chunk that small is too short to share: the 128-channel 8x8
+///   (one column panel of the products) per thread in the batch: chunks of `batch / threads`
+///   images (rounded up), one per thread, in parallel (change 56). Each step of a chunk that small is too short to share: the 128-channel 8x8
 ///   forward pass spent a fifth of its time with one thread waiting on the other between
 ///   the steps.
 /// - Otherwise: chunk by chunk, each step in parallel.
