@@ -240,6 +240,9 @@ impl Diffusion {
         let mut terms = Vec::with_capacity(steps.len());
         let mut eps_mse = Vec::with_capacity(steps.len());
         for &i in steps.iter().rev() {
+            // The pool's workers stay awake through the step's many parallel ops, as in
+            // sampling.
+            let _awake = tensor::awake::keep_awake();
             let t = vec![i; n];
             let eps = rng.normal_like(x0);
             let xt = self.q_sample(x0, &t, &eps);
