@@ -123,22 +123,7 @@ fn unet_reports_faults_and_sleeps_per_step() {
 /// medians and the ratio of formed to in place over the pairs (its range around it).
 #[test]
 fn unet_compares_reading_in_place_with_forming_the_inputs() {
-    let steps = json_lines(
-        &[
-            "bench",
-            "unet",
-            "--preset",
-            "tiny",
-            "--batch",
-            "2",
-            "--compare-in-place",
-            "--pairs",
-            "3",
-            "--json",
-        ],
-        "unet_in_place",
-    );
-    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let (steps, names) = compare_steps("--compare-in-place", "unet_in_place");
     assert_eq!(names, ["train_step", "sample_step"]);
     for step in &steps {
         assert_eq!(step["pairs"], 3);
@@ -166,22 +151,7 @@ fn unet_compare_in_place_rejects_zero_pairs() {
 /// ratio of computing every gradient in the sweep to deferring the weight gradients.
 #[test]
 fn unet_compares_deferred_weight_gradients_with_the_sweep() {
-    let steps = json_lines(
-        &[
-            "bench",
-            "unet",
-            "--preset",
-            "tiny",
-            "--batch",
-            "2",
-            "--compare-deferred",
-            "--pairs",
-            "3",
-            "--json",
-        ],
-        "unet_deferred",
-    );
-    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let (steps, names) = compare_steps("--compare-deferred", "unet_deferred");
     assert_eq!(names, ["train_step"]);
     let step = &steps[0];
     assert_eq!(step["pairs"], 3);
@@ -195,22 +165,7 @@ fn unet_compares_deferred_weight_gradients_with_the_sweep() {
 /// and without (the tests run the program on two threads; on one the guard does nothing).
 #[test]
 fn unet_compares_workers_kept_awake_with_asleep() {
-    let steps = json_lines(
-        &[
-            "bench",
-            "unet",
-            "--preset",
-            "tiny",
-            "--batch",
-            "2",
-            "--compare-awake",
-            "--pairs",
-            "3",
-            "--json",
-        ],
-        "unet_awake",
-    );
-    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let (steps, names) = compare_steps("--compare-awake", "unet_awake");
     assert_eq!(names, ["train_step", "sample_step"]);
     for step in &steps {
         assert_eq!(step["pairs"], 3);
@@ -226,6 +181,20 @@ fn unet_compares_workers_kept_awake_with_asleep() {
             "cannot be used with",
         );
     }
+}
+
+/// The steps `bench unet FLAG` reports (tiny preset, batch 2, three pairs, JSON lines named
+/// `bench`), with their names in order.
+fn compare_steps(flag: &str, bench: &str) -> (Vec<Value>, Vec<String>) {
+    let args = [
+        "bench", "unet", "--preset", "tiny", "--batch", "2", flag, "--pairs", "3", "--json",
+    ];
+    let steps = json_lines(&args, bench);
+    let names = steps
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect();
+    (steps, names)
 }
 
 /// A `--compare-*` step: both forms' medians (`keys[0]`, `keys[1]`) positive, and the median
