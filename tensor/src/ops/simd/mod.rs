@@ -172,6 +172,10 @@ pub(crate) use avx512::Avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+pub(crate) use pair::Pair;
+
+mod pair;
+
 /// An element-wise function written once for any [`SimdF32`].
 pub(crate) trait Lanes: Sync + Send {
     /// The op's name (for the profiler).
