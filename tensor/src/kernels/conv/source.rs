@@ -183,6 +183,7 @@ mod tests {
         // (batch, c_in, c_out, h, w) of the upsampled images.
         for (batch, c_in, c_out, h, w) in [
             (3, 16, 17, 8, 10),
+            (3, 16, 16, 12, 12),
             (2, 16, 16, 16, 16),
             // Backward-data's chunks in parallel on two threads, the last one shorter.
             (15, 16, 128, 16, 16),

@@ -64,6 +64,10 @@ fn cases() -> Vec<Conv2dParams> {
         params(1, 16, 17, 16, 16, 3, 3, 1, 1),
         params(2, 18, 16, 7, 13, 3, 3, 1, 1),
         params(1, 16, 16, 10, 30, 3, 3, 1, 1),
+        // Its groups of tile rows that span images, the last one stopping short: 3 tiles
+        // across (5 tile rows to a vector), 2 across (8 to a vector).
+        params(3, 16, 16, 9, 12, 3, 3, 1, 1),
+        params(5, 16, 16, 6, 6, 3, 3, 1, 1),
         // Input channels a multiple of 32: the direct weight gradient reads its columns in
         // place from the padded image (stride 1 and 2, odd widths, several tiles of rows).
         params(2, 32, 12, 9, 11, 3, 3, 1, 1),

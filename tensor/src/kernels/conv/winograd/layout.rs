@@ -52,45 +52,22 @@ pub(super) fn gathers_upsampled(p: &Conv2dParams) -> bool {
 
 /// `rows[i * N + j][col0 + ty * tw + tx] = x[4ty + i - OFF][4tx + j - OFF]` (zero outside the
 /// image) for every tile of one channel `x` (`h x w`) of one image: the 6x6 input patches
-/// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`). With `up = 2` the
-/// channel is held at half the resolution (`h / 2 x w / 2`) and read as its nearest-neighbour
-/// 2x upsampling (only on the fast path). `fast` must be [`gathers_upsampled`], read once by
-/// the caller for all its calls (so that a switch of instruction set between them cannot
-/// split a convolution across paths). `phases` is scratch of at
-/// least `(4 * th + 2) * 4 * (tw + 1)` values: shifted row `r` (image row `r - OFF`) split by
-/// shifted column `4t + k` (image column `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`,
-/// zero outside the image, so that each run of `rows` is contiguous there. Only the entries
-/// inside the image are written, so `phases` must hold zeros elsewhere: it must start as zeros
-/// and be reused only by calls with the same `p`, `N` and `OFF` (which write the same entries).
+/// (`N = 6`, `OFF = 1`) or the 4x4 output blocks (`N = 4`, `OFF = 0`); the portable path of
+/// [`gather_channel`]. `phases` is scratch of at least `(4 * th + 2) * 4 * (tw + 1)` values:
+/// shifted row `r` (image row `r - OFF`) split by shifted column `4t + k` (image column
+/// `4t + k - OFF`) into `phases[(4r + k) * (tw + 1) + t]`, zero outside the image, so that
+/// each run of `rows` is contiguous there. Only the entries inside the image are written, so
+/// `phases` must hold zeros elsewhere: it must start as zeros and be reused only by calls with
+/// the same `p`, `N` and `OFF` (which write the same entries).
 pub(super) fn gather<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
-    (x, up, fast): (&[f32], usize, bool),
+    x: &[f32],
     rows: &mut [&mut [f32]],
     col0: usize,
     phases: &mut [f32],
 ) {
     let (th, tw) = tiles(p);
     let w = p.w;
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        assert!(
-            (up == 1 || up == 2 && p.h.is_multiple_of(2) && w.is_multiple_of(2))
-                && x.len() * up * up == p.h * w
-                && rows.len() >= N * N
-                && rows[..N * N].iter().all(|r| r.len() >= col0 + th * tw),
-            "winograd gather: image or rows too short"
-        );
-        // SAFETY: AVX-512F is available (`fast` is `gathers_upsampled`, which asks
-        // cpu::isa), the image is h x w with w <= 32 (h / 2
-        // x w / 2 when upsampled), and every row holds the th * tw columns from col0
-        // (asserted above).
-        unsafe { gather_rows_avx512::<N, OFF>(p, x, up, rows, col0) };
-        return;
-    }
-    assert_eq!(
-        up, 1,
-        "winograd gather: upsample the plane first on this path"
-    );
     let run = tw + 1;
     for (y, row) in x.chunks_exact(w).enumerate() {
         let at = |k: usize| (4 * (y + OFF) + k) * run;
@@ -115,76 +92,189 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
     }
 }
 
-/// [`gather`] for images at most 32 wide, without the phase buffer: each image row is held in
-/// two 16-lane registers, and the run `x[y][4 tx + j - OFF]` (`tx < tw`, zero outside the
-/// image) that row `(i, j)` of tile row `ty` needs (`y = 4 ty + i - OFF`) is one two-source
-/// permutation with zero masking, stored straight into the row. Upsampled (`up = 2`), the
-/// register holds source row `y / 2` and the permutation picks column `x / 2`.
+/// The permutations of [`gather`]'s fast path for one geometry (and `N`, `OFF`, `up`), built
+/// once per convolution step rather than for every channel of every image.
+///
+/// Each stored vector holds the runs of `group` consecutive tile rows (`group * tw <= 16`
+/// lanes), made by `pairs` two-source permutations:
+/// - images more than 16 values wide (as stored): one tile row per vector, its image row in
+///   two registers (`lo | hi`), one permutation;
+/// - narrower ones, whose rows fit in one register: `16 / tw` tile rows per vector (of
+///   consecutive images where an image has fewer), two tile rows' image rows per
+///   permutation, instead of one partly overlapping store of `tw` useful lanes per tile row
+///   (4 of 16 at 16x16, 2 at 8x8). Against one tile row per vector, interleaved in one
+///   process (`ddpm bench unet --compare-in-place` with the switch pointed at this choice),
+///   training steps took 1.049x as long on one thread and on two, sampling steps 1.051x and
+///   1.036x.
+#[derive(Clone)]
+pub(super) struct GatherPlan {
+    group: usize,
+    pairs: usize,
+    /// For run `j` and permutation `q`: lane `r tw + t` (tile row `r` of the group) takes
+    /// column `4t + j - OFF` of its image row, kept (`keep`) where that column is inside the
+    /// image. Lanes `0..16` of the index pick the first register (`lo`, or tile row `2q`),
+    /// lanes `16..32` the second (`hi`, or tile row `2q + 1`).
+    idx: [[[i32; 16]; 8]; 6],
+    keep: [[u16; 8]; 6],
+}
+
+impl GatherPlan {
+    /// The plan for `p`'s images held at `1 / up` of the resolution, gathering `N x N`
+    /// patches at offset `OFF`.
+    pub(super) fn new<const N: usize, const OFF: usize>(p: &Conv2dParams, up: usize) -> Self {
+        let (_, tw) = tiles(p);
+        let w = p.w;
+        let wide = w / up > 16;
+        let group = if wide { 1 } else { (16 / tw).max(1) };
+        let pairs = if wide { 1 } else { group.div_ceil(2) };
+        let mut plan = GatherPlan {
+            group,
+            pairs,
+            idx: [[[0; 16]; 8]; 6],
+            keep: [[0; 8]; 6],
+        };
+        for j in 0..N {
+            for q in 0..pairs {
+                let rows = if wide { 0..1 } else { 2 * q..2 * q + 2 };
+                for r in rows {
+                    for t in 0..tw {
+                        let (lane, c) = (r * tw + t, (4 * t + j) as isize - OFF as isize);
+                        if lane < 16 && c >= 0 && (c as usize) < w {
+                            let second = if wide { 0 } else { 16 * (r % 2) };
+                            plan.idx[j][q][lane] = (c as usize / up + second) as i32;
+                            plan.keep[j][q] |= 1 << lane;
+                        }
+                    }
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// [`gather`] for every image of a chunk at once on AVX-512, with images at most 32 wide:
+/// channel `c`'s plane of image `n` is `images[n * image_len + at..]` (`h / up x w / up`
+/// values), and its tiles go to columns `n * th * tw..` of `rows`. Reads a channel held at half
+/// the resolution (`up = 2`) itself. Requires [`gathers_upsampled`]; `plan` must be
+/// `GatherPlan::new::<N, OFF>(p, up)`.
+pub(super) fn gather_channel<const N: usize, const OFF: usize>(
+    p: &Conv2dParams,
+    (images, image_len, at): (&[f32], usize, usize),
+    up: usize,
+    plan: &GatherPlan,
+    rows: &mut [&mut [f32]],
+) {
+    let (th, tw) = tiles(p);
+    let count = images.len() / image_len.max(1);
+    let splane = p.h * p.w / (up * up);
+    assert!(
+        gathers_upsampled(p)
+            && (up == 1 || up == 2 && p.h.is_multiple_of(2) && p.w.is_multiple_of(2))
+            && at + splane <= image_len
+            && rows.len() >= N * N
+            && rows[..N * N].iter().all(|r| r.len() >= count * th * tw),
+        "winograd gather: images or rows too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is available (`gathers_upsampled`, which asks cpu::isa); each of the
+    // `count` images holds the channel's plane from `at` (asserted above); the plan is this
+    // geometry's; every row holds the count * th * tw columns (asserted above).
+    unsafe {
+        gather_rows_avx512::<N, OFF>(p, (images, image_len, at, count), up, plan, rows)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("winograd gather: the fast path is x86-64's");
+}
+
+/// The body of [`gather_channel`]: the runs `x[y][4 tx + j - OFF]` (`tx < tw`, zero outside the
+/// image) that row `(i, j)` needs from image row `y = 4 ty + i - OFF` of each tile row `ty` are
+/// picked out of registers holding those image rows by two-source permutations with zero
+/// masking, as `plan` says, and stored straight into the row, a group of tile rows at a time.
+/// Upsampled (`up = 2`), a register holds source row `y / 2` and the permutation picks column
+/// `x / 2`.
 ///
 /// # Safety
-/// AVX-512F must be available; `x` must be `h / up x w / up` with `w <= 32` and `up` 1 or 2
-/// (dividing `h` and `w`), and `rows[..N * N]` must each hold at least `col0 + th * tw`
-/// values.
+/// As [`gather_channel`] asserts, with AVX-512F available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
-    x: &[f32],
+    (images, image_len, at, count): (&[f32], usize, usize, usize),
     up: usize,
+    plan: &GatherPlan,
     rows: &mut [&mut [f32]],
-    col0: usize,
 ) {
     use std::arch::x86_64::*;
     let (th, tw) = tiles(p);
     let (h, w) = (p.h, p.w);
-    // The width of a stored row.
+    // The width of a stored row, and the lanes of the first and second register of one.
     let sw = w / up;
-    // For run j: lane t takes column 4t + j - OFF of the row (a lane of the 32-lane pair
-    // `lo | hi`), kept where that column is inside the image and t < tw.
-    let mut idx = [_mm512_setzero_si512(); N];
-    let mut keep = [0u16; N];
-    for j in 0..N {
-        let mut lanes = [0i32; 16];
-        for (t, lane) in lanes.iter_mut().enumerate().take(tw) {
-            let c = (4 * t + j) as isize - OFF as isize;
-            if c >= 0 && (c as usize) < w {
-                *lane = (c as usize / up) as i32;
-                keep[j] |= 1 << t;
+    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
+    let (lo_mask, hi_mask) = (mask(sw), mask(sw.saturating_sub(16)));
+    let (group, pairs) = (plan.group, plan.pairs);
+    let store = mask(group * tw);
+    // Image row y of tile row `t` of the chunk (image t / th).
+    let row_at = |t: usize, y: isize| {
+        images
+            .as_ptr()
+            .add((t / th) * image_len + at + y as usize / up * sw)
+    };
+    let put = |rows: &mut [&mut [f32]], r: usize, col: usize, run: __m512| {
+        let row = &mut rows[r];
+        if col + 16 <= row.len() {
+            // Lanes past the group's are overwritten by later tiles or lie in the row's
+            // padding, which is filled afterwards.
+            _mm512_storeu_ps(row.as_mut_ptr().add(col), run);
+        } else {
+            let inside = store & mask(row.len() - col);
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(col), inside, run);
+        }
+    };
+    let total = count * th;
+    if sw > 16 {
+        // One tile row per vector: its image row in two registers, the indices in N more.
+        let idx: [__m512i; N] =
+            std::array::from_fn(|j| _mm512_loadu_si512(plan.idx[j][0].as_ptr().cast()));
+        for t in 0..total {
+            for i in 0..N {
+                let y = (4 * (t % th) + i) as isize - OFF as isize;
+                let (lo, hi) = if y >= 0 && (y as usize) < h {
+                    let row = row_at(t, y);
+                    (
+                        _mm512_maskz_loadu_ps(lo_mask, row),
+                        _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16)),
+                    )
+                } else {
+                    (_mm512_setzero_ps(), _mm512_setzero_ps())
+                };
+                for (j, idx) in idx.iter().enumerate() {
+                    let run = _mm512_maskz_permutex2var_ps(plan.keep[j][0], lo, *idx, hi);
+                    put(rows, i * N + j, t * tw, run);
+                }
             }
         }
-        idx[j] = _mm512_loadu_si512(lanes.as_ptr().cast());
+        return;
     }
-    let store: u16 = if tw >= 16 { u16::MAX } else { (1u16 << tw) - 1 };
-    let lo_mask: u16 = if sw >= 16 { u16::MAX } else { (1u16 << sw) - 1 };
-    let hi_mask: u16 = if sw <= 16 {
-        0
-    } else {
-        ((1u32 << (sw - 16)) - 1) as u16
-    };
-    for ty in 0..th {
-        let at = col0 + ty * tw;
+    for t0 in (0..total).step_by(group) {
         for i in 0..N {
-            let y = (4 * ty + i) as isize - OFF as isize;
-            let inside = y >= 0 && (y as usize) < h;
-            let (lo, hi) = if inside {
-                let row = x.as_ptr().add(y as usize / up * sw);
-                (
-                    _mm512_maskz_loadu_ps(lo_mask, row),
-                    _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16)),
-                )
-            } else {
-                (_mm512_setzero_ps(), _mm512_setzero_ps())
-            };
-            for j in 0..N {
-                let run = _mm512_maskz_permutex2var_ps(keep[j], lo, idx[j], hi);
-                let row = &mut rows[i * N + j];
-                if at + 16 <= row.len() {
-                    // Lanes past the tile row's are overwritten by the next tile row or lie
-                    // in the row's padding, which is filled afterwards.
-                    _mm512_storeu_ps(row.as_mut_ptr().add(at), run);
-                } else {
-                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(at), store, run);
+            // The group's image rows, one register each (zero outside the image).
+            let mut src = [_mm512_setzero_ps(); 16];
+            for (r, src) in src.iter_mut().enumerate().take(2 * pairs) {
+                let t = t0 + r;
+                let y = (4 * (t % th) + i) as isize - OFF as isize;
+                if t < total && y >= 0 && (y as usize) < h {
+                    *src = _mm512_maskz_loadu_ps(lo_mask, row_at(t, y));
                 }
+            }
+            for j in 0..N {
+                let index = |q: usize| _mm512_loadu_si512(plan.idx[j][q].as_ptr().cast());
+                let mut run =
+                    _mm512_maskz_permutex2var_ps(plan.keep[j][0], src[0], index(0), src[1]);
+                for q in 1..pairs {
+                    let part = _mm512_permutex2var_ps(src[2 * q], index(q), src[2 * q + 1]);
+                    run = _mm512_mask_mov_ps(run, plan.keep[j][q], part);
+                }
+                put(rows, i * N + j, t0 * tw, run);
             }
         }
     }

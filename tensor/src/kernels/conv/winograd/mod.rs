@@ -54,7 +54,7 @@ mod transforms;
 use super::source::{sum_pool_plane, upsample_plane, Sink, Source};
 use filters::fold_filter_gradients;
 pub(crate) use filters::Orientation;
-use layout::{gather, gathers_upsampled, scatter_tiles, Epilogue};
+use layout::{gather, gather_channel, gathers_upsampled, scatter_tiles, Epilogue, GatherPlan};
 pub(crate) use products::Filters;
 use transforms::{transform_grad_output_on, transform_input_on, transform_output_on};
 
@@ -242,6 +242,7 @@ fn gather_transformed<const N: usize, const OFF: usize>(
     let up = source.scale();
     let fast = gathers_upsampled(p);
     let upsample_first = up > 1 && !fast;
+    let plan = fast.then(|| GatherPlan::new::<N, OFF>(p, up));
     for_each_channel(
         rows,
         par,
@@ -254,13 +255,18 @@ fn gather_transformed<const N: usize, const OFF: usize>(
             )
         },
         |(phases, upsampled), (c, rows)| {
-            for (n, x) in images.chunks_exact(image_len).enumerate() {
-                let x = &x[c * plane..(c + 1) * plane];
-                if upsample_first {
-                    upsample_plane(p, x, upsampled);
-                    gather::<N, OFF>(p, (upsampled, 1, fast), rows, n * per_image, phases);
-                } else {
-                    gather::<N, OFF>(p, (x, up, fast), rows, n * per_image, phases);
+            if let Some(plan) = &plan {
+                gather_channel::<N, OFF>(p, (images, image_len, c * plane), up, plan, rows);
+            } else {
+                for (n, x) in images.chunks_exact(image_len).enumerate() {
+                    let x = &x[c * plane..(c + 1) * plane];
+                    let x = if upsample_first {
+                        upsample_plane(p, x, upsampled);
+                        &upsampled[..]
+                    } else {
+                        x
+                    };
+                    gather::<N, OFF>(p, x, rows, n * per_image, phases);
                 }
             }
             for r in rows[..N * N].iter_mut() {

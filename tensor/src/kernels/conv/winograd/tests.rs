@@ -132,3 +132,72 @@ fn parallel_chunks_by_shape_and_threads() {
     assert_eq!(parallel_chunks(16, 25, 13, 2), (false, 13));
     assert_eq!(parallel_chunks(16, 16, 6, 2), (false, 6));
 }
+
+/// The register gather of a channel of every image at once gives the rows of the portable
+/// gather image by image (with the plane upsampled first where the input is held at half the
+/// resolution), for the 6x6 patches and the 4x4 blocks: images 8, 12 (tile rows that do not
+/// fill a vector, groups that span images and a last group that stops short), 16 and 32 wide,
+/// upsampled or not, one image or several.
+#[test]
+fn register_gather_matches_the_portable_gather() {
+    use super::super::source::upsample_plane;
+    use super::layout::{gather, gather_channel, gathers_upsampled, GatherPlan};
+    use super::{tiles, Conv2dParams, ROW_ALIGN};
+
+    fn check<const N: usize, const OFF: usize>(p: &Conv2dParams, up: usize, rng: &mut TestRng) {
+        let (th, tw) = tiles(p);
+        let splane = p.h * p.w / (up * up);
+        // Two channels, gathering the second.
+        let image_len = 2 * splane;
+        let images = rng.vec(p.batch * image_len);
+        let cols = p.batch * th * tw;
+        let stride = cols.next_multiple_of(ROW_ALIGN);
+        let mut fast = vec![0.0f32; N * N * stride];
+        let mut slow = vec![0.0f32; N * N * stride];
+        let mut rows: Vec<&mut [f32]> = fast.chunks_exact_mut(stride).collect();
+        let plan = GatherPlan::new::<N, OFF>(p, up);
+        gather_channel::<N, OFF>(p, (&images, image_len, splane), up, &plan, &mut rows);
+        let mut rows: Vec<&mut [f32]> = slow.chunks_exact_mut(stride).collect();
+        let mut phases = vec![0.0f32; (4 * th + 2) * 4 * (tw + 1)];
+        let mut full = vec![0.0f32; p.h * p.w];
+        for (n, image) in images.chunks_exact(image_len).enumerate() {
+            let x = &image[splane..];
+            let x = if up == 2 {
+                upsample_plane(p, x, &mut full);
+                &full[..]
+            } else {
+                x
+            };
+            gather::<N, OFF>(p, x, &mut rows, n * th * tw, &mut phases);
+        }
+        for (r, (f, s)) in fast
+            .chunks_exact(stride)
+            .zip(slow.chunks_exact(stride))
+            .enumerate()
+        {
+            assert_eq!(&f[..cols], &s[..cols], "{p:?} up {up}: row {r}");
+        }
+    }
+
+    let mut rng = TestRng::new(41);
+    for (batch, h, w) in [(1, 8, 8), (5, 8, 8), (3, 12, 12), (2, 16, 16), (3, 32, 32)] {
+        for up in [1, 2] {
+            let p = Conv2dParams {
+                batch,
+                c_in: 16,
+                c_out: 16,
+                h,
+                w,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                padding: 1,
+            };
+            if !gathers_upsampled(&p) {
+                return;
+            }
+            check::<6, 1>(&p, up, &mut rng);
+            check::<4, 0>(&p, up, &mut rng);
+        }
+    }
+}
