@@ -95,25 +95,28 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
 /// The permutations of [`gather`]'s fast path for one geometry (and `N`, `OFF`, `up`), built
 /// once per convolution step rather than for every channel of every image.
 ///
-/// Each stored vector holds the runs of `group` consecutive tile rows (`group * tw <= 16`
-/// lanes), made by `pairs` two-source permutations:
-/// - images more than 16 values wide (as stored): one tile row per vector, its image row in
-///   two registers (`lo | hi`), one permutation;
-/// - narrower ones, whose rows fit in one register: `16 / tw` tile rows per vector (of
-///   consecutive images where an image has fewer), two tile rows' image rows per
-///   permutation, instead of one partly overlapping store of `tw` useful lanes per tile row
-///   (4 of 16 at 16x16, 2 at 8x8). Against one tile row per vector, interleaved in one
-///   process (`ddpm bench unet --compare-in-place` with the switch pointed at this choice),
-///   training steps took 1.049x as long on one thread and on two, sampling steps 1.051x and
-///   1.036x.
+/// Each stored vector holds the runs of `group = 16 / tw` consecutive tile rows (of
+/// consecutive images where an image has fewer), made by `perms` two-source permutations,
+/// instead of one partly overlapping store of `tw` useful lanes per tile row (4 of 16 at
+/// 16x16, 2 at 8x8, 8 at 32x32):
+/// - images more than 16 values wide (as stored): each tile row's image row in two registers
+///   (`lo | hi`), one permutation per tile row;
+/// - narrower ones, whose rows fit in one register: two tile rows' image rows per
+///   permutation.
+///
+/// Against one tile row per vector, interleaved in one process (`ddpm bench unet
+/// --compare-in-place` with the switch pointed at this choice), for the narrow images:
+/// training steps took 1.049x as long on one thread and on two, sampling steps 1.051x and
+/// 1.036x; for the wide ones too: 1.019x and 1.003-1.010x, 1.021x and 1.010-1.032x.
 #[derive(Clone)]
 pub(super) struct GatherPlan {
     group: usize,
-    pairs: usize,
-    /// For run `j` and permutation `q`: lane `r tw + t` (tile row `r` of the group) takes
-    /// column `4t + j - OFF` of its image row, kept (`keep`) where that column is inside the
-    /// image. Lanes `0..16` of the index pick the first register (`lo`, or tile row `2q`),
-    /// lanes `16..32` the second (`hi`, or tile row `2q + 1`).
+    perms: usize,
+    /// For run `j` and permutation `q`: lane `r tw + t` (tile row `r` of the group, `r = q`
+    /// for wide images, else `2q` or `2q + 1`) takes column `4t + j - OFF` of its image row,
+    /// kept (`keep`) where that column is inside the image. Lanes `0..16` of the index pick
+    /// the first register (`lo`, or tile row `2q`), lanes `16..32` the second (`hi`, or tile
+    /// row `2q + 1`).
     idx: [[[i32; 16]; 8]; 6],
     keep: [[u16; 8]; 6],
 }
@@ -125,17 +128,17 @@ impl GatherPlan {
         let (_, tw) = tiles(p);
         let w = p.w;
         let wide = w / up > 16;
-        let group = if wide { 1 } else { (16 / tw).max(1) };
-        let pairs = if wide { 1 } else { group.div_ceil(2) };
+        let group = (16 / tw).max(1);
+        let perms = if wide { group } else { group.div_ceil(2) };
         let mut plan = GatherPlan {
             group,
-            pairs,
+            perms,
             idx: [[[0; 16]; 8]; 6],
             keep: [[0; 8]; 6],
         };
         for j in 0..N {
-            for q in 0..pairs {
-                let rows = if wide { 0..1 } else { 2 * q..2 * q + 2 };
+            for q in 0..perms {
+                let rows = if wide { q..q + 1 } else { 2 * q..2 * q + 2 };
                 for r in rows {
                     for t in 0..tw {
                         let (lane, c) = (r * tw + t, (4 * t + j) as isize - OFF as isize);
@@ -211,7 +214,7 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
     let sw = w / up;
     let mask = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
     let (lo_mask, hi_mask) = (mask(sw), mask(sw.saturating_sub(16)));
-    let (group, pairs) = (plan.group, plan.pairs);
+    let (group, perms) = (plan.group, plan.perms);
     let store = mask(group * tw);
     // Image row y of tile row `t` of the chunk (image t / th).
     let row_at = |t: usize, y: isize| {
@@ -231,46 +234,30 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
         }
     };
     let total = count * th;
-    if sw > 16 {
-        // One tile row per vector: its image row in two registers, the indices in N more.
-        let idx: [__m512i; N] =
-            std::array::from_fn(|j| _mm512_loadu_si512(plan.idx[j][0].as_ptr().cast()));
-        for t in 0..total {
-            for i in 0..N {
-                let y = (4 * (t % th) + i) as isize - OFF as isize;
-                let (lo, hi) = if y >= 0 && (y as usize) < h {
-                    let row = row_at(t, y);
-                    (
-                        _mm512_maskz_loadu_ps(lo_mask, row),
-                        _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16)),
-                    )
-                } else {
-                    (_mm512_setzero_ps(), _mm512_setzero_ps())
-                };
-                for (j, idx) in idx.iter().enumerate() {
-                    let run = _mm512_maskz_permutex2var_ps(plan.keep[j][0], lo, *idx, hi);
-                    put(rows, i * N + j, t * tw, run);
-                }
-            }
-        }
-        return;
-    }
+    let wide = sw > 16;
     for t0 in (0..total).step_by(group) {
         for i in 0..N {
-            // The group's image rows, one register each (zero outside the image).
+            // The group's image rows (zero outside the image): one register each, or two
+            // (`lo | hi`) for wide images.
             let mut src = [_mm512_setzero_ps(); 16];
-            for (r, src) in src.iter_mut().enumerate().take(2 * pairs) {
+            for r in 0..if wide { group } else { 2 * perms } {
                 let t = t0 + r;
                 let y = (4 * (t % th) + i) as isize - OFF as isize;
                 if t < total && y >= 0 && (y as usize) < h {
-                    *src = _mm512_maskz_loadu_ps(lo_mask, row_at(t, y));
+                    let row = row_at(t, y);
+                    if wide {
+                        src[2 * r] = _mm512_maskz_loadu_ps(lo_mask, row);
+                        src[2 * r + 1] = _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16));
+                    } else {
+                        src[r] = _mm512_maskz_loadu_ps(lo_mask, row);
+                    }
                 }
             }
             for j in 0..N {
                 let index = |q: usize| _mm512_loadu_si512(plan.idx[j][q].as_ptr().cast());
                 let mut run =
                     _mm512_maskz_permutex2var_ps(plan.keep[j][0], src[0], index(0), src[1]);
-                for q in 1..pairs {
+                for q in 1..perms {
                     let part = _mm512_permutex2var_ps(src[2 * q], index(q), src[2 * q + 1]);
                     run = _mm512_mask_mov_ps(run, plan.keep[j][q], part);
                 }
