@@ -130,6 +130,10 @@ impl GatherPlan {
         let wide = w / up > 16;
         let group = (16 / tw).max(1);
         let perms = if wide { group } else { group.div_ceil(2) };
+        assert!(
+            matches!(perms, 1..=4 | 8),
+            "winograd gather: {perms} permutations per vector"
+        );
         let mut plan = GatherPlan {
             group,
             perms,
@@ -207,61 +211,110 @@ unsafe fn gather_rows_avx512<const N: usize, const OFF: usize>(
     plan: &GatherPlan,
     rows: &mut [&mut [f32]],
 ) {
-    use std::arch::x86_64::*;
     let (th, tw) = tiles(p);
     let (h, w) = (p.h, p.w);
     // The width of a stored row, and the lanes of the first and second register of one.
     let sw = w / up;
     let mask = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
     let (lo_mask, hi_mask) = (mask(sw), mask(sw.saturating_sub(16)));
-    let (group, perms) = (plan.group, plan.perms);
-    let store = mask(group * tw);
-    // Image row y of tile row `t` of the chunk (image t / th).
-    let row_at = |t: usize, y: isize| {
-        images
-            .as_ptr()
-            .add((t / th) * image_len + at + y as usize / up * sw)
+    let images = Images {
+        data: images,
+        image_len,
+        at,
+        th,
+        tw,
+        h,
+        sw,
+        up,
+        total: count * th,
+        wide: sw > 16,
+        masks: (lo_mask, hi_mask),
     };
-    let put = |rows: &mut [&mut [f32]], r: usize, col: usize, run: __m512| {
-        let row = &mut rows[r];
-        if col + 16 <= row.len() {
-            // Lanes past the group's are overwritten by later tiles or lie in the row's
-            // padding, which is filled afterwards.
-            _mm512_storeu_ps(row.as_mut_ptr().add(col), run);
+    // The permutations' count as a constant, so that their registers stay registers.
+    match plan.perms {
+        1 => gather_groups::<N, OFF, 1>(images, plan, rows),
+        2 => gather_groups::<N, OFF, 2>(images, plan, rows),
+        3 => gather_groups::<N, OFF, 3>(images, plan, rows),
+        4 => gather_groups::<N, OFF, 4>(images, plan, rows),
+        _ => gather_groups::<N, OFF, 8>(images, plan, rows),
+    }
+}
+
+/// The images [`gather_groups`] reads: channel plane of image `n` at `data[n * image_len +
+/// at..]`, `h / up` rows of `sw` values; `total` tile rows of `tw` tiles, `th` to an image.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Images<'a> {
+    data: &'a [f32],
+    image_len: usize,
+    at: usize,
+    th: usize,
+    tw: usize,
+    h: usize,
+    sw: usize,
+    up: usize,
+    total: usize,
+    /// Image rows in two registers each (`lo | hi`), or one.
+    wide: bool,
+    /// The lanes of a stored row in its first and second register.
+    masks: (u16, u16),
+}
+
+/// The loops of [`gather_rows_avx512`] with the plan's `P` permutations per vector: for each
+/// group of tile rows and each `i`, the `2 P` registers the permutations read (the image
+/// rows of tile rows `t0 + 2q` and `t0 + 2q + 1`, or, wide, the two halves of tile row
+/// `t0 + q`'s; zero outside the image) are loaded once for the `N` runs.
+///
+/// # Safety
+/// As for [`gather_rows_avx512`], with `P` the plan's count.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_groups<const N: usize, const OFF: usize, const P: usize>(
+    g: Images,
+    plan: &GatherPlan,
+    rows: &mut [&mut [f32]],
+) {
+    use std::arch::x86_64::*;
+    assert_eq!(plan.perms, P, "winograd gather: the plan's permutations");
+    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
+    let store = mask(plan.group * g.tw);
+    let load = |t: usize, i: usize, half: usize| {
+        let y = (4 * (t % g.th) + i) as isize - OFF as isize;
+        if t < g.total && y >= 0 && (y as usize) < g.h {
+            let row = (t / g.th) * g.image_len + g.at + y as usize / g.up * g.sw;
+            let m = if half == 0 { g.masks.0 } else { g.masks.1 };
+            _mm512_maskz_loadu_ps(m, g.data.as_ptr().add(row + 16 * half))
         } else {
-            let inside = store & mask(row.len() - col);
-            _mm512_mask_storeu_ps(row.as_mut_ptr().add(col), inside, run);
+            _mm512_setzero_ps()
         }
     };
-    let total = count * th;
-    let wide = sw > 16;
-    for t0 in (0..total).step_by(group) {
+    for t0 in (0..g.total).step_by(plan.group) {
+        let col = t0 * g.tw;
         for i in 0..N {
-            // The group's image rows (zero outside the image): one register each, or two
-            // (`lo | hi`) for wide images.
-            let mut src = [_mm512_setzero_ps(); 16];
-            for r in 0..if wide { group } else { 2 * perms } {
-                let t = t0 + r;
-                let y = (4 * (t % th) + i) as isize - OFF as isize;
-                if t < total && y >= 0 && (y as usize) < h {
-                    let row = row_at(t, y);
-                    if wide {
-                        src[2 * r] = _mm512_maskz_loadu_ps(lo_mask, row);
-                        src[2 * r + 1] = _mm512_maskz_loadu_ps(hi_mask, row.wrapping_add(16));
-                    } else {
-                        src[r] = _mm512_maskz_loadu_ps(lo_mask, row);
-                    }
-                }
+            let mut src = [[_mm512_setzero_ps(); 2]; P];
+            for (q, pair) in src.iter_mut().enumerate() {
+                *pair = if g.wide {
+                    [load(t0 + q, i, 0), load(t0 + q, i, 1)]
+                } else {
+                    [load(t0 + 2 * q, i, 0), load(t0 + 2 * q + 1, i, 0)]
+                };
             }
             for j in 0..N {
-                let index = |q: usize| _mm512_loadu_si512(plan.idx[j][q].as_ptr().cast());
-                let mut run =
-                    _mm512_maskz_permutex2var_ps(plan.keep[j][0], src[0], index(0), src[1]);
-                for q in 1..perms {
-                    let part = _mm512_permutex2var_ps(src[2 * q], index(q), src[2 * q + 1]);
+                let mut run = _mm512_setzero_ps();
+                for (q, [a, b]) in src.iter().enumerate() {
+                    let index = _mm512_loadu_si512(plan.idx[j][q].as_ptr().cast());
+                    let part = _mm512_permutex2var_ps(*a, index, *b);
                     run = _mm512_mask_mov_ps(run, plan.keep[j][q], part);
                 }
-                put(rows, i * N + j, t0 * tw, run);
+                let row = &mut rows[i * N + j];
+                if col + 16 <= row.len() {
+                    // Lanes past the group's are overwritten by later tiles or lie in the
+                    // row's padding, which is filled afterwards.
+                    _mm512_storeu_ps(row.as_mut_ptr().add(col), run);
+                } else {
+                    let inside = store & mask(row.len() - col);
+                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(col), inside, run);
+                }
             }
         }
     }
