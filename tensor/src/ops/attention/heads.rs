@@ -372,10 +372,9 @@ pub(super) fn backward_in(
                 (lk_dv, ptrs[2], lens[2], dv, dm.dv),
             ] {
                 let out = layout.rows_out(ptr, len, t);
-                for (j, row) in grad.chunks_exact(w).enumerate() {
-                    // SAFETY: head t's rows are this task's alone.
-                    unsafe { out.put(j, row) };
-                }
+                debug_assert_eq!(grad.len(), w * dm.lk);
+                // SAFETY: head t's rows are this task's alone.
+                unsafe { out.put_rows(grad) };
             }
         };
         if dm.blocks() == 1 {

@@ -23,6 +23,7 @@ use super::tiles::{
     block_products, block_times, key_tile_products, row_dots, CHANS, KEYS, KEY_TILE,
 };
 use super::Dims;
+use crate::kernels::cpu::Isa;
 use crate::ops::par::SendPtr;
 use crate::ops::simd::SimdF32;
 use crate::ops::vmath::exp2_nonpositive;
@@ -60,6 +61,39 @@ impl Rows<'_> {
             for (c, d) in dst[..self.width].iter_mut().enumerate() {
                 *d = self.data[at + c * self.col_stride];
             }
+        }
+    }
+
+    /// All `dst.len() / width` rows, one after another, into `dst`. Channels contiguous (a
+    /// head of a `[B, H w, L]` tensor) with eight of them, each eight keys' block is one 8x8
+    /// transpose: entry by entry, each row's eight values came from eight places.
+    fn rows_into(self, dst: &mut [f32]) {
+        let (w, n) = (self.width, dst.len() / self.width);
+        let mut j = 0;
+        #[cfg(target_arch = "x86_64")]
+        if w == 8 && self.row_stride == 1 && crate::kernels::cpu::isa() != Isa::Portable {
+            let last = self.start + 7 * self.col_stride;
+            while j + 8 <= n {
+                assert!(
+                    last + j + 8 <= self.data.len(),
+                    "attention: rows out of range"
+                );
+                // SAFETY: the CPU has AVX (AVX2 or AVX-512, checked above); the block's eight
+                // channels hold keys j..j + 8 (checked above), and `dst` eight rows of 8
+                // from j * 8 (j + 8 <= n).
+                unsafe {
+                    crate::ops::transpose::x86::transpose_8x8(
+                        self.data.as_ptr().add(self.start + j),
+                        self.col_stride,
+                        dst[j * 8..(j + 8) * 8].as_mut_ptr(),
+                        8,
+                    )
+                };
+                j += 8;
+            }
+        }
+        for (i, row) in dst.chunks_exact_mut(w).enumerate().skip(j) {
+            self.row_into(i, row);
         }
     }
 
@@ -120,6 +154,42 @@ impl RowsOut<'_> {
         assert!(at < self.len, "attention: output entry out of range");
         // SAFETY: in range (checked above); the caller owns the row.
         unsafe { *self.data.0.add(at) = x };
+    }
+
+    /// Writes `values` (rows of `width`, one after another) as rows `0..`, as
+    /// [`Rows::rows_into`] reads them: 8x8 transposes where eight channels are contiguous.
+    ///
+    /// # Safety
+    /// No other task may write these rows meanwhile.
+    pub(super) unsafe fn put_rows(self, values: &[f32]) {
+        let (w, n) = (self.width, values.len() / self.width);
+        let mut j = 0;
+        #[cfg(target_arch = "x86_64")]
+        if w == 8 && self.row_stride == 1 && crate::kernels::cpu::isa() != Isa::Portable {
+            let last = self.start + 7 * self.col_stride;
+            while j + 8 <= n {
+                assert!(
+                    last + j + 8 <= self.len,
+                    "attention: output rows out of range"
+                );
+                // SAFETY: the CPU has AVX (checked above); the eight channels' keys j..j + 8
+                // lie inside the output (checked above) and are the caller's; `values`
+                // holds eight rows of 8 from j * 8.
+                unsafe {
+                    crate::ops::transpose::x86::transpose_8x8(
+                        values[j * 8..(j + 8) * 8].as_ptr(),
+                        8,
+                        self.data.0.add(self.start + j),
+                        self.col_stride,
+                    )
+                };
+                j += 8;
+            }
+        }
+        for (i, row) in values.chunks_exact(w).enumerate().skip(j) {
+            // SAFETY: the caller's rows.
+            unsafe { self.put(i, row) };
+        }
     }
 
     /// Writes `values` (`width` of them) as row `i`.
@@ -200,12 +270,8 @@ pub(super) fn with_workspace<T>(
     f: impl FnOnce(&mut Workspace) -> T,
 ) -> T {
     let run = |w: &mut Workspace| {
-        for (j, row) in w.k.chunks_exact_mut(dm.d).enumerate() {
-            k.row_into(j, row);
-        }
-        for (j, row) in w.v.chunks_exact_mut(dm.dv).enumerate() {
-            v.row_into(j, row);
-        }
+        k.rows_into(&mut w.k);
+        v.rows_into(&mut w.v);
         f(w)
     };
     WORKSPACES.with(|cell| match cell.try_borrow_mut() {
