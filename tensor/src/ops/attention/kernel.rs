@@ -45,12 +45,6 @@ pub(super) struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Entry `(i, c)`.
-    #[inline(always)]
-    fn get(self, i: usize, c: usize) -> f32 {
-        self.data[self.start + i * self.row_stride + c * self.col_stride]
-    }
-
     /// Row `i` into `dst` (`width` values).
     #[inline(always)]
     fn row_into(self, i: usize, dst: &mut [f32]) {
@@ -95,12 +89,6 @@ impl Rows<'_> {
         for (i, row) in dst.chunks_exact_mut(w).enumerate().skip(j) {
             self.row_into(i, row);
         }
-    }
-
-    /// The dot product of row `i` of `self` and of `other` (same width), added in order.
-    #[inline(always)]
-    fn row_dot(self, other: Rows<'_>, i: usize) -> f32 {
-        (0..self.width).fold(0.0, |acc, c| acc + self.get(i, c) * other.get(i, c))
     }
 
     /// Asks for the entries of rows `rows` to be brought into cache (a head's rows or channels
@@ -472,15 +460,17 @@ pub(super) unsafe fn backward_rows<V: SimdF32>(
         for r in [x.q, x.g, x.o] {
             r.prefetch(next.clone());
         }
-        // D = g . o per query; padding lanes get lse = +inf, so that their p and ds are 0.
-        for lane in 0..l {
-            ws.lane[lane] = if lane < nb {
-                x.g.row_dot(x.o, i0 + lane)
-            } else {
-                0.0
-            };
+        // D = g . o per query, lane-wise over the transposed blocks (each lane's products
+        // added in channel order, as a dot product of its rows would add them; padding lanes
+        // 0); padding lanes get lse = +inf, so that their p and ds are 0.
+        load_block(x.o, i0, nb, 1.0, l, &mut ws.out);
+        let mut dvec = V::splat(0.0);
+        for (g, o) in ws.gt[b * dv * l..][..dv * l]
+            .chunks_exact(l)
+            .zip(ws.out.chunks_exact(l))
+        {
+            dvec = dvec + V::load(g) * V::load(o);
         }
-        let dvec = V::load(&ws.lane);
         for lane in 0..l {
             ws.lane[lane] = if lane < nb {
                 x.lse[i0 + lane]
