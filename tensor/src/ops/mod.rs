@@ -12,7 +12,7 @@ pub mod flops;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
-mod par;
+pub(crate) mod par;
 pub mod reduce;
 mod reduce_kernel;
 pub(crate) mod simd;

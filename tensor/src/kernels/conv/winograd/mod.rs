@@ -43,6 +43,7 @@ use super::{Addends, Conv2dParams};
 use crate::kernels::cpu::{self, Isa};
 use crate::kernels::gemm::{sgemm_batched, Trans};
 use crate::ops::alloc::as_uninit;
+use crate::ops::par::SendPtr;
 
 mod filters;
 mod layout;
@@ -116,6 +117,59 @@ fn rows_by_channel<T>(data: &mut [T], plane: usize, channels: usize, len: usize)
     rows
 }
 
+/// The rows of the 36 planes of `V` or `M` (as [`rows_by_channel`] lays them out), handed
+/// out one channel at a time: channel `c`'s 36 rows are `data[xi * plane + c * len..][..len]`.
+/// Building the whole list of slices took about 1% of a two-thread training step, most of it
+/// on the thread that then waits for the parallel loop to start.
+struct ChannelRows<'a> {
+    data: SendPtr,
+    plane: usize,
+    len: usize,
+    channels: usize,
+    _data: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> ChannelRows<'a> {
+    /// The rows of `channels` channels of `len` values in the 36 planes of `data`, `plane`
+    /// values apart.
+    fn new(data: &'a mut [f32], plane: usize, channels: usize, len: usize) -> Self {
+        assert!(
+            channels * len <= plane && data.len() >= (XI - 1) * plane + channels * len,
+            "winograd: 36 planes of rows"
+        );
+        ChannelRows {
+            data: SendPtr(data.as_mut_ptr()),
+            plane,
+            len,
+            channels,
+            _data: std::marker::PhantomData,
+        }
+    }
+
+    /// Channel `c`'s 36 rows.
+    ///
+    /// # Safety
+    /// No other rows of channel `c` may be alive: each channel's rows go to one task at a
+    /// time.
+    unsafe fn rows(&self, c: usize) -> [&'a mut [f32]; XI] {
+        assert!(
+            c < self.channels,
+            "winograd: channel {c} of {}",
+            self.channels
+        );
+        std::array::from_fn(|xi| {
+            // SAFETY: inside the planes (checked in `new`), disjoint from every other
+            // channel's rows and from the other planes; the caller owns channel c's.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.data.0.add(xi * self.plane + c * self.len),
+                    self.len,
+                )
+            }
+        })
+    }
+}
+
 /// Splits `data`, a sequence of `groups` groups of `group_len` values that each start with
 /// `channels` blocks of `len` values, into those blocks channel by channel: channel `c`'s blocks
 /// (one per group, in order) are entries `c * groups..(c + 1) * groups` (so that
@@ -184,22 +238,27 @@ fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
     )
 }
 
-/// Runs `f(scratch, (c, rows))` for every channel `c` with its 36 `rows` (from
-/// [`rows_by_channel`]), in parallel if `par` (with one scratch value from `init` per task),
-/// else in order on this thread.
-fn for_each_channel<T: Send, S>(
-    rows: &mut [&mut [T]],
+/// Runs `f(scratch, (c, rows))` for every channel `c` of `rows` with its 36 rows, in
+/// parallel if `par` (with one scratch value from `init` per task), else in order on this
+/// thread.
+fn for_each_channel<S>(
+    rows: &ChannelRows,
     par: bool,
     init: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, (usize, &mut [&mut [T]])) + Sync + Send,
+    f: impl Fn(&mut S, (usize, &mut [&mut [f32]])) + Sync + Send,
 ) {
+    // SAFETY (both): each channel's rows go to one call.
     if par {
-        rows.par_chunks_mut(XI).enumerate().for_each_init(init, f);
+        (0..rows.channels)
+            .into_par_iter()
+            .for_each_init(init, |scratch, c| {
+                f(scratch, (c, unsafe { &mut rows.rows(c) }))
+            });
     } else {
         let mut scratch = init();
-        rows.chunks_mut(XI)
-            .enumerate()
-            .for_each(|item| f(&mut scratch, item));
+        for c in 0..rows.channels {
+            f(&mut scratch, (c, unsafe { &mut rows.rows(c) }));
+        }
     }
 }
 
@@ -214,21 +273,21 @@ fn transform_chunk_input(
     (v, v_plane, stride): (&mut [f32], usize, usize),
     par: bool,
 ) {
-    let rows = &mut rows_by_channel(v, v_plane, p.c_in, stride);
+    let rows = &ChannelRows::new(v, v_plane, p.c_in, stride);
     gather_transformed::<6, 1>(p, (inp, p.c_in, source), rows, par, |rows, len| {
         transform_input_on(isa, rows, len)
     });
 }
 
 /// For every channel of the images `images` (`[_, channels, h, w]`, held as `source` says)
-/// with its 36 `rows` (from [`rows_by_channel`]), in parallel over channels if `par`:
+/// with its 36 rows of `rows`, in parallel over channels if `par`:
 /// [`gather`]s the channel's `N x N` patches (offset `OFF`) of every image into the first
 /// `N * N` rows, zeroes those rows' columns past the tiles up to the next multiple of
 /// [`COLUMN_ALIGN`] (`len`), and calls `transform(rows, len)`.
 fn gather_transformed<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
     (images, channels, source): (&[f32], usize, Source),
-    rows: &mut [&mut [f32]],
+    rows: &ChannelRows,
     par: bool,
     transform: impl Fn(&mut [&mut [f32]], usize) + Sync + Send,
 ) {
@@ -437,20 +496,22 @@ fn forward_chunk(
             }
         }
     };
-    let mut rows = rows_by_channel(m, m_plane, p.c_out, stride);
+    let rows = ChannelRows::new(m, m_plane, p.c_out, stride);
     let full = if sink == Sink::Plain { 0 } else { plane };
     let row = || (vec![0.0f32; 4 * tw], vec![0.0f32; full]);
+    // SAFETY (both): each channel's rows go to one call.
     if par {
-        rows.par_chunks_mut(XI)
-            .zip(planes.par_chunks_mut(images))
+        planes
+            .par_chunks_mut(images)
             .enumerate()
-            .for_each_init(row, |row, (co, (rows, planes))| each(row, co, rows, planes));
+            .for_each_init(row, |row, (co, planes)| {
+                each(row, co, unsafe { &mut rows.rows(co) }, planes)
+            });
     } else {
         let mut scratch = row();
-        rows.chunks_mut(XI)
-            .zip(planes.chunks_mut(images))
-            .enumerate()
-            .for_each(|(co, (rows, planes))| each(&mut scratch, co, rows, planes));
+        for (co, planes) in planes.chunks_mut(images).enumerate() {
+            each(&mut scratch, co, unsafe { &mut rows.rows(co) }, planes);
+        }
     }
 }
 
@@ -481,7 +542,7 @@ pub(crate) fn backward_weight(
         {
             let cols = inp.len() / in_len * per_image;
             transform_chunk_input(p, isa, (inp, source), (&mut *v, v_plane, stride), true);
-            let rows = &mut rows_by_channel(m, m_plane, p.c_out, stride);
+            let rows = &ChannelRows::new(m, m_plane, p.c_out, stride);
             gather_transformed::<4, 0>(
                 p,
                 (dyc, p.c_out, Source::Plain),
