@@ -58,35 +58,30 @@ impl Rows<'_> {
         }
     }
 
-    /// All `dst.len() / width` rows, one after another, into `dst`. Channels contiguous (a
-    /// head of a `[B, H w, L]` tensor) with eight of them, each eight keys' block is one 8x8
-    /// transpose: entry by entry, each row's eight values came from eight places.
+    /// All `dst.len() / width` rows, one after another, into `dst`: the keys of
+    /// [`transposed_keys`] eight at a time by 8x8 transposes (each row's eight values come
+    /// from eight places), the rest entry by entry.
     fn rows_into(self, dst: &mut [f32]) {
-        let (w, n) = (self.width, dst.len() / self.width);
-        let mut j = 0;
-        #[cfg(target_arch = "x86_64")]
-        if w == 8 && self.row_stride == 1 && crate::kernels::cpu::isa() != Isa::Portable {
-            let last = self.start + 7 * self.col_stride;
-            while j + 8 <= n {
-                assert!(
-                    last + j + 8 <= self.data.len(),
-                    "attention: rows out of range"
-                );
-                // SAFETY: the CPU has AVX (AVX2 or AVX-512, checked above); the block's eight
-                // channels hold keys j..j + 8 (checked above), and `dst` eight rows of 8
-                // from j * 8 (j + 8 <= n).
-                unsafe {
-                    crate::ops::transpose::x86::transpose_8x8(
-                        self.data.as_ptr().add(self.start + j),
-                        self.col_stride,
-                        dst[j * 8..(j + 8) * 8].as_mut_ptr(),
-                        8,
-                    )
-                };
-                j += 8;
-            }
+        let n = dst.len() / self.width;
+        let blocks = transposed_keys(self.width, self.row_stride, n);
+        if blocks > 0 {
+            let end = self.start + 7 * self.col_stride + blocks;
+            assert!(end <= self.data.len(), "attention: rows out of range");
         }
-        for (i, row) in dst.chunks_exact_mut(w).enumerate().skip(j) {
+        for j in (0..blocks).step_by(8) {
+            // SAFETY: the CPU has AVX (`transposed_keys`); the eight channels hold keys
+            // j..j + 8 (checked above), and `dst` eight rows of 8 from j * 8.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                crate::ops::transpose::x86::transpose_8x8(
+                    self.data.as_ptr().add(self.start + j),
+                    self.col_stride,
+                    dst[j * 8..(j + 8) * 8].as_mut_ptr(),
+                    8,
+                )
+            };
+        }
+        for (i, row) in dst.chunks_exact_mut(self.width).enumerate().skip(blocks) {
             self.row_into(i, row);
         }
     }
@@ -120,6 +115,18 @@ impl Rows<'_> {
     }
 }
 
+/// The keys, from the first, that [`Rows::rows_into`] and [`RowsOut::put_rows`] move by 8x8
+/// transposes: every whole block of eight of the `n`, where a head's eight channels are each
+/// contiguous (`row_stride` 1, a head of a `[B, H w, L]` tensor) on a CPU with AVX; else none.
+fn transposed_keys(width: usize, row_stride: usize, n: usize) -> usize {
+    let fits = width == 8 && row_stride == 1;
+    if cfg!(target_arch = "x86_64") && fits && crate::kernels::cpu::isa() != Isa::Portable {
+        n / 8 * 8
+    } else {
+        0
+    }
+}
+
 /// An output matrix written by several tasks, each its own rows (laid out as [`Rows`]).
 #[derive(Clone, Copy)]
 pub(super) struct RowsOut<'a> {
@@ -145,36 +152,32 @@ impl RowsOut<'_> {
     }
 
     /// Writes `values` (rows of `width`, one after another) as rows `0..`, as
-    /// [`Rows::rows_into`] reads them: 8x8 transposes where eight channels are contiguous.
+    /// [`Rows::rows_into`] reads them.
     ///
     /// # Safety
     /// No other task may write these rows meanwhile.
     pub(super) unsafe fn put_rows(self, values: &[f32]) {
-        let (w, n) = (self.width, values.len() / self.width);
-        let mut j = 0;
-        #[cfg(target_arch = "x86_64")]
-        if w == 8 && self.row_stride == 1 && crate::kernels::cpu::isa() != Isa::Portable {
-            let last = self.start + 7 * self.col_stride;
-            while j + 8 <= n {
-                assert!(
-                    last + j + 8 <= self.len,
-                    "attention: output rows out of range"
-                );
-                // SAFETY: the CPU has AVX (checked above); the eight channels' keys j..j + 8
-                // lie inside the output (checked above) and are the caller's; `values`
-                // holds eight rows of 8 from j * 8.
-                unsafe {
-                    crate::ops::transpose::x86::transpose_8x8(
-                        values[j * 8..(j + 8) * 8].as_ptr(),
-                        8,
-                        self.data.0.add(self.start + j),
-                        self.col_stride,
-                    )
-                };
-                j += 8;
-            }
+        let n = values.len() / self.width;
+        let blocks = transposed_keys(self.width, self.row_stride, n);
+        if blocks > 0 {
+            let end = self.start + 7 * self.col_stride + blocks;
+            assert!(end <= self.len, "attention: output rows out of range");
         }
-        for (i, row) in values.chunks_exact(w).enumerate().skip(j) {
+        for j in (0..blocks).step_by(8) {
+            // SAFETY: the CPU has AVX (`transposed_keys`); the eight channels' keys j..j + 8
+            // lie inside the output (checked above) and are the caller's; `values` holds
+            // eight rows of 8 from j * 8.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                crate::ops::transpose::x86::transpose_8x8(
+                    values[j * 8..(j + 8) * 8].as_ptr(),
+                    8,
+                    self.data.0.add(self.start + j),
+                    self.col_stride,
+                )
+            };
+        }
+        for (i, row) in values.chunks_exact(self.width).enumerate().skip(blocks) {
             // SAFETY: the caller's rows.
             unsafe { self.put(i, row) };
         }
