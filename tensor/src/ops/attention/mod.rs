@@ -51,7 +51,8 @@ struct Dims {
     lk: usize,
     d: usize,
     dv: usize,
-    /// Lanes of the vectors the kernels run on (8 or 16): rows are padded to whole vectors.
+    /// Lanes of the vectors the kernels run on (8, or 32 on AVX-512): rows are padded to
+    /// whole vectors.
     lanes: usize,
 }
 

@@ -1,7 +1,8 @@
 //! An f32 vector interface, [`SimdF32`], with three implementations: `wide::f32x8` (portable;
 //! SSE2 on the x86-64 baseline, NEON on aarch64), [`Avx2`] (one 256-bit register, with FMA)
 //! and [`Avx512`] (one 512-bit register, 16 lanes), chosen at run time by
-//! [`crate::kernels::cpu::isa`]. The transcendental functions in
+//! [`crate::kernels::cpu::isa`]; and [`Pair`], two vectors of any of them side by side (the
+//! attention kernels' lanes on AVX-512). The transcendental functions in
 //! `vmath.rs` are written once against [`SimdF32`]; an op is a [`Lanes`] value, and [`unary`] runs
 //! it over a slice with the best implementation the CPU has.
 

@@ -43,9 +43,9 @@ fn split_quads(row: &[f32], phases: &mut [f32], dst: [usize; 4]) -> usize {
     16 * groups
 }
 
-/// True if [`gather`] takes its fast path (AVX-512, images at most 32 wide), on which it can
-/// read a channel held at half the resolution (`up = 2`) itself; else the caller upsamples
-/// the plane first.
+/// True if the channels are gathered by [`gather_channel`] (AVX-512, images at most 32
+/// wide), which reads a channel held at half the resolution (`up = 2`) itself; else by the
+/// portable [`gather`], image by image, the caller upsampling the plane first.
 pub(super) fn gathers_upsampled(p: &Conv2dParams) -> bool {
     cfg!(target_arch = "x86_64") && p.w <= 32 && cpu::isa() == Isa::Avx512
 }
@@ -92,8 +92,8 @@ pub(super) fn gather<const N: usize, const OFF: usize>(
     }
 }
 
-/// The permutations of [`gather`]'s fast path for one geometry (and `N`, `OFF`, `up`), built
-/// once per convolution step rather than for every channel of every image.
+/// The permutations of [`gather_channel`] for one geometry (and `N`, `OFF`, `up`), built once
+/// per convolution step rather than for every channel of every image.
 ///
 /// Each stored vector holds the runs of `group = 16 / tw` consecutive tile rows (of
 /// consecutive images where an image has fewer), made by `perms` two-source permutations,
@@ -114,8 +114,8 @@ pub(super) struct GatherPlan {
     perms: usize,
     /// For run `j` and permutation `q`: lane `r tw + t` (tile row `r` of the group, `r = q`
     /// for wide images, else `2q` or `2q + 1`) takes column `4t + j - OFF` of its image row,
-    /// kept (`keep`) where that column is inside the image. Lanes `0..16` of the index pick
-    /// the first register (`lo`, or tile row `2q`), lanes `16..32` the second (`hi`, or tile
+    /// kept (`keep`) where that column is inside the image. Index values `0..16` pick a lane
+    /// of the first register (`lo`, or tile row `2q`), `16..32` of the second (`hi`, or tile
     /// row `2q + 1`).
     idx: [[[i32; 16]; 8]; 6],
     keep: [[u16; 8]; 6],
@@ -146,7 +146,7 @@ impl GatherPlan {
                 for r in rows {
                     for t in 0..tw {
                         let (lane, c) = (r * tw + t, (4 * t + j) as isize - OFF as isize);
-                        if lane < 16 && c >= 0 && (c as usize) < w {
+                        if lane < group * tw && c >= 0 && (c as usize) < w {
                             let second = if wide { 0 } else { 16 * (r % 2) };
                             plan.idx[j][q][lane] = (c as usize / up + second) as i32;
                             plan.keep[j][q] |= 1 << lane;
@@ -174,8 +174,12 @@ pub(super) fn gather_channel<const N: usize, const OFF: usize>(
     let (th, tw) = tiles(p);
     let count = images.len() / image_len.max(1);
     let splane = p.h * p.w / (up * up);
+    // The CPU's own instruction set, not the one kernels are told to use: another thread may
+    // force the portable path after the caller chose this one (tests do).
     assert!(
-        gathers_upsampled(p)
+        cfg!(target_arch = "x86_64")
+            && cpu::detected_isa() == Isa::Avx512
+            && p.w <= 32
             && (up == 1 || up == 2 && p.h.is_multiple_of(2) && p.w.is_multiple_of(2))
             && at + splane <= image_len
             && rows.len() >= N * N
@@ -308,8 +312,9 @@ unsafe fn gather_groups<const N: usize, const OFF: usize, const P: usize>(
                 }
                 let row = &mut rows[i * N + j];
                 if col + 16 <= row.len() {
-                    // Lanes past the group's are overwritten by later tiles or lie in the
-                    // row's padding, which is filled afterwards.
+                    // Lanes past the group's are overwritten by later tiles, or lie in the
+                    // row's padding (zeroed afterwards up to the column count the transform
+                    // reads; never read past it).
                     _mm512_storeu_ps(row.as_mut_ptr().add(col), run);
                 } else {
                     let inside = store & mask(row.len() - col);

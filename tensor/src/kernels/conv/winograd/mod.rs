@@ -98,7 +98,7 @@ fn tiles(p: &Conv2dParams) -> (usize, usize) {
     (p.h.div_ceil(4), p.w.div_ceil(4))
 }
 
-/// The rows of the 36 planes of `V`, `M` or `U` (planes `plane` values apart, each holding
+/// The rows of the 36 planes of `U` (planes `plane` values apart, each holding
 /// `channels` rows of `len` values), channel by channel: channel `c`'s 36 rows are entries
 /// `c * XI..(c + 1) * XI` (so that `chunks_mut(XI)` hands each channel its rows, and channels
 /// can be worked on in parallel). One flat list of slices: building it moves 16 bytes per
@@ -242,12 +242,14 @@ fn chunking(p: &Conv2dParams) -> (usize, usize, usize) {
 /// parallel if `par` (with one scratch value from `init` per task), else in order on this
 /// thread.
 fn for_each_channel<S>(
-    rows: &ChannelRows,
+    rows: &mut ChannelRows,
     par: bool,
     init: impl Fn() -> S + Sync + Send,
     f: impl Fn(&mut S, (usize, &mut [&mut [f32]])) + Sync + Send,
 ) {
-    // SAFETY (both): each channel's rows go to one call.
+    // SAFETY (both): each channel's rows go to one call, and `rows` is borrowed exclusively
+    // for all of them.
+    let rows = &*rows;
     if par {
         (0..rows.channels)
             .into_par_iter()
@@ -273,7 +275,7 @@ fn transform_chunk_input(
     (v, v_plane, stride): (&mut [f32], usize, usize),
     par: bool,
 ) {
-    let rows = &ChannelRows::new(v, v_plane, p.c_in, stride);
+    let rows = &mut ChannelRows::new(v, v_plane, p.c_in, stride);
     gather_transformed::<6, 1>(p, (inp, p.c_in, source), rows, par, |rows, len| {
         transform_input_on(isa, rows, len)
     });
@@ -287,7 +289,7 @@ fn transform_chunk_input(
 fn gather_transformed<const N: usize, const OFF: usize>(
     p: &Conv2dParams,
     (images, channels, source): (&[f32], usize, Source),
-    rows: &ChannelRows,
+    rows: &mut ChannelRows,
     par: bool,
     transform: impl Fn(&mut [&mut [f32]], usize) + Sync + Send,
 ) {
@@ -542,7 +544,7 @@ pub(crate) fn backward_weight(
         {
             let cols = inp.len() / in_len * per_image;
             transform_chunk_input(p, isa, (inp, source), (&mut *v, v_plane, stride), true);
-            let rows = &ChannelRows::new(m, m_plane, p.c_out, stride);
+            let rows = &mut ChannelRows::new(m, m_plane, p.c_out, stride);
             gather_transformed::<4, 0>(
                 p,
                 (dyc, p.c_out, Source::Plain),

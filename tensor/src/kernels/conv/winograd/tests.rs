@@ -135,9 +135,12 @@ fn parallel_chunks_by_shape_and_threads() {
 
 /// The register gather of a channel of every image at once gives the rows of the portable
 /// gather image by image (with the plane upsampled first where the input is held at half the
-/// resolution), for the 6x6 patches and the 4x4 blocks: images 8, 12 (tile rows that do not
-/// fill a vector, groups that span images and a last group that stops short), 16 and 32 wide,
-/// upsampled or not, one image or several.
+/// resolution), for the 6x6 patches and the 4x4 blocks, upsampled or not (even sizes), one
+/// image or several: every count of permutations per vector (1, 2, 3, 4 and 8: images 4 to
+/// 32 wide), tile rows that do not fill a vector, groups that span images and a last group
+/// that stops short, sizes that are not a multiple of 4, and a last group that runs past the
+/// end of the rows (63 tiles in rows of 64: its store masked). Only where the CPU has the
+/// register gather (AVX-512).
 #[test]
 fn register_gather_matches_the_portable_gather() {
     use super::super::source::upsample_plane;
@@ -180,8 +183,25 @@ fn register_gather_matches_the_portable_gather() {
     }
 
     let mut rng = TestRng::new(41);
-    for (batch, h, w) in [(1, 8, 8), (5, 8, 8), (3, 12, 12), (2, 16, 16), (3, 32, 32)] {
+    let cases = [
+        (1, 8, 8),
+        (5, 8, 8),
+        (3, 12, 12),
+        (7, 12, 12),
+        (2, 16, 16),
+        (3, 32, 32),
+        (2, 4, 4),
+        (2, 9, 10),
+        (2, 7, 13),
+        (2, 8, 20),
+        (2, 5, 17),
+        (2, 24, 24),
+    ];
+    for (batch, h, w) in cases {
         for up in [1, 2] {
+            if up == 2 && (h % 2 == 1 || w % 2 == 1) {
+                continue;
+            }
             let p = Conv2dParams {
                 batch,
                 c_in: 16,
