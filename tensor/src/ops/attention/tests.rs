@@ -151,6 +151,11 @@ fn matches_f64_reference_on_awkward_sizes_on_both_paths() {
     }
     // Many heads (one task each) with two leading axes.
     check(&[3, 4], 20, 20, 8, 8, isa(), 99);
+    // Whole heads of 600 queries against 200 keys: several backward chunks per task (ten
+    // blocks of 32 queries per chunk on AVX-512, sixteen of 8 elsewhere), the last one short.
+    for isa in isas() {
+        check(&[8], 600, 200, 8, 8, isa, 100);
+    }
 }
 
 #[test]

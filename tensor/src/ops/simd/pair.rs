@@ -149,34 +149,63 @@ mod tests {
 
     use super::*;
 
-    /// Each operation of a pair gives, lane by lane, the bits of the same operation on each
+    /// Each operation of `Pair<V>` gives, lane by lane, the bits of the same operation on each
     /// half, and the lane sums add the halves first.
-    #[test]
-    fn pairs_act_on_each_half() {
-        type P = Pair<f32x8>;
-        let a: Vec<f32> = (0..16).map(|i| i as f32 * 0.37 - 2.0).collect();
-        let b: Vec<f32> = (0..16).map(|i| 1.5 - i as f32 * 0.21).collect();
-        let half = |v: &[f32], h: usize| <f32x8 as SimdF32>::load(&v[8 * h..]);
-        let (pa, pb) = (P::load(&a), P::load(&b));
-        let mut got = [0.0f32; 16];
-        let mut want = [0.0f32; 16];
+    #[inline(always)]
+    fn check<V: SimdF32>() {
+        type P<V> = Pair<V>;
+        let l = V::LANES;
+        let a: Vec<f32> = (0..2 * l).map(|i| i as f32 * 0.37 - 2.0).collect();
+        let b: Vec<f32> = (0..2 * l).map(|i| 1.5 - i as f32 * 0.21).collect();
+        let half = |v: &[f32], h: usize| V::load(&v[l * h..]);
+        let (pa, pb) = (P::<V>::load(&a), P::<V>::load(&b));
+        let (mut got, mut want) = (vec![0.0f32; 2 * l], vec![0.0f32; 2 * l]);
         pa.mul_add(pb, pa).store(&mut got);
         for h in 0..2 {
             let (x, y) = (half(&a, h), half(&b, h));
-            x.mul_add(y, x).store(&mut want[8 * h..]);
+            x.mul_add(y, x).store(&mut want[l * h..]);
         }
         assert_eq!(got, want);
-        (pa / pb - pa.max_(pb))
-            .ldexp_(P::splat(3.0))
-            .store(&mut got);
+        let three = P::<V>::splat(3.0);
+        P::select(
+            pa.gt(pb),
+            (pa / pb - pa.max_(pb)).ldexp_(three),
+            pa.min_(pb),
+        )
+        .store(&mut got);
         for h in 0..2 {
             let (x, y) = (half(&a, h), half(&b, h));
-            (x / y - x.max_(y))
-                .ldexp_(<f32x8 as SimdF32>::splat(3.0))
-                .store(&mut want[8 * h..]);
+            let z = (x / y - x.max_(y)).ldexp_(V::splat(3.0));
+            V::select(x.gt(y), z, x.min_(y)).store(&mut want[l * h..]);
         }
         assert_eq!(got, want);
         assert_eq!(pa.lane_sum(), (half(&a, 0) + half(&a, 1)).lane_sum());
-        assert_eq!(P::LANES, 16);
+        let eight: [P<V>; 8] = std::array::from_fn(|k| pa * P::splat(k as f32));
+        let sums = P::lane_sums8(eight);
+        for (k, s) in sums.iter().enumerate() {
+            assert_eq!(*s, V::lane_sums8(eight.map(|p| p.0 + p.1))[k]);
+        }
+        assert_eq!(P::<V>::LANES, 2 * l);
+    }
+
+    #[test]
+    fn pairs_act_on_each_half() {
+        check::<f32x8>();
+    }
+
+    /// The same with the AVX-512 halves the attention kernels use, where the CPU has them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn pairs_of_avx512_registers_act_on_each_half() {
+        use crate::kernels::cpu::{detected_isa, Isa};
+        if detected_isa() != Isa::Avx512 {
+            return;
+        }
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn run() {
+            check::<super::super::Avx512>();
+        }
+        // SAFETY: the CPU has AVX-512F (checked above).
+        unsafe { run() };
     }
 }
