@@ -68,10 +68,10 @@ impl Rows<'_> {
             let end = self.start + 7 * self.col_stride + blocks;
             assert!(end <= self.data.len(), "attention: rows out of range");
         }
+        #[cfg(target_arch = "x86_64")]
         for j in (0..blocks).step_by(8) {
             // SAFETY: the CPU has AVX (`transposed_keys`); the eight channels hold keys
             // j..j + 8 (checked above), and `dst` eight rows of 8 from j * 8.
-            #[cfg(target_arch = "x86_64")]
             unsafe {
                 crate::ops::transpose::x86::transpose_8x8(
                     self.data.as_ptr().add(self.start + j),
@@ -163,11 +163,11 @@ impl RowsOut<'_> {
             let end = self.start + 7 * self.col_stride + blocks;
             assert!(end <= self.len, "attention: output rows out of range");
         }
+        #[cfg(target_arch = "x86_64")]
         for j in (0..blocks).step_by(8) {
             // SAFETY: the CPU has AVX (`transposed_keys`); the eight channels' keys j..j + 8
             // lie inside the output (checked above) and are the caller's; `values` holds
             // eight rows of 8 from j * 8.
-            #[cfg(target_arch = "x86_64")]
             unsafe {
                 crate::ops::transpose::x86::transpose_8x8(
                     values[j * 8..(j + 8) * 8].as_ptr(),
